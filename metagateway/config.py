@@ -1,0 +1,257 @@
+"""
+The gateway's configuration: one frozen object, built in code or from
+command-line options and an environment mapping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+#: Route name -> the environment variable naming its upstream.
+SERVICE_VARIABLES = {
+    "BUILD": "BUILD_SERVICE_URL",
+    "KV": "KV_SERVICE_URL",
+    "CORE": "CORE_SERVICE_URL",
+    "BASE": "BASE_SERVICE_URL",
+}
+
+
+class ConfigurationError(Exception):
+    """
+    The configuration cannot run a gateway; the message names what is
+    missing or wrong, in one line.
+    """
+
+
+@dataclass(frozen=True)
+class R2Settings:
+    """
+    Where the R2 (S3-compatible) credential store is, and how to sign.
+
+    :ivar endpoint_url: the endpoint, such as ``https://<acct>.r2.cloudflarestorage.com``.
+    :ivar access_key_id: the access key id.
+    :ivar secret_access_key: the secret key.
+    :ivar bucket: the bucket (path-style addressing).
+    :ivar region: the SigV4 region.
+    """
+
+    endpoint_url: str
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    bucket: str = "metacogna-accounts"
+    region: str = "auto"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> R2Settings:
+        """
+        Read the ``R2_*`` variables.
+
+        :raises ConfigurationError: naming the first missing variable.
+        """
+        values = {}
+        for name in ("R2_ENDPOINT_URL", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"):
+            value = environ.get(name, "")
+            if not value:
+                raise ConfigurationError(
+                    "%s is not set (needed for the R2 credential store)" % (name,)
+                )
+            values[name] = value
+        endpoint = values["R2_ENDPOINT_URL"]
+        if not endpoint.startswith(("http://", "https://")):
+            raise ConfigurationError("R2_ENDPOINT_URL must start with http:// or https://")
+        return cls(
+            endpoint_url=endpoint,
+            access_key_id=values["R2_ACCESS_KEY_ID"],
+            secret_access_key=values["R2_SECRET_ACCESS_KEY"],
+            bucket=environ.get("R2_BUCKET") or "metacogna-accounts",
+            region=environ.get("R2_REGION") or "auto",
+        )
+
+
+@dataclass(frozen=True)
+class GitHubSettings:
+    """
+    GitHub OAuth code-exchange settings.
+    """
+
+    client_id: Optional[str] = None
+    client_secret: Optional[str] = field(default=None, repr=False)
+    token_url: str = "https://github.com/login/oauth/access_token"
+    api_url: str = "https://api.github.com"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """
+    Everything a gateway needs to run.
+
+    :ivar jwt_secret: the HMAC key tokens are signed with.
+    :ivar previous_secrets: former keys, accepted for verification only.
+    :ivar services: route name (``BUILD``, ``KV``, ``CORE``, ``BASE``) to
+        upstream base URL; a missing route answers ``502 MISSING_TARGET``.
+    :ivar accounts_dir: the local credential store's directory, if used.
+    :ivar r2: the R2 credential store's settings, if used.
+    :ivar listen: server endpoint descriptions (the daemon only).
+    :ivar upstream_timeout: seconds to wait for an upstream's headers.
+    :ivar clock_skew: seconds of leeway on ``exp``, ``iat``, ``nbf``.
+    :ivar login_failures_per_user: failures per username per window; 0 = off.
+    :ivar login_failures_per_address: failures per address per window; 0 = off.
+    :ivar login_window: the sliding window in seconds.
+    :ivar trusted_proxies: peer addresses whose ``X-Forwarded-For`` is believed.
+    :ivar max_body: the largest request body proxied, in bytes; 0 = no limit.
+    :ivar auth_max_body: the largest body the auth endpoints read.
+    :ivar github: GitHub OAuth settings.
+    :ivar notion_webhook_secret: the shared secret for ``/webhooks/notion``.
+    :ivar store_cache_ttl: seconds a looked-up record is reused; 0 = off.
+    """
+
+    jwt_secret: str = field(repr=False)
+    previous_secrets: tuple[str, ...] = field(default=(), repr=False)
+    services: Mapping[str, str] = field(default_factory=dict)
+    accounts_dir: Optional[str] = None
+    r2: Optional[R2Settings] = None
+    listen: tuple[str, ...] = ("tcp:8080",)
+    upstream_timeout: float = 30.0
+    clock_skew: float = 0.0
+    login_failures_per_user: int = 5
+    login_failures_per_address: int = 20
+    login_window: float = 60.0
+    trusted_proxies: tuple[str, ...] = ()
+    max_body: int = 0
+    auth_max_body: int = 64 * 1024
+    github: GitHubSettings = field(default_factory=GitHubSettings)
+    notion_webhook_secret: Optional[str] = field(default=None, repr=False)
+    store_cache_ttl: float = 5.0
+
+    @classmethod
+    def from_options(
+        cls, options: Mapping[str, object], environ: Mapping[str, str]
+    ) -> GatewayConfig:
+        """
+        Build a configuration from parsed options and environment variables.
+
+        An option given on the command line wins over its variable.
+
+        :param options: option name (as in ``--accounts-dir``, without
+            dashes, e.g. ``accounts-dir``) to value; ``None`` or absent when
+            not given.
+        :param environ: the environment.
+        :raises ConfigurationError: when the secret or store is missing, or
+            a value is malformed.
+        """
+
+        def pick(option: str, variable: str, default: object) -> object:
+            value = options.get(option)
+            if value is not None:
+                return value
+            text = environ.get(variable)
+            if text is not None and text != "":
+                return text
+            return default
+
+        def number(option: str, variable: str, default: float) -> float:
+            raw = pick(option, variable, default)
+            try:
+                value = float(raw)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise ConfigurationError(
+                    "--%s / %s must be a number, not %r" % (option, variable, raw)
+                ) from None
+            if value != value or value < 0 or value == float("inf"):
+                raise ConfigurationError(
+                    "--%s / %s must be a non-negative number" % (option, variable)
+                )
+            return value
+
+        def count(option: str, variable: str, default: int) -> int:
+            value = number(option, variable, default)
+            if value != int(value):
+                raise ConfigurationError(
+                    "--%s / %s must be a whole number" % (option, variable)
+                )
+            return int(value)
+
+        secret = environ.get("GATEWAY_JWT_SECRET", "")
+        if not secret:
+            raise ConfigurationError("GATEWAY_JWT_SECRET is not set")
+        previous = tuple(
+            s.strip()
+            for s in environ.get("GATEWAY_JWT_PREVIOUS_SECRETS", "").split(",")
+            if s.strip()
+        )
+
+        listen_option = options.get("listen")
+        if listen_option:
+            listen = tuple(listen_option)  # type: ignore[call-overload]
+        else:
+            listen_env = environ.get("METAGATEWAY_LISTEN", "")
+            listen = tuple(
+                part.strip() for part in listen_env.split(",") if part.strip()
+            ) or ("tcp:8080",)
+
+        accounts_dir = pick("accounts-dir", "METAGATEWAY_ACCOUNTS_DIR", None)
+        r2 = None
+        if not accounts_dir:
+            accounts_dir = None
+            if environ.get("R2_ENDPOINT_URL"):
+                r2 = R2Settings.from_environ(environ)
+            else:
+                raise ConfigurationError(
+                    "no credential store: give --accounts-dir "
+                    "(or METAGATEWAY_ACCOUNTS_DIR) or set R2_ENDPOINT_URL"
+                )
+
+        services = {}
+        for route, variable in SERVICE_VARIABLES.items():
+            url = environ.get(variable, "").strip()
+            if not url:
+                continue
+            if not url.startswith(("http://", "https://")):
+                raise ConfigurationError(
+                    "%s must start with http:// or https://" % (variable,)
+                )
+            services[route] = url
+
+        trusted = tuple(
+            part.strip()
+            for part in str(
+                pick("trusted-proxies", "METAGATEWAY_TRUSTED_PROXIES", "")
+            ).split(",")
+            if part.strip()
+        )
+
+        return cls(
+            jwt_secret=secret,
+            previous_secrets=previous,
+            services=services,
+            accounts_dir=str(accounts_dir) if accounts_dir else None,
+            r2=r2,
+            listen=listen,
+            upstream_timeout=number(
+                "upstream-timeout", "METAGATEWAY_UPSTREAM_TIMEOUT", 30.0
+            ),
+            clock_skew=number("clock-skew", "METAGATEWAY_CLOCK_SKEW", 0.0),
+            login_failures_per_user=count(
+                "login-failures-per-user", "METAGATEWAY_LOGIN_FAILURES_PER_USER", 5
+            ),
+            login_failures_per_address=count(
+                "login-failures-per-address",
+                "METAGATEWAY_LOGIN_FAILURES_PER_ADDRESS",
+                20,
+            ),
+            login_window=number("login-window", "METAGATEWAY_LOGIN_WINDOW", 60.0),
+            trusted_proxies=trusted,
+            max_body=count("max-body", "METAGATEWAY_MAX_BODY", 0),
+            github=GitHubSettings(
+                client_id=environ.get("GITHUB_CLIENT_ID") or None,
+                client_secret=environ.get("GITHUB_CLIENT_SECRET") or None,
+                token_url=environ.get("GITHUB_OAUTH_TOKEN_URL")
+                or "https://github.com/login/oauth/access_token",
+                api_url=environ.get("GITHUB_API_URL") or "https://api.github.com",
+            ),
+            notion_webhook_secret=environ.get("NOTION_WEBHOOK_SECRET") or None,
+            store_cache_ttl=number(
+                "store-cache-ttl", "METAGATEWAY_STORE_CACHE_TTL", 5.0
+            ),
+        )

@@ -1,0 +1,3 @@
+"""
+Credential stores: where account records live.
+"""

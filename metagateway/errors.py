@@ -1,0 +1,171 @@
+"""
+The one JSON error shape every gateway-made failure is answered in.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Mapping, Optional
+
+from twisted.web.iweb import IRequest
+
+#: Headers every JSON answer of the gateway carries.
+JSON_HEADERS = (
+    (b"Content-Type", b"application/json"),
+    (b"Access-Control-Allow-Origin", b"*"),
+)
+
+
+class GatewayError(Exception):
+    """
+    A failure the gateway answers itself, in the contract's JSON shape.
+
+    :ivar status: the HTTP status code.
+    :ivar code: the machine-readable error code, such as ``MISSING_TOKEN``.
+    :ivar message: the human-readable message.
+    :ivar route: the route name the error is reported under.
+    :ivar details: optional extra JSON-serialisable detail.
+    :ivar headers: extra response headers, such as ``Retry-After``.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        route: str = "CORE",
+        details: Optional[Mapping[str, Any]] = None,
+        headers: Optional[Mapping[bytes, bytes]] = None,
+    ) -> None:
+        super().__init__(status, code, message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.route = route
+        self.details = details
+        self.headers = dict(headers or {})
+
+    def body(self, request_id: Optional[str] = None) -> bytes:
+        """
+        Serialise this error.
+
+        :param request_id: the request id to report; a fresh uuid4 if none.
+        :return: the UTF-8 JSON body.
+        """
+        document: dict[str, Any] = {
+            "route": self.route,
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "requestId": request_id or str(uuid.uuid4()),
+            "timestamp": iso_timestamp(),
+        }
+        if self.details is not None:
+            document["details"] = dict(self.details)
+        return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
+def iso_timestamp(when: Optional[float] = None) -> str:
+    """
+    Format a time as ISO 8601 UTC with milliseconds, as JavaScript's
+    ``Date.prototype.toISOString`` does.
+
+    :param when: POSIX seconds; now if omitted.
+    """
+    moment = (
+        datetime.now(timezone.utc)
+        if when is None
+        else datetime.fromtimestamp(when, timezone.utc)
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (
+        moment.microsecond // 1000
+    )
+
+
+def request_id_of(request: IRequest) -> str:
+    """
+    The id of a request: the one the proxy assigned, else the client's
+    ``X-Request-Id``, else a fresh uuid4 (remembered on the request).
+
+    :param request: the request.
+    """
+    existing = getattr(request, "metagatewayRequestId", None)
+    if existing:
+        return str(existing)
+    incoming = request.requestHeaders.getRawHeaders(b"x-request-id")
+    value = str(uuid.uuid4())
+    if incoming:
+        candidate = incoming[0].decode("latin-1")
+        if 0 < len(candidate) <= 200 and candidate.isprintable():
+            value = candidate
+    request.metagatewayRequestId = value  # type: ignore[attr-defined]
+    return value
+
+
+def write_json(
+    request: IRequest,
+    status: int,
+    document: Any,
+    headers: Optional[Mapping[bytes, bytes]] = None,
+) -> bytes:
+    """
+    Set the status and JSON headers of ``request`` and return the body.
+
+    :param request: the request to answer.
+    :param status: the HTTP status code.
+    :param document: a JSON-serialisable value.
+    :param headers: extra headers.
+    :return: the body bytes, for the caller to write or return.
+    """
+    body = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    set_json_headers(request, status, headers)
+    request.setHeader(b"Content-Length", b"%d" % (len(body),))
+    return body
+
+
+def set_json_headers(
+    request: IRequest, status: int, headers: Optional[Mapping[bytes, bytes]] = None
+) -> None:
+    """
+    Set the status code and the JSON and CORS headers on ``request``.
+    """
+    request.setResponseCode(status)
+    for name, value in JSON_HEADERS:
+        request.setHeader(name, value)
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+
+
+def error_response(request: IRequest, error: GatewayError) -> bytes:
+    """
+    Prepare ``request`` to answer with ``error`` and return the body.
+
+    :param request: the request to answer.
+    :param error: the failure.
+    :return: the body bytes.
+    """
+    body = error.body(request_id_of(request))
+    set_json_headers(request, error.status, error.headers)
+    request.setHeader(b"Content-Length", b"%d" % (len(body),))
+    return body
+
+
+def internal_error(route: str = "CORE") -> GatewayError:
+    """
+    The answer to anything unexpected: ``500 INTERNAL_ERROR``, no detail.
+    """
+    return GatewayError(500, "INTERNAL_ERROR", "Internal error", route)
+
+
+def store_unavailable(route: str) -> GatewayError:
+    """
+    The answer when the credential store cannot answer.
+    """
+    return GatewayError(
+        503,
+        "CREDENTIAL_STORE_UNAVAILABLE",
+        "Credential store unavailable",
+        route,
+    )

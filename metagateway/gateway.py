@@ -1,0 +1,154 @@
+"""
+The public API for running a gateway: build one from a
+:class:`~metagateway.config.GatewayConfig`, mount its resource, start its
+service. The daemon goes through this same code path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from treq.client import HTTPClient
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.python.filepath import FilePath
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgent
+from twisted.web.resource import IResource
+
+from metagateway.auth import AuthApp
+from metagateway.config import GatewayConfig
+from metagateway.credentials.directory import DirectoryCredentialStore
+from metagateway.credentials.interfaces import ICredentialStore
+from metagateway.proxy import GatewayProxyResource
+from metagateway.routes import ROUTES
+from metagateway.site import GatewayResource
+from metagateway.throttle import LoginThrottle
+from metagateway.tokens import TokenAuthority
+
+#: Idle keep-alive connections kept per upstream host.
+MAX_PERSISTENT_PER_HOST = 64
+
+
+def make_store(
+    config: GatewayConfig, reactor: Any, client: HTTPClient
+) -> ICredentialStore:
+    """
+    The credential store ``config`` names: the accounts directory if given,
+    else R2, behind a short record cache.
+
+    :param reactor: the reactor (a clock for timeouts and the cache).
+    :param client: the HTTP client for R2.
+    """
+    store: ICredentialStore
+    if config.accounts_dir:
+        store = DirectoryCredentialStore(FilePath(config.accounts_dir))
+    elif config.r2 is not None:
+        from metagateway.credentials.r2 import R2CredentialStore
+
+        store = R2CredentialStore(config.r2, client, reactor)
+    else:
+        raise ValueError("no credential store configured")
+    if config.store_cache_ttl > 0 and not config.accounts_dir:
+        from metagateway.credentials.cache import CachingCredentialStore
+
+        store = CachingCredentialStore(store, reactor, config.store_cache_ttl)
+    return store
+
+
+class GatewayService(Service):
+    """
+    Owns what a gateway keeps open: the upstream connection pool.
+
+    Add it to the host program's ``MultiService``; stopping it closes the
+    pool's idle connections.
+    """
+
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self.pool = pool
+
+    def stopService(self) -> Optional[Deferred[None]]:
+        """
+        Close the pool's cached connections.
+        """
+        super().stopService()
+        return self.pool.closeCachedConnections()
+
+
+class Gateway:
+    """
+    One gateway: its resource tree and its service.
+
+    :param config: the configuration.
+    :param reactor: the reactor: TCP/SSL connections and the clock.
+    :param store: the credential store; built from ``config`` if omitted.
+    :param agent: the HTTP client for upstreams; a pooled ``Agent`` if
+        omitted.
+    :param http_client: the treq client for R2 and GitHub; built on the
+        pool if omitted.
+
+    :ivar resource: the root resource, to serve or mount under any path.
+    :ivar service: the service owning the pool, to add to a ``MultiService``.
+    :ivar tokens: the token authority.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        reactor: Any,
+        store: Optional[ICredentialStore] = None,
+        agent: Optional[IAgent] = None,
+        http_client: Optional[HTTPClient] = None,
+    ) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
+        if agent is None:
+            agent = Agent(
+                reactor,
+                contextFactory=BrowserLikePolicyForHTTPS(),
+                pool=self.pool,
+                connectTimeout=config.upstream_timeout or None,
+            )
+        self.agent = agent
+        if http_client is None:
+            http_client = HTTPClient(
+                Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool)
+            )
+        self.http_client = http_client
+        self.store = store if store is not None else make_store(config, reactor, http_client)
+        self.tokens = TokenAuthority(
+            config.jwt_secret,
+            reactor.seconds,
+            config.previous_secrets,
+            config.clock_skew,
+        )
+        self.throttle = LoginThrottle(
+            config.login_failures_per_user,
+            config.login_failures_per_address,
+            config.login_window,
+            reactor.seconds,
+        )
+        self.auth = AuthApp(
+            self.tokens,
+            self.store,
+            self.throttle,
+            reactor,
+            config.auth_max_body,
+            config.trusted_proxies,
+        )
+        proxies = {
+            route.name: GatewayProxyResource(
+                route,
+                config.services.get(route.name),
+                self.agent,
+                self.tokens,
+                reactor,
+                config.upstream_timeout,
+            )
+            for route in ROUTES
+        }
+        self.resource: IResource = GatewayResource(self.auth.app.resource(), proxies)
+        self.service = GatewayService(self.pool)

@@ -1,0 +1,43 @@
+"""
+metagateway: an API gateway on Twisted.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="metagateway",
+    version="0.1.0",
+    description="An API gateway on Twisted: JWT logins, per-route token checks, "
+    "prefix-rewriting streaming proxy.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/metagateway_plugin.py"]},
+    install_requires=[
+        "twisted[tls]>=25.5",
+        "treq>=23.11",
+        "klein>=23.5",
+        "pyjwt>=2.8",
+        "zope.interface>=6",
+        "botocore>=1.31",
+    ],
+    extras_require={
+        "test": [
+            "moto[s3,server]>=5",
+            "boto3",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "metagateway-admin = metagateway.admin:main",
+        ],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.9",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: Implementation :: PyPy",
+    ],
+)

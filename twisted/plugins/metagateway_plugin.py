@@ -1,0 +1,12 @@
+"""
+The ``twistd metagateway`` plugin.
+"""
+
+from twisted.application.service import ServiceMaker
+
+metagateway = ServiceMaker(
+    "metagateway",
+    "metagateway.tap",
+    "An API gateway: JWT logins, per-route token checks, streaming proxy.",
+    "metagateway",
+)
