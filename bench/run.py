@@ -770,6 +770,11 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _ratio(value: float, reference: float | None) -> str:
+    """``value / reference`` as ``1.23×``, or ``-`` without a reference."""
+    return f"{value / reference:.2f}×" if reference else "-"
+
+
 def print_table(rows: list[Row]) -> None:
     """One table of medians, both workloads, with the two ratio columns."""
     by_key = {r.key: r for r in rows}
@@ -802,8 +807,7 @@ def print_table(rows: list[Row]) -> None:
                 f" {_fmt(cpu, '6.2f')}"
                 f" {_fmt(cpu * 1e6 / reqs if cpu is not None and reqs else None, '10.0f')}"
                 f" {row.rss_mib:>7.1f} {row.processes:>5} {non2xx:>6} {sock:>7}"
-                f" {_fmt(rps / nginx_rps if nginx_rps else None, '11.2f')}×"
-                f" {_fmt(rps / stock_rps if stock_rps else None, '6.2f')}×"
+                f" {_ratio(rps, nginx_rps):>12} {_ratio(rps, stock_rps):>7}"
             )
         print()
 
