@@ -115,16 +115,14 @@ class MotoServer:
 
     def start(self, timeout: float = 30.0) -> None:
         """
-        Start the server (on a fresh port the first time, on the same port
-        after :meth:`stop`), wait until it answers, and set it up.
+        Start the server on a free port, wait until it answers, and set it
+        up.
 
         :raises RuntimeError: if it does not answer within ``timeout``.
         """
         last: Optional[Exception] = None
         for _ in range(3):
-            if not self.port or last is not None:
-                port = free_port() if (not self.port or not self.access_key_id) else self.port
-                self.port = port
+            self.port = free_port()
             try:
                 self._spawn(timeout)
             except RuntimeError as e:
