@@ -737,9 +737,13 @@ def measure(rows: list[Row], wrk: str, args: argparse.Namespace) -> None:
         return
     print(f"warming up ({args.warmup} per workload) ...", flush=True)
     for row in live:
+        # PyPy's JIT needs longer before it runs at full speed.
+        warmup = args.warmup
+        if row.key.startswith("pypy"):
+            warmup = f"{_seconds(args.warmup) * 5:g}s"
         for workload in WORKLOADS:
             try:
-                run_wrk(wrk, row.server, workload, args.warmup)  # type: ignore[arg-type]
+                run_wrk(wrk, row.server, workload, warmup)  # type: ignore[arg-type]
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 print(f"  {row.key:<14} {workload:<5} {e}", flush=True)
     for rnd in range(args.rounds):
