@@ -8,6 +8,14 @@ on moto's authentication (``POST /moto-api/reset-auth`` with body ``0``)
 and creates the bucket. moto keeps its state in memory, so a restart sets
 everything up again; moto's random generator is seeded first, so the
 restarted server hands out the same access key and secret.
+
+moto's server checks signatures against werkzeug's re-quoted URL rather
+than the request target as sent, so correctly signed requests whose path
+or query hold non-ASCII characters, ``/`` in a query value (``prefix=``)
+or sub-delimiters fail there, boto3's included (getmoto/moto#5948). The
+child is therefore started through :func:`serve`, which has moto check the
+signature over the raw request target, as S3 and R2 do; nothing else about
+moto changes.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Optional
+from typing import Any, Optional
 
 #: The policy given to the test user: everything on S3.
 _POLICY = json.dumps(
@@ -29,6 +37,50 @@ _POLICY = json.dumps(
         "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
     }
 )
+
+
+def serve(argv: list[str]) -> None:
+    """
+    Run ``moto_server`` with ``argv``, checking SigV4 signatures over the
+    request target as sent (``RAW_URI``) instead of werkzeug's re-quoted
+    URL. Runs in the child process only.
+
+    :param argv: ``moto_server``'s arguments.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    from moto.core.authorization import ActionAuthenticatorMixin
+    from moto.core.responses import BaseResponse
+    from moto.server import main
+
+    setup_class = BaseResponse.setup_class
+    authenticate = ActionAuthenticatorMixin._authenticate_and_authorize_action
+
+    def keep_raw_uri(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        environ = getattr(request, "environ", None)
+        self._metagateway_raw_uri = (
+            environ.get("RAW_URI") if isinstance(environ, dict) else None
+        )
+        return setup_class(self, request, *args, **kwargs)
+
+    def check_raw(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raw = getattr(self, "_metagateway_raw_uri", None)
+        if not raw:
+            return authenticate(self, *args, **kwargs)
+        parsed = urlsplit(self.uri)
+        target = urlsplit(raw)
+        rebuilt = urlunsplit(
+            (parsed.scheme, parsed.netloc, target.path, target.query, "")
+        )
+        saved, self.uri = self.uri, rebuilt
+        try:
+            return authenticate(self, *args, **kwargs)
+        finally:
+            self.uri = saved
+
+    BaseResponse.setup_class = keep_raw_uri  # type: ignore[method-assign]
+    ActionAuthenticatorMixin._authenticate_and_authorize_action = check_raw  # type: ignore[method-assign]
+    main(argv)
 
 
 def free_port() -> int:
@@ -134,36 +186,46 @@ class MotoServer:
         raise RuntimeError("moto_server did not start: %s" % (last,))
 
     def _spawn(self, timeout: float) -> None:
-        output = (
-            open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL
-        )
         env = dict(os.environ)
         env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)
-        try:
-            self._process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "moto.server",
-                    "-H",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=output,
-                env=env,
-            )
-        finally:
-            if output is not subprocess.DEVNULL:
-                output.close()  # type: ignore[union-attr]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(
+            [root] + [p for p in [env.get("PYTHONPATH", "")] if p]
+        )
+        if self._log_path:
+            with open(self._log_path, "ab") as log:
+                self._process = self._popen(log.fileno(), env)
+        else:
+            self._process = self._popen(subprocess.DEVNULL, env)
+        self._wait_until_answering(timeout)
+
+    def _popen(self, output: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from tests.s3server import serve; serve(sys.argv[1:])",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            env=env,
+        )
+
+    def _wait_until_answering(self, timeout: float) -> None:
+        assert self._process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError("moto_server exited with %s" % self._process.returncode)
+                raise RuntimeError(
+                    "moto_server exited with %s" % self._process.returncode
+                )
             try:
-                with urllib.request.urlopen(
+                with urllib.request.urlopen(  # noqa: S310 (loopback http)
                     self.url + "/moto-api/data.json", timeout=1
                 ) as response:
                     if response.status == 200:
@@ -180,7 +242,7 @@ class MotoServer:
             method="POST",
             headers={"Content-Type": "text/plain"},
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             response.read()
 
     def _set_up(self) -> None:
@@ -249,3 +311,7 @@ class MotoServer:
         self._spawn(30.0)
         assert self.port == port
         self._set_up()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1:])

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from typing import Any, Coroutine, Mapping, Optional, TypeVar
 from urllib.parse import quote
+from xml.etree import ElementTree
 
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -251,7 +251,7 @@ def _parse_xml(body: bytes) -> ElementTree.Element:
     if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
         raise StoreUnavailable("R2 answered an XML document with a DOCTYPE")
     try:
-        return ElementTree.fromstring(body)
+        return ElementTree.fromstring(body)  # noqa: S314 (DOCTYPE refused above)
     except ElementTree.ParseError:
         raise StoreUnavailable("R2 answered XML that cannot be parsed") from None
 
@@ -451,8 +451,7 @@ class R2CredentialStore:
         else:
             reason = "R2 answered an unexpected status"
         raise StoreUnavailable(
-            "%s (%s %d%s)"
-            % (reason, what, answer.status, " " + code if code else "")
+            "%s (%s %d%s)" % (reason, what, answer.status, " " + code if code else "")
         )
 
     async def _call(
