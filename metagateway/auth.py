@@ -137,7 +137,11 @@ class AuthApp:
 
     @app.handle_errors(Exception)
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        log.failure("Unexpected error answering {path}", failure, path=request.path)
+        log.failure(
+            "Unexpected error answering {path}",
+            failure,
+            path=request.path.decode("latin-1"),
+        )
         return error_response(request, internal_error())
 
     @app.route("/health", methods=["GET", "HEAD"])
