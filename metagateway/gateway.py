@@ -12,6 +12,8 @@ from treq.client import HTTPClient
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Cooperator
+from twisted.internet.task import Cooperator
 from twisted.python.filepath import FilePath
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IAgent
@@ -87,6 +89,8 @@ class Gateway:
         omitted.
     :param http_client: the treq client for R2 and GitHub; built on the
         pool if omitted.
+    :param cooperator: schedules the writes of proxied request bodies; one
+        driven by ``reactor`` if omitted (never Twisted's global one).
 
     :ivar resource: the root resource, to serve or mount under any path.
     :ivar service: the service owning the pool, to add to a ``MultiService``.
@@ -100,6 +104,7 @@ class Gateway:
         store: Optional[ICredentialStore] = None,
         agent: Optional[IAgent] = None,
         http_client: Optional[HTTPClient] = None,
+        cooperator: Optional[Cooperator] = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
@@ -118,6 +123,13 @@ class Gateway:
                 Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool)
             )
         self.http_client = http_client
+        #: Schedules request-body writes on this gateway's own reactor.
+        self.cooperator = Cooperator(
+            scheduler=lambda work: reactor.callLater(0, work)  # type: ignore[no-any-return]
+        )
+        if cooperator is None:
+            cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
+        self.cooperator = cooperator
         self.store = store if store is not None else make_store(config, reactor, http_client)
         self.tokens = TokenAuthority(
             config.jwt_secret,
@@ -147,6 +159,7 @@ class Gateway:
                 self.tokens,
                 reactor,
                 config.upstream_timeout,
+                self.cooperator,
             )
             for route in ROUTES
         }

@@ -126,6 +126,7 @@ class GatewayHarness:
         Deliver everything pending between client, gateway and upstream.
         """
         for _ in range(5):
+            self.clock.advance(0)
             self.client.flush()
             self.agent.flush()
 
