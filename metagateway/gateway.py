@@ -13,7 +13,6 @@ from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Cooperator
-from twisted.internet.task import Cooperator
 from twisted.python.filepath import FilePath
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IAgent
@@ -123,12 +122,12 @@ class Gateway:
                 Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool)
             )
         self.http_client = http_client
-        #: Schedules request-body writes on this gateway's own reactor.
-        self.cooperator = Cooperator(
-            scheduler=lambda work: reactor.callLater(0, work)  # type: ignore[no-any-return]
-        )
         if cooperator is None:
-            cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
+            # Request-body writes run on this gateway's own reactor, never
+            # on Twisted's global cooperator.
+            cooperator = Cooperator(
+                scheduler=lambda work: reactor.callLater(0, work)  # type: ignore[no-any-return]
+            )
         self.cooperator = cooperator
         self.store = store if store is not None else make_store(config, reactor, http_client)
         self.tokens = TokenAuthority(
