@@ -1,0 +1,144 @@
+"""
+Tests for :mod:`metagateway.config`: options, environment, and refusals.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from metagateway.config import ConfigurationError, GatewayConfig
+
+BASE_ENV = {"GATEWAY_JWT_SECRET": "s" * 40, "METAGATEWAY_ACCOUNTS_DIR": "/accounts"}
+
+
+class FromOptionsTests(SynchronousTestCase):
+    """
+    :meth:`GatewayConfig.from_options`.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        With only a secret and a store, the contract's defaults apply.
+        """
+        config = GatewayConfig.from_options({}, BASE_ENV)
+        self.assertEqual(config.listen, ("tcp:8080",))
+        self.assertEqual(config.upstream_timeout, 30.0)
+        self.assertEqual(config.clock_skew, 0.0)
+        self.assertEqual(config.login_failures_per_user, 5)
+        self.assertEqual(config.login_failures_per_address, 20)
+        self.assertEqual(config.login_window, 60.0)
+        self.assertEqual(config.accounts_dir, "/accounts")
+        self.assertIsNone(config.r2)
+        self.assertEqual(dict(config.services), {})
+
+    def test_environment_read(self) -> None:
+        """
+        Every option reads its environment variable.
+        """
+        env = dict(
+            BASE_ENV,
+            METAGATEWAY_LISTEN="tcp:1:interface=127.0.0.1,unix:/tmp/s",
+            METAGATEWAY_UPSTREAM_TIMEOUT="2.5",
+            METAGATEWAY_CLOCK_SKEW="7",
+            METAGATEWAY_LOGIN_FAILURES_PER_USER="0",
+            METAGATEWAY_LOGIN_FAILURES_PER_ADDRESS="3",
+            METAGATEWAY_LOGIN_WINDOW="10",
+            GATEWAY_JWT_PREVIOUS_SECRETS="old1, old2,,",
+            BUILD_SERVICE_URL="http://b.test/x/",
+            KV_SERVICE_URL="https://kv.test",
+        )
+        config = GatewayConfig.from_options({}, env)
+        self.assertEqual(config.listen, ("tcp:1:interface=127.0.0.1", "unix:/tmp/s"))
+        self.assertEqual(config.upstream_timeout, 2.5)
+        self.assertEqual(config.clock_skew, 7.0)
+        self.assertEqual(config.login_failures_per_user, 0)
+        self.assertEqual(config.login_failures_per_address, 3)
+        self.assertEqual(config.login_window, 10.0)
+        self.assertEqual(config.previous_secrets, ("old1", "old2"))
+        self.assertEqual(
+            dict(config.services),
+            {"BUILD": "http://b.test/x/", "KV": "https://kv.test"},
+        )
+
+    def test_option_wins(self) -> None:
+        """
+        A command-line option wins over its environment variable.
+        """
+        env = dict(BASE_ENV, METAGATEWAY_UPSTREAM_TIMEOUT="2", METAGATEWAY_LISTEN="tcp:1")
+        config = GatewayConfig.from_options(
+            {
+                "upstream-timeout": "9",
+                "listen": ["tcp:2", "tcp:3"],
+                "accounts-dir": "/other",
+            },
+            env,
+        )
+        self.assertEqual(config.upstream_timeout, 9.0)
+        self.assertEqual(config.listen, ("tcp:2", "tcp:3"))
+        self.assertEqual(config.accounts_dir, "/other")
+
+    def test_missing_secret(self) -> None:
+        """
+        No ``GATEWAY_JWT_SECRET`` is refused, naming it.
+        """
+        e = self.assertRaises(
+            ConfigurationError,
+            GatewayConfig.from_options,
+            {},
+            {"METAGATEWAY_ACCOUNTS_DIR": "/a"},
+        )
+        self.assertIn("GATEWAY_JWT_SECRET", str(e))
+
+    def test_missing_store(self) -> None:
+        """
+        Neither an accounts directory nor R2 is refused, naming both.
+        """
+        e = self.assertRaises(
+            ConfigurationError,
+            GatewayConfig.from_options,
+            {},
+            {"GATEWAY_JWT_SECRET": "x"},
+        )
+        self.assertIn("--accounts-dir", str(e))
+        self.assertIn("R2_ENDPOINT_URL", str(e))
+
+    def test_r2_selected_and_incomplete(self) -> None:
+        """
+        R2 is used when ``R2_ENDPOINT_URL`` is set and no directory is given;
+        incomplete R2 settings are refused naming the variable; the
+        directory wins over R2.
+        """
+        env = {
+            "GATEWAY_JWT_SECRET": "x",
+            "R2_ENDPOINT_URL": "http://127.0.0.1:9000",
+            "R2_ACCESS_KEY_ID": "id",
+            "R2_SECRET_ACCESS_KEY": "key",
+        }
+        config = GatewayConfig.from_options({}, env)
+        assert config.r2 is not None
+        self.assertEqual(config.r2.bucket, "metacogna-accounts")
+        self.assertEqual(config.r2.region, "auto")
+        self.assertNotIn("key", repr(config.r2).replace("access_key_id", ""))
+        incomplete = dict(env)
+        del incomplete["R2_SECRET_ACCESS_KEY"]
+        e = self.assertRaises(
+            ConfigurationError, GatewayConfig.from_options, {}, incomplete
+        )
+        self.assertIn("R2_SECRET_ACCESS_KEY", str(e))
+        config = GatewayConfig.from_options({"accounts-dir": "/d"}, env)
+        self.assertIsNone(config.r2)
+        self.assertEqual(config.accounts_dir, "/d")
+
+    def test_bad_values(self) -> None:
+        """
+        Malformed numbers and service URLs are refused with one line.
+        """
+        for env in (
+            dict(BASE_ENV, METAGATEWAY_UPSTREAM_TIMEOUT="soon"),
+            dict(BASE_ENV, METAGATEWAY_LOGIN_WINDOW="-1"),
+            dict(BASE_ENV, METAGATEWAY_LOGIN_FAILURES_PER_USER="2.5"),
+            dict(BASE_ENV, METAGATEWAY_CLOCK_SKEW="nan"),
+            dict(BASE_ENV, KV_SERVICE_URL="ftp://kv"),
+        ):
+            e = self.assertRaises(ConfigurationError, GatewayConfig.from_options, {}, env)
+            self.assertNotIn("\n", str(e))
