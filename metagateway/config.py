@@ -125,6 +125,17 @@ class GatewayConfig:
     store_cache_ttl: float = 5.0
 
     @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> GatewayConfig:
+        """
+        Build a configuration from environment variables alone: what the
+        daemon does when no option is given.
+
+        :param environ: the environment, such as ``os.environ``.
+        :raises ConfigurationError: as :meth:`from_options`.
+        """
+        return cls.from_options({}, environ)
+
+    @classmethod
     def from_options(
         cls, options: Mapping[str, object], environ: Mapping[str, str]
     ) -> GatewayConfig:

@@ -19,7 +19,7 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 
 from metagateway.auth import AuthApp
-from metagateway.config import GatewayConfig
+from metagateway.config import ConfigurationError, GatewayConfig
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.interfaces import ICredentialStore
 from metagateway.proxy import GatewayProxyResource
@@ -41,6 +41,7 @@ def make_store(
 
     :param reactor: the reactor (a clock for timeouts and the cache).
     :param client: the HTTP client for R2.
+    :raises ConfigurationError: when ``config`` names no store.
     """
     store: ICredentialStore
     if config.accounts_dir:
@@ -50,7 +51,9 @@ def make_store(
 
         store = R2CredentialStore(config.r2, client, reactor)
     else:
-        raise ValueError("no credential store configured")
+        raise ConfigurationError(
+            "no credential store: set accounts_dir or r2, or pass a store"
+        )
     if config.store_cache_ttl > 0 and not config.accounts_dir:
         from metagateway.credentials.cache import CachingCredentialStore
 
@@ -91,6 +94,9 @@ class Gateway:
     :param cooperator: schedules the writes of proxied request bodies; one
         driven by ``reactor`` if omitted (never Twisted's global one).
 
+    :raises ConfigurationError: when the secret is empty, or no store is
+        passed and ``config`` names none.
+
     :ivar resource: the root resource, to serve or mount under any path.
     :ivar service: the service owning the pool, to add to a ``MultiService``.
     :ivar tokens: the token authority.
@@ -105,6 +111,8 @@ class Gateway:
         http_client: Optional[HTTPClient] = None,
         cooperator: Optional[Cooperator] = None,
     ) -> None:
+        if not config.jwt_secret:
+            raise ConfigurationError("the JWT secret is empty")
         self.config = config
         self.reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=True)
@@ -119,7 +127,9 @@ class Gateway:
         self.agent = agent
         if http_client is None:
             http_client = HTTPClient(
-                Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool)
+                Agent(
+                    reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool
+                )
             )
         self.http_client = http_client
         if cooperator is None:
@@ -129,7 +139,9 @@ class Gateway:
                 scheduler=lambda work: reactor.callLater(0, work)  # type: ignore[no-any-return]
             )
         self.cooperator = cooperator
-        self.store = store if store is not None else make_store(config, reactor, http_client)
+        if store is None:
+            store = make_store(config, reactor, http_client)
+        self.store = store
         self.tokens = TokenAuthority(
             config.jwt_secret,
             reactor.seconds,
