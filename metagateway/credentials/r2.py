@@ -31,9 +31,9 @@ from treq import collect
 from treq.client import HTTPClient
 from zope.interface import implementer
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectError, ConnectionClosed, DNSLookupError
-from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,7 +43,7 @@ from twisted.web.client import (
     ResponseFailed,
     ResponseNeverReceived,
 )
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import IResponse
 
 from metagateway.config import R2Settings
 from metagateway.credentials.interfaces import (
@@ -165,33 +165,6 @@ def sign_request(
         % (signer.scope(request), signer.signed_headers(signed), signature)
     )
     return result
-
-
-@implementer(IBodyProducer)
-class _BytesProducer:
-    """
-    A request body already in memory, written at once (no cooperator, so
-    no global reactor).
-
-    :ivar length: the body's length.
-    """
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _TooLarge(Exception):
@@ -531,7 +504,7 @@ class R2CredentialStore:
             method,
             EncodedURL.from_text(url),
             headers={name: [value] for name, value in signed.items()},
-            data=_BytesProducer(body) if body else None,
+            data=body or None,
             allow_redirects=False,
             unbuffered=True,
         )
