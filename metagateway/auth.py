@@ -28,6 +28,7 @@ from metagateway.errors import (
     store_unavailable,
     write_json,
 )
+from metagateway.github import GitHubSignIn
 from metagateway.passwords import DECOY_RECORD, BadParameters, check_password
 from metagateway.throttle import LoginThrottle
 from metagateway.tokens import (
@@ -111,6 +112,8 @@ class AuthApp:
     :param clock: the time source for ``/health``.
     :param auth_max_body: the largest body read, in bytes.
     :param trusted_proxies: peers whose ``X-Forwarded-For`` is believed.
+    :param github: the GitHub code exchange for ``/core/auth/github``;
+        without it that endpoint answers ``500 GITHUB_NOT_CONFIGURED``.
     """
 
     app = Klein()
@@ -123,6 +126,7 @@ class AuthApp:
         clock: IReactorTime,
         auth_max_body: int = 64 * 1024,
         trusted_proxies: tuple[str, ...] = (),
+        github: Optional[GitHubSignIn] = None,
     ) -> None:
         self.tokens = tokens
         self.store = store
@@ -130,6 +134,7 @@ class AuthApp:
         self.clock = clock
         self.auth_max_body = auth_max_body
         self.trusted_proxies = trusted_proxies
+        self.github = github
 
     @app.handle_errors(GatewayError)
     def _gateway_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -222,6 +227,22 @@ class AuthApp:
                 "user": {"username": record.username, "role": record.role},
             },
         )
+
+    @app.route("/core/auth/github", methods=["POST"])
+    async def github_login(self, request: IRequest) -> bytes:
+        body = read_json_body(request, self.auth_max_body, "CORE")
+        code = body.get("code") if isinstance(body, dict) else None
+        if not isinstance(code, str) or not code:
+            raise GatewayError(400, "INVALID_REQUEST", "Missing GitHub code", "CORE")
+        if self.github is None or not self.github.configured:
+            raise GatewayError(
+                500, "GITHUB_NOT_CONFIGURED", "GitHub sign-in is not configured", "CORE"
+            )
+        redirect_uri = body.get("redirectUri") if isinstance(body, dict) else None
+        answer = await self.github.sign_in(
+            code, redirect_uri if isinstance(redirect_uri, str) else None
+        )
+        return write_json(request, 200, answer)
 
     @app.route("/auth/guest", methods=["POST"])
     def guest(self, request: IRequest) -> bytes:

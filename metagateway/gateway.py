@@ -22,11 +22,13 @@ from metagateway.auth import AuthApp
 from metagateway.config import ConfigurationError, GatewayConfig
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.interfaces import ICredentialStore
+from metagateway.github import GitHubSignIn
 from metagateway.proxy import GatewayProxyResource
 from metagateway.routes import ROUTES
 from metagateway.site import GatewayResource
 from metagateway.throttle import LoginThrottle
 from metagateway.tokens import TokenAuthority
+from metagateway.webhooks import WebhooksResource
 
 #: Idle keep-alive connections kept per upstream host.
 MAX_PERSISTENT_PER_HOST = 64
@@ -161,6 +163,20 @@ class Gateway:
             reactor,
             config.auth_max_body,
             config.trusted_proxies,
+            GitHubSignIn(
+                config.github,
+                http_client,
+                reactor,
+                self.tokens,
+                config.upstream_timeout or 30.0,
+            ),
+        )
+        self.webhooks = WebhooksResource(
+            config.notion_webhook_secret,
+            config.services,
+            http_client,
+            reactor,
+            config.upstream_timeout or 30.0,
         )
         proxies = {
             route.name: GatewayProxyResource(
@@ -174,5 +190,7 @@ class Gateway:
             )
             for route in ROUTES
         }
-        self.resource: IResource = GatewayResource(self.auth.app.resource(), proxies)
+        self.resource: IResource = GatewayResource(
+            self.auth.app.resource(), proxies, self.webhooks
+        )
         self.service = GatewayService(self.pool)

@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import replace
+from io import BytesIO
 from typing import Any, Mapping, Optional
 
+from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent, StubTreq
 
+from twisted.internet.task import Cooperator
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
@@ -106,6 +110,7 @@ class GatewayHarness:
         config: Optional[GatewayConfig] = None,
         store: Optional[ICredentialStore] = None,
         upstream: Optional[Resource] = None,
+        outside: Optional[Resource] = None,
     ) -> None:
         self.clock = MemoryReactorClock()
         self.clock.advance(1_800_000_000)
@@ -116,8 +121,27 @@ class GatewayHarness:
             if store is not None
             else MemoryCredentialStore([make_record(USERNAME, PASSWORD, "admin")])
         )
+        # ``outside``: what the gateway's treq client reaches (GitHub,
+        # webhook targets), a resource routing by host, such as a
+        # ``NameVirtualHost``.
+        self.outside_agent = RequestTraversalAgent(
+            outside if outside is not None else Resource()
+        )
+        outside_bodies = Cooperator(
+            scheduler=lambda work: self.clock.callLater(0, work)  # type: ignore[no-any-return]
+        )
         self.gateway = Gateway(
-            config or make_config(), self.clock, store=self.store, agent=self.agent
+            config or make_config(),
+            self.clock,
+            store=self.store,
+            agent=self.agent,
+            http_client=HTTPClient(
+                self.outside_agent,
+                data_to_body_producer=lambda data: FileBodyProducer(
+                    BytesIO(data) if isinstance(data, bytes) else data,
+                    cooperator=outside_bodies,
+                ),
+            ),
         )
         self.client = StubTreq(self.gateway.resource)
 
@@ -129,6 +153,7 @@ class GatewayHarness:
             self.clock.advance(0)
             self.client.flush()
             self.agent.flush()
+            self.outside_agent.flush()
 
     def request(self, case: SynchronousTestCase, method: str, url: str, **kw: Any) -> Any:
         """
