@@ -29,8 +29,8 @@ from metagateway.errors import (
     write_json,
 )
 from metagateway.github import GitHubSignIn
-from metagateway.passwords import DECOY_RECORD, BadParameters, check_password
-from metagateway.throttle import LoginThrottle
+from metagateway.passwords import BadParameters, check_login
+from metagateway.throttle import LoginThrottle, Throttled
 from metagateway.tokens import (
     ROUTES,
     Claims,
@@ -186,16 +186,18 @@ class AuthApp:
                 route,
             )
         address = client_address(request, self.trusted_proxies)
-        wait = self.throttle.retry_after(username, address)
-        if wait is not None:
+        try:
+            # Counted as a failure from here on, unless it succeeds.
+            attempt = self.throttle.begin(username, address)
+        except Throttled as e:
             raise GatewayError(
                 429,
                 "TOO_MANY_ATTEMPTS",
                 "Too many failed login attempts",
                 route,
-                {"retryAfter": wait},
-                {b"Retry-After": b"%d" % (wait,)},
-            )
+                {"retryAfter": e.retry_after},
+                {b"Retry-After": b"%d" % (e.retry_after,)},
+            ) from None
         record = None
         if is_valid_username(username):
             try:
@@ -203,20 +205,21 @@ class AuthApp:
             except UnknownAccount:
                 record = None
             except StoreUnavailable as e:
+                attempt.abandoned()
                 log.warn(
                     "Credential store unavailable during login: {why}",
                     why=str(e),
                 )
                 raise store_unavailable(route) from None
         try:
-            matched = check_password(record or DECOY_RECORD, password)
+            matched = check_login(record, password)
         except BadParameters:
+            attempt.abandoned()
             log.warn("Unusable password parameters in an account record")
             raise store_unavailable(route) from None
         if record is None or not matched:
-            self.throttle.failed(username, address)
             raise GatewayError(401, "INVALID_CREDENTIALS", "Invalid credentials", route)
-        self.throttle.succeeded(username)
+        attempt.succeeded()
         token = self.tokens.issue(record.username, route, [record.role], "production")
         return write_json(
             request,

@@ -3,6 +3,13 @@ Password hashing and checking for account records.
 
 The original format is ``hash = base64(SHA-256(utf8(salt + password)))``;
 records may instead say ``"scheme": "scrypt"`` with their parameters.
+
+An unknown username is checked against a decoy record, so that it costs
+what a known one costs. The decoy follows the most expensive scheme and
+parameters seen on any real record since the process started (see
+:class:`Decoys`): in a store of original SHA-256 records it is a SHA-256
+record, in a store of scrypt records it becomes an scrypt record with the
+same parameters as soon as the first real record has been read.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import threading
 from typing import Any, Mapping, Optional
 
 from metagateway.credentials.interfaces import AccountRecord
@@ -23,6 +31,9 @@ SCRYPT_DEFAULTS = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 _SCRYPT_MAX_N = 2**20
 _SCRYPT_MAX_R = 32
 _SCRYPT_MAX_P = 16
+
+#: The most memory (``128 * n * r`` bytes) a record's scrypt may use.
+SCRYPT_MAX_MEMORY = 128 * 1024 * 1024
 
 
 class BadParameters(ValueError):
@@ -60,9 +71,21 @@ def _scrypt_params(params: Mapping[str, Any]) -> tuple[int, int, int, int]:
         or not 0 < r <= _SCRYPT_MAX_R
         or not 0 < p <= _SCRYPT_MAX_P
         or not 16 <= dklen <= 64
+        or 128 * n * r > SCRYPT_MAX_MEMORY
     ):
         raise BadParameters("scrypt parameters out of bounds")
     return n, r, p, dklen
+
+
+def scrypt_cost(params: Mapping[str, Any]) -> int:
+    """
+    The relative work of checking a password under scrypt ``params``
+    (``n * r * p``).
+
+    :raises BadParameters: if ``params`` are out of bounds.
+    """
+    n, r, p, _ = _scrypt_params(params)
+    return n * r * p
 
 
 def scrypt_hash(salt: str, password: str, params: Mapping[str, Any]) -> str:
@@ -79,7 +102,8 @@ def scrypt_hash(salt: str, password: str, params: Mapping[str, Any]) -> str:
         r=r,
         p=p,
         dklen=dklen,
-        maxmem=256 * 1024 * 1024,
+        # OpenSSL needs a little over 128 * n * r bytes.
+        maxmem=SCRYPT_MAX_MEMORY + 1024 * 1024,
     )
     return base64.b64encode(digest).decode("ascii")
 
@@ -122,8 +146,84 @@ def check_password(record: AccountRecord, password: str) -> bool:
         computed = scrypt_hash(record.salt, password, record.params)
     else:
         computed = sha256_hash(record.salt, password)
-    return hmac.compare_digest(computed.encode("ascii"), record.hash.encode("utf-8"))
+    return hmac.compare_digest(
+        computed.encode("ascii"), record.hash.encode("utf-8", "surrogatepass")
+    )
 
 
-#: A record used to spend the same work on unknown users as on known ones.
-DECOY_RECORD = AccountRecord("decoy", new_salt(), sha256_hash("x", "y"))
+def _decoy(scheme: str, params: Mapping[str, Any]) -> AccountRecord:
+    salt = new_salt()
+    secret = secrets.token_hex(16)
+    if scheme == "scrypt":
+        return AccountRecord(
+            "decoy", salt, scrypt_hash(salt, secret, params), "admin", "scrypt", params
+        )
+    return AccountRecord("decoy", salt, sha256_hash(salt, secret))
+
+
+#: The original-format decoy: what an unknown user is checked against until
+#: a more expensive real record has been seen.
+DECOY_RECORD = _decoy("sha256", {})
+
+
+class Decoys:
+    """
+    The decoy record an unknown username is checked against.
+
+    It starts as a SHA-256 record (the original format, and the default of
+    ``metagateway-admin``) and is replaced, for good, by one with the scheme
+    and parameters of the most expensive real record checked so far. An
+    unknown username then costs what the store's strongest records cost.
+
+    In a store that mixes schemes, logins of accounts with cheaper records
+    stay distinguishable by timing from unknown names; converting every
+    record to one scheme closes that.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cost = 0
+        self.record = DECOY_RECORD
+
+    def learn(self, record: AccountRecord) -> None:
+        """
+        Take note of a real record's scheme and parameters.
+
+        :raises BadParameters: if the record's parameters are unusable.
+        """
+        if record.scheme != "scrypt":
+            return
+        params = dict(SCRYPT_DEFAULTS)
+        params.update(record.params)
+        cost = scrypt_cost(params)
+        if cost <= self._cost:
+            return
+        decoy = _decoy("scrypt", params)
+        with self._lock:
+            if cost > self._cost:
+                self._cost = cost
+                self.record = decoy
+
+
+#: The decoys of this process.
+DECOYS = Decoys()
+
+
+def check_login(
+    record: Optional[AccountRecord], password: str, decoys: Decoys = DECOYS
+) -> bool:
+    """
+    Whether ``password`` opens ``record``, spending the same work when
+    there is no record (an unknown username) as when there is one.
+
+    :param record: the account's record, or ``None`` when there is none.
+    :param decoys: the decoy records to spend that work on.
+    :return: ``False`` whenever ``record`` is ``None``.
+    :raises BadParameters: if the record's scheme parameters are unusable.
+    """
+    if record is None:
+        check_password(decoys.record, password)
+        return False
+    matched = check_password(record, password)
+    decoys.learn(record)
+    return matched

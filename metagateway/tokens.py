@@ -4,17 +4,29 @@ Issuing and verifying the gateway's HS256 tokens (CONTRACT §3).
 PyJWT checks the signature, the algorithm, ``iss`` and ``aud``; the time
 claims are checked here against an injected clock, with the configured
 leeway, so tests need no sleeps.
+
+Each token names its signing secret in a ``kid`` header (a one-way
+fingerprint of the secret); former secrets are accepted for verification
+only, so a secret can be rotated without logging anyone out. A token without
+``kid``, as the original gateway issued, is tried against every secret.
+
+Revoked tokens are remembered in a bounded :class:`RevocationList` until
+they expire. When it is full it never forgets a revocation silently: it
+refuses more tokens rather than fewer (see :class:`RevocationList`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
+import math
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 import jwt
+from zope.interface import Interface, implementer
 
 #: The route names a token may carry.
 ROUTES = ("AUTH", "KV", "BUILD", "CORE", "BASE", "WEBHOOK")
@@ -26,8 +38,11 @@ LIFETIME = 3600
 #: How many verified tokens are remembered, to skip re-verification.
 _VERIFIED_CACHE_SIZE = 4096
 
-#: How many revoked token ids are remembered at most.
+#: How many revoked tokens are remembered at most, in all.
 _REVOKED_LIMIT = 100_000
+
+#: How many revoked tokens of one subject (``projectId``) are remembered.
+_REVOKED_PER_SUBJECT_LIMIT = 1_000
 
 
 class InvalidToken(Exception):
@@ -41,6 +56,10 @@ class InvalidToken(Exception):
 class Claims:
     """
     The verified claims of a token.
+
+    :ivar token_id: what revocation remembers the token by: its ``jti``, or
+        for a token without one (the original format) a digest of its
+        signed part.
     """
 
     project_id: str
@@ -50,6 +69,7 @@ class Claims:
     issued_by: str
     expires: float
     jti: Optional[str]
+    token_id: str = ""
 
     def may_reach(self, route: str) -> bool:
         """
@@ -68,48 +88,160 @@ class Claims:
 def key_id(secret: str) -> str:
     """
     The ``kid`` naming ``secret``: a short one-way fingerprint of it.
+
+    It tells nothing about the secret that a signed token does not already
+    tell: both are one-way functions of it.
     """
-    return hashlib.sha256(b"metagateway-kid\0" + secret.encode("utf-8")).hexdigest()[:16]
+    digest = hashlib.sha256(b"metagateway-kid\0" + secret.encode("utf-8"))
+    return digest.hexdigest()[:16]
 
 
+class IRevocationList(Interface):
+    """
+    The revoked tokens a :class:`TokenAuthority` refuses.
+
+    Both methods are synchronous: they are on every request's path. A store
+    shared by several gateways would keep a local replica (fed, say, by a
+    publish/subscribe channel) and answer from it.
+    """
+
+    def revoke(token_id: str, subject: str, until: float) -> None:
+        """
+        Refuse the token ``token_id`` of ``subject`` (its ``projectId``)
+        until the POSIX time ``until`` (its ``exp`` plus the leeway).
+        """
+
+    def is_revoked(token_id: str, subject: str, until: float) -> bool:
+        """
+        Whether the token ``token_id`` of ``subject``, valid until
+        ``until``, is refused now.
+        """
+
+
+@implementer(IRevocationList)
 class RevocationList:
     """
-    Token ids revoked until their expiry, held in memory and bounded.
+    Revoked tokens held in memory until they expire, bounded in memory.
 
-    The interface is small (``revoke``, ``is_revoked``) so a shared store can
-    stand in for it where several gateways must agree.
+    A revocation is forgotten only once its token has expired. When more
+    live revocations arrive than the bounds allow, the one closest to its
+    expiry is dropped and replaced by a *floor*: every token (of that
+    subject, or past the overall bound of anyone) expiring no later than
+    the dropped one is refused. So the bound fails closed: a flood of
+    logouts can make some other unexpired tokens be refused early (their
+    holders log in again), never make a logged-out token valid again.
+
+    The per-subject bound keeps a flood of one subject's logouts (``guest``
+    tokens cost nothing to obtain) from touching anyone else's tokens.
+
+    :param now: returns the current POSIX time.
+    :param limit: most revocations remembered in all.
+    :param per_subject_limit: most revocations remembered per subject.
     """
 
-    def __init__(self, now: Callable[[], float], limit: int = _REVOKED_LIMIT) -> None:
+    def __init__(
+        self,
+        now: Callable[[], float],
+        limit: int = _REVOKED_LIMIT,
+        per_subject_limit: int = _REVOKED_PER_SUBJECT_LIMIT,
+    ) -> None:
         self._now = now
-        self._limit = limit
-        self._revoked: OrderedDict[str, float] = OrderedDict()
+        self._limit = max(1, limit)
+        self._per_subject_limit = max(1, per_subject_limit)
+        #: token id -> (until, subject)
+        self._entries: dict[str, tuple[float, str]] = {}
+        #: (until, token id) of every entry, and possibly stale pairs.
+        self._heap: list[tuple[float, str]] = []
+        #: subject -> {token id: until}
+        self._by_subject: dict[str, dict[str, float]] = {}
+        #: subject -> (until, token id) heap, possibly with stale pairs.
+        self._subject_heaps: dict[str, list[tuple[float, str]]] = {}
+        #: subject -> tokens of it expiring no later than this are refused.
+        self._floors: dict[str, float] = {}
+        #: tokens of anyone expiring no later than this are refused.
+        self._floor = -math.inf
 
-    def revoke(self, jti: str, expires: float) -> None:
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def revoke(self, token_id: str, subject: str, until: float) -> None:
         """
-        Refuse the token ``jti`` until ``expires`` (POSIX seconds).
+        Refuse the token ``token_id`` of ``subject`` until ``until``.
         """
         self._purge()
-        self._revoked[jti] = expires
-        self._revoked.move_to_end(jti)
-        while len(self._revoked) > self._limit:
-            # Dropping the oldest entry is safe only for expired ones; past
-            # the bound we drop the one closest to its own expiry.
-            self._revoked.popitem(last=False)
+        if until <= self._now() or self.is_revoked(token_id, subject, until):
+            return
+        self._entries[token_id] = (until, subject)
+        heapq.heappush(self._heap, (until, token_id))
+        mine = self._by_subject.setdefault(subject, {})
+        mine[token_id] = until
+        subject_heap = self._subject_heaps.setdefault(subject, [])
+        heapq.heappush(subject_heap, (until, token_id))
+        while len(mine) > self._per_subject_limit:
+            dropped = self._pop_valid(subject_heap, subject)
+            self._floors[subject] = max(self._floors.get(subject, -math.inf), dropped)
+        while len(self._entries) > self._limit:
+            self._floor = max(self._floor, self._pop_valid(self._heap, None))
+        self._compact()
 
-    def is_revoked(self, jti: Optional[str]) -> bool:
+    def is_revoked(self, token_id: str, subject: str, until: float) -> bool:
         """
-        Whether ``jti`` is revoked now.
+        Whether the token ``token_id`` of ``subject``, valid until
+        ``until``, is refused now.
         """
-        if jti is None:
-            return False
-        expires = self._revoked.get(jti)
-        return expires is not None and expires > self._now()
+        if until <= self._floor or until <= self._floors.get(subject, -math.inf):
+            return True
+        entry = self._entries.get(token_id)
+        return entry is not None and entry[0] > self._now()
+
+    def _pop_valid(
+        self, heap: list[tuple[float, str]], subject: Optional[str]
+    ) -> float:
+        """
+        Drop the live entry closest to expiry from ``heap`` (the overall heap
+        when ``subject`` is ``None``, else that subject's) and return its
+        ``until``.
+        """
+        while True:
+            until, token_id = heapq.heappop(heap)
+            entry = self._entries.get(token_id)
+            if entry is None or entry[0] != until:
+                continue
+            if subject is not None and entry[1] != subject:
+                continue
+            self._forget(token_id)
+            return until
+
+    def _forget(self, token_id: str) -> None:
+        until, subject = self._entries.pop(token_id)
+        mine = self._by_subject[subject]
+        del mine[token_id]
+        if not mine:
+            del self._by_subject[subject]
+            del self._subject_heaps[subject]
 
     def _purge(self) -> None:
         now = self._now()
-        for jti in [j for j, e in self._revoked.items() if e <= now][:1000]:
-            del self._revoked[jti]
+        while self._heap and self._heap[0][0] <= now:
+            until, token_id = heapq.heappop(self._heap)
+            entry = self._entries.get(token_id)
+            if entry is not None and entry[0] == until:
+                self._forget(token_id)
+        if self._floors:
+            for subject in [s for s, f in self._floors.items() if f <= now]:
+                del self._floors[subject]
+
+    def _compact(self) -> None:
+        # Dropped entries leave stale pairs in the heaps; rebuild a heap
+        # once it is mostly stale, so memory follows the live entries.
+        if len(self._heap) > 2 * len(self._entries) + 64:
+            self._heap = [(u, t) for t, (u, _) in self._entries.items()]
+            heapq.heapify(self._heap)
+        for subject, heap in self._subject_heaps.items():
+            live = self._by_subject[subject]
+            if len(heap) > 2 * len(live) + 64:
+                heap[:] = [(u, t) for t, u in live.items()]
+                heapq.heapify(heap)
 
 
 class TokenAuthority:
@@ -117,10 +249,11 @@ class TokenAuthority:
     Issues and verifies tokens.
 
     :param secret: the current signing key.
-    :param previous_secrets: former keys, accepted for verification only.
     :param now: returns the current POSIX time.
+    :param previous_secrets: former keys, accepted for verification only.
     :param clock_skew: seconds of leeway on ``exp``, ``iat``, ``nbf``.
-    :param revocations: the revoked token ids; a fresh list if omitted.
+    :param revocations: the revoked tokens; a fresh
+        :class:`RevocationList` if omitted.
     """
 
     def __init__(
@@ -129,7 +262,7 @@ class TokenAuthority:
         now: Callable[[], float],
         previous_secrets: Iterable[str] = (),
         clock_skew: float = 0.0,
-        revocations: Optional[RevocationList] = None,
+        revocations: Optional[IRevocationList] = None,
     ) -> None:
         self._secret = secret
         self._kid = key_id(secret)
@@ -137,9 +270,19 @@ class TokenAuthority:
         self._skew = clock_skew
         self._keys = {self._kid: secret}
         for old in previous_secrets:
-            self._keys.setdefault(key_id(old), old)
-        self.revocations = revocations or RevocationList(now)
+            if old:
+                self._keys.setdefault(key_id(old), old)
+        self.revocations: IRevocationList = (
+            RevocationList(now) if revocations is None else revocations
+        )
         self._verified: OrderedDict[str, Claims] = OrderedDict()
+
+    @property
+    def kid(self) -> str:
+        """
+        The ``kid`` of the current signing secret.
+        """
+        return self._kid
 
     def issue(
         self,
@@ -179,6 +322,9 @@ class TokenAuthority:
         """
         Check a token and return its claims.
 
+        A token seen before is not decoded again, but its expiry and its
+        revocation are checked on every call.
+
         :raises InvalidToken: if it is not valid now.
         """
         claims = self._verified.get(token)
@@ -187,19 +333,23 @@ class TokenAuthority:
             self._verified[token] = claims
             if len(self._verified) > _VERIFIED_CACHE_SIZE:
                 self._verified.popitem(last=False)
-        if claims.expires + self._skew <= self._now():
+        else:
+            self._verified.move_to_end(token)
+        until = claims.expires + self._skew
+        if until <= self._now():
             self._verified.pop(token, None)
             raise InvalidToken("expired")
-        if self.revocations.is_revoked(claims.jti):
+        if self.revocations.is_revoked(claims.token_id, claims.project_id, until):
             raise InvalidToken("revoked")
         return claims
 
     def revoke(self, claims: Claims) -> None:
         """
-        Revoke the token with ``claims`` until it expires.
+        Revoke the token with ``claims`` until it expires (plus the leeway).
         """
-        if claims.jti is not None:
-            self.revocations.revoke(claims.jti, claims.expires + self._skew)
+        self.revocations.revoke(
+            claims.token_id, claims.project_id, claims.expires + self._skew
+        )
 
     def _decode(self, token: str) -> Claims:
         try:
@@ -236,25 +386,34 @@ class TokenAuthority:
                 raise InvalidToken("invalid") from None
         if payload is None:
             raise InvalidToken("bad signature")
-        return self._shape(payload)
+        return self._shape(payload, token)
 
-    def _shape(self, payload: dict[str, Any]) -> Claims:
+    def _shape(self, payload: dict[str, Any], token: str) -> Claims:
         now = self._now()
-        exp, iat, nbf = payload.get("exp"), payload.get("iat"), payload.get("nbf")
-        for value in (exp, iat) + ((nbf,) if nbf is not None else ()):
+        times = {}
+        for name in ("exp", "iat", "nbf"):
+            value = payload.get(name)
+            if value is None and name == "nbf":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InvalidToken("time claim is not a number")
-        if exp + self._skew <= now:  # type: ignore[operator]
+            try:
+                times[name] = float(value)
+            except OverflowError:
+                raise InvalidToken("time claim out of range") from None
+            if not math.isfinite(times[name]):
+                raise InvalidToken("time claim out of range")
+        if times["exp"] + self._skew <= now:
             raise InvalidToken("expired")
-        if iat - self._skew > now:  # type: ignore[operator]
+        if times["iat"] - self._skew > now:
             raise InvalidToken("issued in the future")
-        if nbf is not None and nbf - self._skew > now:
+        if "nbf" in times and times["nbf"] - self._skew > now:
             raise InvalidToken("not yet valid")
         project_id = payload.get("projectId")
         if not isinstance(project_id, str) or len(project_id) < 4:
             raise InvalidToken("bad projectId")
         route = payload.get("route")
-        if route not in ROUTES:
+        if not isinstance(route, str) or route not in ROUTES:
             raise InvalidToken("bad route")
         scopes = payload.get("scopes", [])
         if not isinstance(scopes, list) or not all(
@@ -262,22 +421,34 @@ class TokenAuthority:
         ):
             raise InvalidToken("bad scopes")
         environment = payload.get("environment", "production")
-        if environment not in ("staging", "production"):
+        if not isinstance(environment, str) or environment not in (
+            "staging",
+            "production",
+        ):
             raise InvalidToken("bad environment")
         issued_by = payload.get("issuedBy", ISSUER)
         if not isinstance(issued_by, str):
             raise InvalidToken("bad issuedBy")
         jti = payload.get("jti")
-        if jti is not None and not isinstance(jti, str):
+        if jti is not None and (not isinstance(jti, str) or not jti):
             raise InvalidToken("bad jti")
+        if jti is not None:
+            token_id = "jti:" + jti
+        else:
+            # The signed part cannot be re-encoded without breaking the
+            # signature (the signature's own base64 can be), so it names
+            # the token however its signature segment is spelled.
+            signed = token.rsplit(".", 1)[0].encode("ascii")
+            token_id = "sig:" + hashlib.sha256(signed).hexdigest()
         return Claims(
             project_id=project_id,
-            route=route,  # type: ignore[arg-type]
+            route=route,
             scopes=tuple(scopes),
             environment=environment,
             issued_by=issued_by,
-            expires=float(exp),  # type: ignore[arg-type]
+            expires=times["exp"],
             jti=jti,
+            token_id=token_id,
         )
 
 
