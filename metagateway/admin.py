@@ -1,0 +1,367 @@
+"""
+``metagateway-admin``: manage accounts in the gateway's credential store.
+
+::
+
+    metagateway-admin [--accounts-dir DIR] add-user NAME [--role ROLE]
+                      [--scheme sha256|scrypt] [--password-stdin]
+    metagateway-admin [--accounts-dir DIR] set-password NAME [--password-stdin]
+    metagateway-admin [--accounts-dir DIR] remove-user NAME
+    metagateway-admin [--accounts-dir DIR] list-users
+
+The store is chosen as the daemon chooses it: ``--accounts-dir`` (or
+``METAGATEWAY_ACCOUNTS_DIR``), else R2 from the ``R2_*`` variables. Every
+failure is one line on stderr and a non-zero exit status; no hash or salt
+is ever printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass as _getpass
+import os
+import sys
+from typing import Any, Callable, Mapping, NoReturn, Optional, Sequence, TextIO
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
+from twisted.python.filepath import FilePath
+
+from metagateway.config import ConfigurationError, R2Settings
+from metagateway.credentials.directory import DirectoryCredentialStore
+from metagateway.credentials.interfaces import (
+    IWritableCredentialStore,
+    StoreUnavailable,
+    UnknownAccount,
+    UnreadableRecord,
+    is_valid_username,
+)
+from metagateway.passwords import make_record
+
+#: Exit status for a failure the command reports.
+EXIT_FAILURE = 1
+
+#: Exit status for a malformed command line.
+EXIT_USAGE = 2
+
+#: Seconds each R2 call may take.
+R2_TIMEOUT = 10.0
+
+PROGRAM = "metagateway-admin"
+
+
+class AdminError(Exception):
+    """
+    A failure to report on one line, then exit with ``status``.
+
+    :ivar status: the exit status.
+    """
+
+    def __init__(self, message: str, status: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """
+    An argument parser whose errors are one line, raised rather than
+    printed and exited.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise AdminError("%s (see %s --help)" % (message, PROGRAM), status=EXIT_USAGE)
+
+    def exit(self, status: int = 0, message: Optional[str] = None) -> NoReturn:
+        if message:
+            raise AdminError(message.strip(), status=status or EXIT_FAILURE)
+        raise SystemExit(status)
+
+
+def build_parser(stdout: TextIO) -> argparse.ArgumentParser:
+    """
+    The command-line parser.
+
+    :param stdout: where ``--help`` is written.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--accounts-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="a local accounts directory (default: $METAGATEWAY_ACCOUNTS_DIR, "
+        "else the R2 bucket named by the R2_* variables)",
+    )
+    password = argparse.ArgumentParser(add_help=False)
+    password.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input "
+        "instead of prompting",
+    )
+    parser = _Parser(
+        prog=PROGRAM,
+        description="Manage metagateway accounts in the credential store.",
+        parents=[common],
+    )
+    parser.print_help = lambda file=None: argparse.ArgumentParser.print_help(  # type: ignore[method-assign]
+        parser, stdout
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    def command(name: str, help: str, *parents: argparse.ArgumentParser) -> Any:
+        sub = commands.add_parser(
+            name, help=help, description=help, parents=[common, *parents]
+        )
+        sub.print_help = lambda file=None: argparse.ArgumentParser.print_help(  # type: ignore[method-assign]
+            sub, stdout
+        )
+        return sub
+
+    add = command("add-user", "create an account", password)
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--role", default="admin", help="the role (default: admin)")
+    add.add_argument(
+        "--scheme",
+        choices=("sha256", "scrypt"),
+        default="sha256",
+        help="password hashing: sha256 (the original format, default) or scrypt",
+    )
+    setpw = command("set-password", "change an account's password", password)
+    setpw.add_argument("name", metavar="NAME")
+    setpw.add_argument(
+        "--scheme",
+        choices=("sha256", "scrypt"),
+        default=None,
+        help="password hashing (default: keep the account's)",
+    )
+    remove = command("remove-user", "delete an account")
+    remove.add_argument("name", metavar="NAME")
+    command("list-users", "list the account names")
+    return parser
+
+
+def _check_role(role: str) -> str:
+    """
+    :raises AdminError: for an empty role or one with control characters.
+    """
+    if not role or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in role):
+        raise AdminError("the role must be a non-empty printable string")
+    return role
+
+
+def read_password(
+    from_stdin: bool,
+    stdin: TextIO,
+    prompt: Callable[[str], str],
+) -> str:
+    """
+    The new password: the first line of ``stdin``, or typed twice at a
+    no-echo prompt.
+
+    :raises AdminError: if it is empty, the two entries differ, or input
+        ends.
+    """
+    if from_stdin:
+        line = stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        if password.endswith("\r"):
+            password = password[:-1]
+    else:
+        try:
+            password = prompt("New password: ")
+            again = prompt("Repeat password: ")
+        except EOFError:
+            raise AdminError("no password given (input ended)") from None
+        if password != again:
+            raise AdminError("the passwords do not match")
+    if not password:
+        raise AdminError("the password must not be empty")
+    return password
+
+
+def open_store(
+    reactor: Any,
+    accounts_dir: Optional[str],
+    environ: Mapping[str, str],
+    create: bool = False,
+    http_client: Optional[Any] = None,
+) -> tuple[IWritableCredentialStore, Callable[[], object]]:
+    """
+    The store to manage, and a function that releases it.
+
+    :param reactor: the reactor R2 calls run on.
+    :param accounts_dir: ``--accounts-dir``, if given.
+    :param environ: the environment.
+    :param create: create a missing accounts directory (``add-user``).
+    :param http_client: the treq client for R2; by default one with its
+        own connection pool, closed by the release function.
+    :raises AdminError: when no store is configured or R2 settings are
+        incomplete.
+    """
+    directory = accounts_dir or environ.get("METAGATEWAY_ACCOUNTS_DIR") or None
+    if directory:
+        root = FilePath(directory)
+        if not root.isdir():
+            if not create:
+                raise AdminError("accounts directory %s does not exist" % (directory,))
+            try:
+                os.makedirs(root.path, mode=0o700)
+            except OSError as e:
+                raise AdminError(
+                    "cannot create accounts directory %s: %s" % (directory, e.strerror)
+                ) from None
+        return DirectoryCredentialStore(root), lambda: None
+    if not environ.get("R2_ENDPOINT_URL"):
+        raise AdminError(
+            "no credential store: give --accounts-dir "
+            "(or METAGATEWAY_ACCOUNTS_DIR) or set R2_ENDPOINT_URL"
+        )
+    try:
+        settings = R2Settings.from_environ(environ)
+    except ConfigurationError as e:
+        raise AdminError(str(e)) from None
+    from treq.client import HTTPClient
+
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from metagateway.credentials.r2 import R2CredentialStore
+
+    if http_client is not None:
+        store = R2CredentialStore(settings, http_client, reactor, timeout=R2_TIMEOUT)
+        return store, lambda: None
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    client = HTTPClient(Agent(reactor, pool=pool))
+    store = R2CredentialStore(settings, client, reactor, timeout=R2_TIMEOUT)
+    return store, pool.closeCachedConnections
+
+
+async def run(
+    reactor: Any,
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    stdin: TextIO,
+    stdout: TextIO,
+    stderr: TextIO,
+    prompt: Callable[[str], str] = _getpass.getpass,
+    http_client: Optional[Any] = None,
+) -> int:
+    """
+    Carry out one command.
+
+    :param reactor: the reactor (R2 calls run on it).
+    :param argv: the arguments, without the program name.
+    :param environ: the environment (``METAGATEWAY_ACCOUNTS_DIR``, ``R2_*``).
+    :param stdin: where ``--password-stdin`` reads.
+    :param stdout: where results go.
+    :param stderr: where failures go, one line each.
+    :param prompt: asks for a password without echo.
+    :param http_client: the treq client for R2 (tests pass ``StubTreq``).
+    :return: the exit status.
+    """
+    release: Callable[[], object] = lambda: None  # noqa: E731
+    try:
+        try:
+            options = build_parser(stdout).parse_args(list(argv))
+        except SystemExit as e:
+            return int(e.code or 0)
+        command = options.command
+        name = getattr(options, "name", None)
+        if name is not None and not is_valid_username(name):
+            raise AdminError(
+                "invalid username %r: 4 to 128 bytes, no '/', '\\\\', '..' "
+                "or control characters" % (name,)
+            )
+        store, release = open_store(
+            reactor,
+            getattr(options, "accounts_dir", None),
+            environ,
+            create=command == "add-user",
+            http_client=http_client,
+        )
+        if command == "add-user":
+            role = _check_role(options.role)
+            if await _exists(store, name):
+                raise AdminError(
+                    "account %r already exists (use set-password)" % (name,)
+                )
+            password = read_password(options.password_stdin, stdin, prompt)
+            await store.store(make_record(name, password, role, options.scheme))
+            stdout.write("added %s (role %s)\n" % (name, role))
+        elif command == "set-password":
+            try:
+                old = await store.lookup(name)
+            except UnknownAccount:
+                raise AdminError("no account named %r" % (name,)) from None
+            except UnreadableRecord:
+                raise AdminError(
+                    "the record of %r cannot be read: remove-user, then add-user"
+                    % (name,)
+                ) from None
+            password = read_password(options.password_stdin, stdin, prompt)
+            scheme = options.scheme or old.scheme
+            await store.store(make_record(name, password, old.role, scheme))
+            stdout.write("password changed for %s\n" % (name,))
+        elif command == "remove-user":
+            try:
+                await store.remove(name)
+            except UnknownAccount:
+                raise AdminError("no account named %r" % (name,)) from None
+            stdout.write("removed %s\n" % (name,))
+        else:
+            for username in await store.usernames():
+                stdout.write(username + "\n")
+        stdout.flush()
+        return 0
+    except AdminError as e:
+        stderr.write("%s: %s\n" % (PROGRAM, e))
+        return e.status
+    except StoreUnavailable as e:
+        stderr.write("%s: the credential store could not answer: %s\n" % (PROGRAM, e))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        stderr.write("%s: interrupted\n" % (PROGRAM,))
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line, never a traceback
+        stderr.write("%s: unexpected error: %s\n" % (PROGRAM, type(e).__name__))
+        return EXIT_FAILURE
+    finally:
+        try:
+            result = release()
+            if isinstance(result, Deferred):
+                await result
+        except Exception:  # noqa: BLE001, S110 - closing idle connections
+            pass
+
+
+async def _exists(store: IWritableCredentialStore, name: str) -> bool:
+    """
+    Whether ``name`` has a record; an unreadable one counts as existing.
+    """
+    try:
+        await store.lookup(name)
+    except UnknownAccount:
+        return False
+    except UnreadableRecord:
+        return True
+    return True
+
+
+def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
+    """
+    The ``metagateway-admin`` console script.
+
+    :param argv: the arguments, without the program name (default:
+        ``sys.argv[1:]``).
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+
+    async def _main(reactor: Any) -> None:
+        status = await run(
+            reactor, arguments, os.environ, sys.stdin, sys.stdout, sys.stderr
+        )
+        if status:
+            raise SystemExit(status)
+
+    react(_main)
+    raise SystemExit(0)  # react always exits; this satisfies NoReturn
