@@ -43,6 +43,7 @@ from twisted.web.client import (
     ResponseFailed,
     ResponseNeverReceived,
 )
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from metagateway.config import R2Settings
@@ -503,7 +504,12 @@ class R2CredentialStore:
         response: IResponse = await self._client.request(
             method,
             EncodedURL.from_text(url),
-            headers={name: [value] for name, value in signed.items()},
+            headers=Headers(
+                {
+                    name.encode("ascii"): [value.encode("utf-8")]
+                    for name, value in signed.items()
+                }
+            ),
             data=body or None,
             allow_redirects=False,
             unbuffered=True,
