@@ -102,6 +102,11 @@ async def main(
     """
     Start the services, listen, and run until the reactor stops.
     """
+    # ``react`` calls this before the reactor runs: wait until it does, so
+    # that its signal handlers are in place before we say we listen.
+    running: Deferred[None] = Deferred()
+    reactor.callWhenRunning(running.callback, None)
+    await running
     services, site = build(reactor, config)
     services.startService()
     endpoint = TCP4ServerEndpoint(reactor, port_number, interface=interface)
