@@ -83,7 +83,7 @@ def build_parser(stdout: TextIO) -> argparse.ArgumentParser:
 
     :param stdout: where ``--help`` is written.
     """
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--accounts-dir",
         metavar="DIR",
@@ -91,7 +91,7 @@ def build_parser(stdout: TextIO) -> argparse.ArgumentParser:
         help="a local accounts directory (default: $METAGATEWAY_ACCOUNTS_DIR, "
         "else the R2 bucket named by the R2_* variables)",
     )
-    password = argparse.ArgumentParser(add_help=False)
+    password = _Parser(add_help=False)
     password.add_argument(
         "--password-stdin",
         action="store_true",
@@ -109,10 +109,9 @@ def build_parser(stdout: TextIO) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    def command(name: str, help: str, *parents: argparse.ArgumentParser) -> Any:
-        sub = commands.add_parser(
-            name, help=help, description=help, parents=[common, *parents]
-        )
+    def command(name: str, help: str, *parents: _Parser) -> Any:
+        inherited = [common, *parents]
+        sub = commands.add_parser(name, help=help, description=help, parents=inherited)
         sub.print_help = lambda file=None: argparse.ArgumentParser.print_help(  # type: ignore[method-assign]
             sub, stdout
         )
@@ -266,8 +265,8 @@ async def run(
         except SystemExit as e:
             return int(e.code or 0)
         command = options.command
-        name = getattr(options, "name", None)
-        if name is not None and not is_valid_username(name):
+        name: str = getattr(options, "name", None) or ""
+        if command != "list-users" and not is_valid_username(name):
             raise AdminError(
                 "invalid username %r: 4 to 128 bytes, no '/', '\\\\', '..' "
                 "or control characters" % (name,)

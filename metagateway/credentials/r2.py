@@ -37,7 +37,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
+from twisted.web.client import (  # type: ignore[attr-defined]
     RequestNotSent,
     RequestTransmissionFailed,
     ResponseFailed,
