@@ -803,6 +803,9 @@ def measure(rows: list[Row], wrk: str, args: argparse.Namespace) -> None:
     live = [r for r in rows if r.server]
     if not live:
         return
+    per_run = _seconds(args.duration) + args.pause + 0.5
+    total = len(live) * len(WORKLOADS) * (args.rounds * per_run + _seconds(args.warmup))
+    print(f"measuring {len(live)} servers, about {total / 60:.0f} min", flush=True)
     print(f"warming up ({args.warmup} per workload) ...", flush=True)
     for row in live:
         # PyPy's JIT needs longer before it runs at full speed.
@@ -1104,6 +1107,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)  # even if started with it ignored
     lab = Lab(keep=args.keep)
     try:
         print(f"starting servers (logs in {lab.dir}) ...", flush=True)
