@@ -1101,6 +1101,8 @@ def main(argv: list[str] | None = None) -> int:
     print("metagateway side-by-side benchmark")
     for k, v in info.items():
         print(f"  {k:<9} {v}")
+    if os.getloadavg()[0] > 0.5:
+        print("  warning: the machine is busy before the run; figures will be noisy")
 
     # Ctrl-C and SIGTERM both unwind through the finally below.
     def interrupted(signum: int, frame: object) -> None:
@@ -1115,6 +1117,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = start_all(lab, plan(args, tools["nginx"]), upstream)
         measure(rows, tools["wrk"], args)
         print_table(rows)
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"load average after the run: {load}\n")
         checks = print_checks(rows, args.workers)
         if args.json:
             write_json(args.json, rows, checks, info)
