@@ -11,7 +11,7 @@ nor the access token is ever logged or answered.
 from __future__ import annotations
 
 import json
-from typing import Any, Coroutine, TypeVar
+from typing import Any, Coroutine, NoReturn, TypeVar
 
 from treq.client import HTTPClient
 
@@ -116,6 +116,19 @@ def read_limited(response: IResponse, limit: int) -> Deferred[bytes]:
     protocol = _LimitedBody(limit, finished)
     response.deliverBody(protocol)
     return finished
+
+
+def timed_out(result: object, timeout: float) -> NoReturn:
+    """
+    The ``onTimeoutCancel`` of :meth:`Deferred.addTimeout` for HTTP calls:
+    whatever the cancelled call failed with, report a ``TimeoutError``.
+
+    Cancelling an ``Agent`` request that is waiting for its answer fails it
+    with ``ResponseNeverReceived([CancelledError])``, not with the
+    ``CancelledError`` that ``addTimeout`` turns into a ``TimeoutError`` by
+    default.
+    """
+    raise TimeoutError(f"no answer within {timeout} seconds")
 
 
 def failed() -> GatewayError:
@@ -235,7 +248,9 @@ class GitHubSignIn:
         Run ``work``, cancelled with a ``TimeoutError`` after
         :attr:`timeout` seconds.
         """
-        return Deferred.fromCoroutine(work).addTimeout(self.timeout, self.clock)
+        return Deferred.fromCoroutine(work).addTimeout(
+            self.timeout, self.clock, timed_out
+        )
 
     async def _exchange(self, code: str, redirect_uri: str | None) -> str:
         """

@@ -34,7 +34,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from metagateway.auth import too_large
 from metagateway.errors import GatewayError, error_response, internal_error, write_json
-from metagateway.github import read_limited
+from metagateway.github import read_limited, timed_out
 from metagateway.proxy import HOP_BY_HOP, connection_tokens
 
 log = Logger()
@@ -274,7 +274,7 @@ class WebhooksResource(Resource):
     ) -> Deferred[dict[str, Any]]:
         target = url.rstrip("/") + "/webhooks/" + source.decode("ascii")
         attempt = Deferred.fromCoroutine(self._post(target, body, headers))
-        attempt.addTimeout(self.timeout, self.clock)
+        attempt.addTimeout(self.timeout, self.clock, timed_out)
 
         def delivered(status: int) -> dict[str, Any]:
             return {"target": name, "status": status}
@@ -314,6 +314,6 @@ class WebhooksResource(Resource):
             unbuffered=True,
         )
         drained = read_limited(response, MAX_TARGET_ANSWER)
-        drained.addTimeout(self.timeout, self.clock)
+        drained.addTimeout(self.timeout, self.clock, timed_out)
         drained.addErrback(lambda _: None)
         return int(response.code)
