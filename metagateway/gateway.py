@@ -6,6 +6,7 @@ service. The daemon goes through this same code path.
 
 from __future__ import annotations
 
+import io
 from typing import Any, Optional
 
 from treq.client import HTTPClient
@@ -14,8 +15,13 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Cooperator
 from twisted.python.filepath import FilePath
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from twisted.web.iweb import IAgent
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    FileBodyProducer,
+    HTTPConnectionPool,
+)
+from twisted.web.iweb import IAgent, IBodyProducer
 from twisted.web.resource import IResource
 
 from metagateway.auth import AuthApp
@@ -63,6 +69,19 @@ def make_store(
     return store
 
 
+def body_producer(cooperator: Cooperator, data: Any) -> IBodyProducer:
+    """
+    treq's conversion of a request's ``data`` to a body (its
+    ``data_to_body_producer``), with bytes and files written by
+    ``cooperator`` instead of Twisted's global one.
+    """
+    if isinstance(data, bytes):
+        data = io.BytesIO(data)
+    if hasattr(data, "read"):
+        return FileBodyProducer(data, cooperator=cooperator)
+    return IBodyProducer(data)
+
+
 class GatewayService(Service):
     """
     Owns what a gateway keeps open: the upstream connection pool.
@@ -79,7 +98,8 @@ class GatewayService(Service):
         Close the pool's cached connections.
         """
         super().stopService()
-        return self.pool.closeCachedConnections()
+        closed: Deferred[None] = self.pool.closeCachedConnections()
+        return closed
 
 
 class Gateway:
@@ -93,8 +113,9 @@ class Gateway:
         omitted.
     :param http_client: the treq client for R2 and GitHub; built on the
         pool if omitted.
-    :param cooperator: schedules the writes of proxied request bodies; one
-        driven by ``reactor`` if omitted (never Twisted's global one).
+    :param cooperator: schedules the writes of request bodies (proxied, and
+        the default ``http_client``'s); one driven by ``reactor`` if omitted
+        (never Twisted's global one).
 
     :raises ConfigurationError: when the secret is empty, or no store is
         passed and ``config`` names none.
@@ -127,13 +148,6 @@ class Gateway:
                 connectTimeout=config.upstream_timeout or None,
             )
         self.agent = agent
-        if http_client is None:
-            http_client = HTTPClient(
-                Agent(
-                    reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool
-                )
-            )
-        self.http_client = http_client
         if cooperator is None:
             # Request-body writes run on this gateway's own reactor, never
             # on Twisted's global cooperator.
@@ -141,6 +155,14 @@ class Gateway:
                 scheduler=lambda work: reactor.callLater(0, work)  # type: ignore[no-any-return]
             )
         self.cooperator = cooperator
+        if http_client is None:
+            http_client = HTTPClient(
+                Agent(
+                    reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool
+                ),
+                data_to_body_producer=lambda data: body_producer(cooperator, data),
+            )
+        self.http_client = http_client
         if store is None:
             store = make_store(config, reactor, http_client)
         self.store = store

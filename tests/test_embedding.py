@@ -640,6 +640,27 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(response.code, 200)
         self.assertFalse(transport.disconnecting)
 
+    def test_http_client_uses_given_reactor(self) -> None:
+        """
+        The default treq client (R2, GitHub, webhooks) connects through the
+        given reactor and writes request bodies with the gateway's own
+        cooperator: nothing is written until that reactor turns.
+        """
+        d = self.gateway.http_client.post(
+            "http://127.0.0.1:9002/hook", data=b"body bytes"
+        )
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        host, port, factory, _, _ = self.reactor.tcpClients[0]
+        self.assertEqual((host, port), ("127.0.0.1", 9002))
+        transport = StringTransport()
+        factory.buildProtocol(None).makeConnection(transport)
+        self.assertNotIn(b"body bytes", transport.value())
+        self.reactor.advance(0)
+        self.assertTrue(transport.value().startswith(b"POST /hook HTTP/1.1\r\n"))
+        self.assertTrue(transport.value().endswith(b"\r\n\r\nbody bytes"))
+        d.cancel()
+        self.failureResultOf(d)
+
     def test_stop_closes_pool(self) -> None:
         """
         Stopping the host closes the pool's idle upstream connections.
