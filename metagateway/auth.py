@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
+from metagateway.accesslog import note_subject
 from metagateway.credentials.interfaces import (
     ICredentialStore,
     StoreUnavailable,
@@ -220,6 +221,7 @@ class AuthApp:
         if record is None or not matched:
             raise GatewayError(401, "INVALID_CREDENTIALS", "Invalid credentials", route)
         attempt.succeeded()
+        note_subject(request, record.username)
         token = self.tokens.issue(record.username, route, [record.role], "production")
         return write_json(
             request,
@@ -264,9 +266,11 @@ class AuthApp:
         if token is None:
             raise GatewayError(401, code, message, "CORE")
         try:
-            return self.tokens.verify(token)
+            claims = self.tokens.verify(token)
         except InvalidToken:
             raise GatewayError(403, code, message, "CORE") from None
+        note_subject(request, claims.project_id)
+        return claims
 
     @app.route("/core/session", methods=["GET"])
     def session(self, request: IRequest) -> bytes:

@@ -147,6 +147,8 @@ def error_response(request: IRequest, error: GatewayError) -> bytes:
     :return: the body bytes.
     """
     body = error.body(request_id_of(request))
+    # For the access log and metrics (metagateway.accesslog).
+    request.metagatewayError = error.code  # type: ignore[attr-defined]
     set_json_headers(request, error.status, error.headers)
     request.setHeader(b"Content-Length", b"%d" % (len(body),))
     return body

@@ -7,6 +7,7 @@ service. The daemon goes through this same code path.
 from __future__ import annotations
 
 import io
+from functools import partial
 from typing import Any, Optional
 
 from treq.client import HTTPClient
@@ -24,11 +25,13 @@ from twisted.web.client import (
 from twisted.web.iweb import IAgent, IBodyProducer
 from twisted.web.resource import IResource
 
-from metagateway.auth import AuthApp
+from metagateway.accesslog import AccessLog, RequestRecorder
+from metagateway.auth import AuthApp, client_address
 from metagateway.config import ConfigurationError, GatewayConfig
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.interfaces import ICredentialStore
 from metagateway.github import GitHubSignIn
+from metagateway.metrics import MeasuredCredentialStore, Metrics
 from metagateway.proxy import GatewayProxyResource
 from metagateway.routes import ROUTES
 from metagateway.site import GatewayResource
@@ -102,6 +105,11 @@ class GatewayService(Service):
         return closed
 
 
+#: The default access log: text events to the global log publisher (it
+#: holds no state, so gateways may share it).
+TEXT_ACCESS_LOG = AccessLog("text")
+
+
 class Gateway:
     """
     One gateway: its resource tree and its service.
@@ -116,6 +124,10 @@ class Gateway:
     :param cooperator: schedules the writes of request bodies (proxied, and
         the default ``http_client``'s); one driven by ``reactor`` if omitted
         (never Twisted's global one).
+    :param access_log: where the access log goes; ``None`` writes none.
+        By default, text events to the global log publisher.
+    :param metrics: this gateway's metrics; a fresh :class:`Metrics` if
+        omitted (never shared with another gateway unless passed).
 
     :raises ConfigurationError: when the secret is empty, or no store is
         passed and ``config`` names none.
@@ -123,6 +135,8 @@ class Gateway:
     :ivar resource: the root resource, to serve or mount under any path.
     :ivar service: the service owning the pool, to add to a ``MultiService``.
     :ivar tokens: the token authority.
+    :ivar metrics: the gateway's :class:`~metagateway.metrics.Metrics`,
+        for :class:`~metagateway.metrics.MetricsSite`.
     """
 
     def __init__(
@@ -133,6 +147,8 @@ class Gateway:
         agent: Optional[IAgent] = None,
         http_client: Optional[HTTPClient] = None,
         cooperator: Optional[Cooperator] = None,
+        access_log: Optional[AccessLog] = TEXT_ACCESS_LOG,
+        metrics: Optional[Metrics] = None,
     ) -> None:
         if not config.jwt_secret:
             raise ConfigurationError("the JWT secret is empty")
@@ -178,9 +194,10 @@ class Gateway:
             config.login_window,
             reactor.seconds,
         )
+        self.metrics = metrics if metrics is not None else Metrics()
         self.auth = AuthApp(
             self.tokens,
-            self.store,
+            MeasuredCredentialStore(self.store, self.metrics, reactor.seconds),
             self.throttle,
             reactor,
             config.auth_max_body,
@@ -212,7 +229,13 @@ class Gateway:
             )
             for route in ROUTES
         }
+        self.recorder = RequestRecorder(
+            self.metrics,
+            reactor.seconds,
+            access_log,
+            partial(client_address, trusted_proxies=config.trusted_proxies),
+        )
         self.resource: IResource = GatewayResource(
-            self.auth.app.resource(), proxies, self.webhooks
+            self.auth.app.resource(), proxies, self.webhooks, self.recorder
         )
         self.service = GatewayService(self.pool)

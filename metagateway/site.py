@@ -13,6 +13,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from metagateway.accesslog import RequestRecorder, note_route
 from metagateway.errors import GatewayError, error_response, internal_error
 from metagateway.routes import normalise_path, route_for
 
@@ -41,6 +42,15 @@ OWN_ENDPOINTS = frozenset(
         (b"POST", b"core/auth/github"),
     }
 )
+
+#: Access-log and metrics labels of the gateway's own endpoints that are
+#: not plain ``AUTH``: (route label, login kind).
+ENDPOINT_LABELS: Mapping[bytes, tuple[str, str | None]] = {
+    b"health": ("HEALTH", None),
+    b"auth/login": ("AUTH", "password"),
+    b"core/auth/login": ("AUTH", "password"),
+    b"core/auth/github": ("AUTH", "github"),
+}
 
 
 def not_found() -> GatewayError:
@@ -77,6 +87,7 @@ class GatewayResource(Resource):
     :param auth: the Klein resource of the gateway's own endpoints.
     :param proxies: route name to its proxy resource.
     :param webhooks: the resource for ``/webhooks/…``, if any.
+    :param recorder: counts each request and writes its access-log line.
     """
 
     isLeaf = True
@@ -86,17 +97,21 @@ class GatewayResource(Resource):
         auth: IResource,
         proxies: Mapping[str, IResource],
         webhooks: IResource | None = None,
+        recorder: RequestRecorder | None = None,
     ) -> None:
         super().__init__()
         self.auth = auth
         self.proxies = dict(proxies)
         self.webhooks = webhooks
+        self.recorder = recorder
 
     def render(self, request: IRequest) -> Any:
         """
         Dispatch ``request``.
         """
         request.defaultContentType = None
+        if self.recorder is not None:
+            self.recorder.started(request)
         try:
             return self._dispatch(request)
         except GatewayError as e:
@@ -107,6 +122,7 @@ class GatewayResource(Resource):
 
     def _dispatch(self, request: IRequest) -> Any:
         if request.method == b"OPTIONS":
+            note_route(request, "PREFLIGHT")
             request.setResponseCode(204)
             for name, value in PREFLIGHT_HEADERS:
                 request.setHeader(name, value)
@@ -117,9 +133,11 @@ class GatewayResource(Resource):
         segments = normalise_path(below)
         key = b"/".join(segments)
         if (request.method, key) in OWN_ENDPOINTS:
+            note_route(request, *ENDPOINT_LABELS.get(key, ("AUTH", None)))
             return self._delegate(self.auth, request, mount, segments, decode=True)
         head = segments[0] if segments else b""
         if head == b"webhooks" and self.webhooks is not None:
+            note_route(request, "WEBHOOK")
             return self._delegate(self.webhooks, request, mount, segments, decode=True)
         if head == b"auth" or head == b"health":
             raise not_found()
@@ -127,6 +145,7 @@ class GatewayResource(Resource):
         if route is None:
             raise not_found()
         proxy = self.proxies[route.name]
+        note_route(request, route.name)
         request.prepath = mount + [route.prefix]
         request.postpath = segments[1:]
         return proxy.render(request)
@@ -154,21 +173,15 @@ class GatewayRequest(Request):
 
 class GatewaySite(Site):
     """
-    The daemon's ``Site``: gateway requests, and an access log that never
-    holds a query string or a header value.
+    The daemon's ``Site``: gateway requests. The access log is written by
+    the gateway's resource (:mod:`metagateway.accesslog`), so that a gateway
+    mounted in another ``Site`` logs the same lines; this ``Site`` adds none
+    of its own (Twisted's would hold the query string).
     """
 
     requestFactory = GatewayRequest
 
     def log(self, request: IRequest) -> None:
         """
-        Log one line per request without the query string.
+        Log nothing here: see :class:`~metagateway.accesslog.RequestRecorder`.
         """
-        log.info(
-            "{client} {method} {path} {status} {size}",
-            client=getattr(request.getClientAddress(), "host", "-"),
-            method=request.method.decode("latin-1", "replace"),
-            path=request.path.decode("latin-1", "replace"),
-            status=request.code,
-            size=request.sentLength,
-        )

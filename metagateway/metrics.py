@@ -1,0 +1,431 @@
+"""
+Prometheus metrics: one :class:`Metrics` object per gateway, its text
+exposition, the resource and ``Site`` serving it on ``--metrics-listen``,
+and a credential-store decorator that measures lookups.
+
+There is no global registry: two gateways in one process count separately.
+The exposition is the Prometheus text format, version 0.0.4, written by
+hand (a few counters, one gauge, two histogram families).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Any, Callable, Iterable, Optional
+
+from zope.interface import implementer
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from metagateway import __version__
+from metagateway.credentials.interfaces import (
+    AccountRecord,
+    ICredentialStore,
+    StoreUnavailable,
+    UnknownAccount,
+)
+
+#: Upper bounds, in seconds, of the request latency histogram's buckets.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+#: Upper bounds, in seconds, of the credential-store latency histogram.
+STORE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+#: Method label values; any other method is counted as ``OTHER``.
+_METHODS = {
+    m: m.decode("ascii")
+    for m in (b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS")
+}
+
+#: Status class label by ``status // 100``.
+_STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+#: Gateway error code -> upstream error kind.
+UPSTREAM_ERRORS = {
+    "UPSTREAM_TIMEOUT": "timeout",
+    "UPSTREAM_UNAVAILABLE": "unavailable",
+    "MISSING_TARGET": "missing_target",
+}
+
+#: Gateway error code of a login -> login outcome.
+LOGIN_OUTCOMES = {
+    "INVALID_CREDENTIALS": "invalid_credentials",
+    "TOO_MANY_ATTEMPTS": "throttled",
+    "INVALID_REQUEST": "invalid_request",
+    "PAYLOAD_TOO_LARGE": "invalid_request",
+    "CREDENTIAL_STORE_UNAVAILABLE": "store_unavailable",
+    "GITHUB_NOT_CONFIGURED": "not_configured",
+    "GITHUB_AUTH_FAILED": "upstream_failed",
+}
+
+#: The content type of the exposition.
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+def method_label(method: bytes) -> str:
+    """
+    The ``method`` label of a request method: the method itself if it is
+    one of the usual seven, else ``OTHER`` (so clients cannot grow the
+    label set).
+    """
+    return _METHODS.get(method, "OTHER")
+
+
+def status_class(status: int) -> str:
+    """
+    The ``status`` label of a status code: ``2xx``, ``4xx`` ...
+    """
+    index = status // 100
+    return _STATUS_CLASSES[index] if 0 < index < 6 else "other"
+
+
+class Histogram:
+    """
+    A Prometheus histogram without labels: per-bucket counts (made
+    cumulative only when exposed), the sum and the count.
+
+    :param bounds: the buckets' upper bounds, ascending; ``+Inf`` is added.
+    """
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        """
+        Count one observation of ``value``.
+        """
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def samples(self, name: str, labels: str) -> Iterable[str]:
+        """
+        The exposition lines of this histogram.
+
+        :param name: the metric family name (without ``_bucket`` ...).
+        :param labels: the other labels, already formatted as
+            ``key="value",`` (with the trailing comma) or empty.
+        """
+        running = 0
+        for bound, count in zip(self.bounds, self.counts):
+            running += count
+            yield '%s_bucket{%sle="%s"} %d' % (name, labels, _number(bound), running)
+        running += self.counts[-1]
+        yield '%s_bucket{%sle="+Inf"} %d' % (name, labels, running)
+        braces = "{%s}" % (labels.rstrip(","),) if labels else ""
+        yield "%s_sum%s %s" % (name, braces, _number(self.sum))
+        yield "%s_count%s %d" % (name, braces, self.count)
+
+
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Metrics:
+    """
+    One gateway's counters, gauge and histograms.
+
+    The ``observe_*`` methods are called on the request path; they only
+    touch dictionaries and lists. :meth:`exposition` formats everything.
+
+    :ivar in_flight: requests received and not yet finished or aborted.
+    :ivar worker: this process's worker index, added as a ``worker`` label
+        when set (``--workers``).
+    """
+
+    def __init__(self, worker: Optional[int] = None) -> None:
+        self.worker = worker
+        self.in_flight = 0
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.latency: dict[str, Histogram] = {}
+        self.upstream_errors: dict[tuple[str, str], int] = {}
+        self.logins: dict[tuple[str, str], int] = {}
+        self.store_lookups: dict[str, int] = {}
+        self.store_latency = Histogram(STORE_BUCKETS)
+
+    def observe_request(
+        self,
+        route: str,
+        method: bytes,
+        status: int,
+        duration: float,
+        error: Optional[str] = None,
+        upstream_error: Optional[str] = None,
+    ) -> None:
+        """
+        Count one finished (or aborted) request.
+
+        :param route: the route label (see ``docs/operations.rst``).
+        :param method: the request method.
+        :param status: the status answered.
+        :param duration: seconds from receiving the request to the end.
+        :param error: the code of the gateway-made error answer, if any.
+        :param upstream_error: how the upstream failed, if it did and the
+            error code does not say (``truncated``).
+        """
+        key = (route, _METHODS.get(method, "OTHER"), status_class(status))
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        histogram = self.latency.get(route)
+        if histogram is None:
+            histogram = self.latency[route] = Histogram(LATENCY_BUCKETS)
+        histogram.observe(duration)
+        if error is not None and upstream_error is None:
+            upstream_error = UPSTREAM_ERRORS.get(error)
+        if upstream_error is not None:
+            ukey = (route, upstream_error)
+            self.upstream_errors[ukey] = self.upstream_errors.get(ukey, 0) + 1
+
+    def observe_login(self, kind: str, status: int, error: Optional[str]) -> None:
+        """
+        Count one login attempt by its outcome.
+
+        :param kind: ``password`` or ``github``.
+        :param status: the status answered (``499`` if the client left).
+        :param error: the gateway error code answered, if any.
+        """
+        if error is not None:
+            outcome = LOGIN_OUTCOMES.get(error, "error")
+        elif status == 200:
+            outcome = "success"
+        elif status == 499:
+            outcome = "aborted"
+        else:
+            outcome = "error"
+        key = (kind, outcome)
+        self.logins[key] = self.logins.get(key, 0) + 1
+
+    def observe_store_lookup(self, duration: float, result: str) -> None:
+        """
+        Count one credential-store lookup.
+
+        :param duration: seconds the lookup took.
+        :param result: ``found``, ``unknown``, ``unavailable`` or ``error``.
+        """
+        self.store_lookups[result] = self.store_lookups.get(result, 0) + 1
+        self.store_latency.observe(duration)
+
+    def exposition(self) -> bytes:
+        """
+        Everything, in the Prometheus text format.
+        """
+        worker = "" if self.worker is None else 'worker="%d",' % (self.worker,)
+        lines: list[str] = []
+
+        def family(name: str, kind: str, help_text: str) -> None:
+            lines.append("# HELP %s %s" % (name, help_text))
+            lines.append("# TYPE %s %s" % (name, kind))
+
+        def labels(**values: str) -> str:
+            return worker + "".join(
+                '%s="%s",' % (key, _escape(value)) for key, value in values.items()
+            )
+
+        def braces(text: str) -> str:
+            return "{%s}" % (text.rstrip(","),) if text else ""
+
+        family("metagateway_info", "gauge", "The gateway's version.")
+        lines.append(
+            "metagateway_info%s 1" % (braces(labels(version=__version__)),)
+        )
+
+        family(
+            "metagateway_requests_total",
+            "counter",
+            "Requests answered, by route, method and status class.",
+        )
+        for (route, method, status), count in sorted(self.requests.items()):
+            lines.append(
+                "metagateway_requests_total%s %d"
+                % (braces(labels(route=route, method=method, status=status)), count)
+            )
+
+        family(
+            "metagateway_requests_in_flight",
+            "gauge",
+            "Requests received and not yet answered.",
+        )
+        lines.append(
+            "metagateway_requests_in_flight%s %d" % (braces(worker), self.in_flight)
+        )
+
+        family(
+            "metagateway_request_duration_seconds",
+            "histogram",
+            "Time from receiving a request to the end of its answer, by route.",
+        )
+        for route, histogram in sorted(self.latency.items()):
+            lines.extend(
+                histogram.samples(
+                    "metagateway_request_duration_seconds", labels(route=route)
+                )
+            )
+
+        family(
+            "metagateway_upstream_errors_total",
+            "counter",
+            "Upstream failures by route and kind "
+            "(timeout, unavailable, missing_target, truncated).",
+        )
+        for (route, kind), count in sorted(self.upstream_errors.items()):
+            lines.append(
+                "metagateway_upstream_errors_total%s %d"
+                % (braces(labels(route=route, error=kind)), count)
+            )
+
+        family(
+            "metagateway_logins_total",
+            "counter",
+            "Login attempts by kind (password, github) and outcome.",
+        )
+        for (kind, outcome), count in sorted(self.logins.items()):
+            lines.append(
+                "metagateway_logins_total%s %d"
+                % (braces(labels(kind=kind, outcome=outcome)), count)
+            )
+
+        family(
+            "metagateway_credential_store_lookups_total",
+            "counter",
+            "Credential-store lookups by result (found, unknown, unavailable, error).",
+        )
+        for result, count in sorted(self.store_lookups.items()):
+            lines.append(
+                "metagateway_credential_store_lookups_total%s %d"
+                % (braces(labels(result=result)), count)
+            )
+
+        family(
+            "metagateway_credential_store_lookup_seconds",
+            "histogram",
+            "Credential-store lookup latency.",
+        )
+        lines.extend(
+            self.store_latency.samples(
+                "metagateway_credential_store_lookup_seconds", worker
+            )
+        )
+        return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+@implementer(ICredentialStore)
+class MeasuredCredentialStore:
+    """
+    A credential store that counts and times another's lookups.
+
+    :param store: the measured store.
+    :param metrics: where the lookups are counted.
+    :param seconds: the clock, such as ``reactor.seconds``.
+    """
+
+    def __init__(
+        self, store: ICredentialStore, metrics: Metrics, seconds: Callable[[], float]
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.seconds = seconds
+
+    def lookup(self, username: str) -> Deferred[AccountRecord]:
+        """
+        Look ``username`` up in the measured store.
+
+        :return: a Deferred firing with the :class:`AccountRecord`, or
+            failing with :class:`UnknownAccount` or
+            :class:`StoreUnavailable`, as the measured store's does.
+        """
+        started = self.seconds()
+
+        def measure(result: Any) -> Any:
+            if not isinstance(result, Failure):
+                outcome = "found"
+            elif result.check(UnknownAccount):
+                outcome = "unknown"
+            elif result.check(StoreUnavailable):
+                outcome = "unavailable"
+            else:
+                outcome = "error"
+            self.metrics.observe_store_lookup(self.seconds() - started, outcome)
+            return result
+
+        try:
+            d = self.store.lookup(username)
+        except Exception:
+            self.metrics.observe_store_lookup(self.seconds() - started, "error")
+            raise
+        return d.addBoth(measure)
+
+    def __repr__(self) -> str:
+        return "<MeasuredCredentialStore %r>" % (self.store,)
+
+
+class MetricsResource(Resource):
+    """
+    ``GET /metrics``: the exposition of one :class:`Metrics`; anything
+    else is a JSON ``404``.
+
+    :param metrics: what to expose.
+    """
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render(self, request: IRequest) -> bytes:
+        """
+        Answer a scrape.
+        """
+        from metagateway.errors import GatewayError, error_response
+
+        if request.path != b"/metrics" or request.method not in (b"GET", b"HEAD"):
+            return error_response(
+                request, GatewayError(404, "NOT_FOUND", "Route not handled", "CORE")
+            )
+        body = self.metrics.exposition()
+        request.setHeader(b"Content-Type", CONTENT_TYPE)
+        request.setHeader(b"Content-Length", b"%d" % (len(body),))
+        return body
+
+
+class MetricsSite(Site):
+    """
+    The ``Site`` on ``--metrics-listen``: scrapes are not access-logged.
+    """
+
+    def __init__(self, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(MetricsResource(metrics), **kwargs)
+
+    def log(self, request: IRequest) -> None:
+        """
+        Log nothing: scrapes would drown the access log.
+        """
