@@ -437,7 +437,8 @@ class TokenAuthority:
         else:
             # The signed part cannot be re-encoded without breaking the
             # signature (the signature's own base64 can be), so it names
-            # the token however its signature segment is spelled.
+            # the token however its signature segment is spelled. Tokens
+            # with the same header and claims are the same credential.
             signed = token.rsplit(".", 1)[0].encode("ascii")
             token_id = "sig:" + hashlib.sha256(signed).hexdigest()
         return Claims(
