@@ -19,6 +19,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.static import Data
 
@@ -44,6 +45,19 @@ from tests.helpers import (
 #: The host's own pages.
 HOST_PAGE = b"<h1>the host's own page</h1>"
 OTHER_PAGE = b"the host's other resource"
+
+
+class UntypedUpstream(RecordingUpstream):
+    """
+    A fake upstream whose answers carry no ``Content-Type`` at all.
+    """
+
+    def render(self, request: IRequest) -> bytes:
+        """
+        Answer without the ``text/html`` default of Twisted's request.
+        """
+        request.defaultContentType = None
+        return super().render(request)
 
 
 def credentials(username: str = USERNAME, password: str = PASSWORD) -> bytes:
@@ -254,6 +268,32 @@ class MountedTests(SynchronousTestCase):
         self.assertEqual(response.code, 200, body)
         method, uri, _, sent = self.upstream.requests[-1]
         self.assertEqual((method, uri, sent), (b"PUT", b"/key", b"value bytes"))
+
+    def test_webhooks_under_mount(self) -> None:
+        """
+        ``/api/webhooks/...`` is the gateway's webhooks resource.
+        """
+        response, body = self.host.request(self, "POST", "/api/webhooks/")
+        assert_json_error(self, response, body, 400, "INVALID_SOURCE", "WEBHOOK")
+        response, body = self.host.request(self, "POST", "/api/webhooks/slack")
+        assert_json_error(self, response, body, 404, "UNKNOWN_SOURCE", "WEBHOOK")
+        response, body = self.host.request(self, "POST", "/api/webhooks/Notion")
+        assert_json_error(self, response, body, 500, "NOTION_SECRET_MISSING")
+
+    def test_no_html_default_on_proxied_answer(self) -> None:
+        """
+        A proxied answer without ``Content-Type`` gets none from the host's
+        ``Site`` (whose requests default to ``text/html``).
+        """
+        host = Host()
+        host.mount([b"api"], upstream=UntypedUpstream(headers={b"X-Up": [b"1"]}))
+        token = host.login(self, "/api")
+        response, body = host.request(
+            self, "GET", "/api/build/x", headers=bearer(token)
+        )
+        self.assertEqual((response.code, body), (200, b"upstream body"))
+        self.assertEqual(response.headers.getRawHeaders(b"x-up"), [b"1"])
+        self.assertIsNone(response.headers.getRawHeaders(b"content-type"))
 
     def test_token_required_under_mount(self) -> None:
         """
@@ -487,6 +527,21 @@ class SideBySideTests(SynchronousTestCase):
             self, "POST", "/b/auth/login", data=credentials("alice", "wrong")
         )
         assert_json_error(self, response, body, 401, "INVALID_CREDENTIALS")
+
+    def test_metrics_not_shared(self) -> None:
+        """
+        Each gateway counts only its own requests, logins and store lookups.
+        """
+        self.assertIsNot(self.a.metrics, self.b.metrics)
+        self.host.login(self, "/a", "alice", "alice-pass")
+        self.host.request(self, "GET", "/a/health")
+        self.host.request(self, "GET", "/a/nope")
+        self.assertEqual(sum(self.a.metrics.requests.values()), 3)
+        self.assertEqual(sum(self.a.metrics.logins.values()), 1)
+        self.assertEqual(sum(self.a.metrics.store_lookups.values()), 1)
+        self.assertEqual(sum(self.b.metrics.requests.values()), 0)
+        self.assertEqual(self.b.metrics.logins, {})
+        self.assertEqual(self.b.metrics.store_lookups, {})
 
     def test_revocations_not_shared(self) -> None:
         """
