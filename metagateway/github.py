@@ -131,6 +131,20 @@ def timed_out(result: object, timeout: float) -> NoReturn:
     raise TimeoutError(f"no answer within {timeout} seconds")
 
 
+def was_cancelled(error: BaseException) -> bool:
+    """
+    Whether ``error`` is the failure of a cancelled call: a
+    ``CancelledError``, or an ``Agent`` request failure caused by one.
+    """
+    if isinstance(error, CancelledError):
+        return True
+    reasons = getattr(error, "reasons", None) or []
+    return any(
+        isinstance(reason, Failure) and reason.check(CancelledError)
+        for reason in reasons
+    )
+
+
 def failed() -> GatewayError:
     """
     The answer to any failure of the exchange.
@@ -224,9 +238,10 @@ class GitHubSignIn:
         try:
             access_token = await self._within(self._exchange(code, redirect_uri))
             user = await self._within(self._user(access_token))
-        except CancelledError:
-            raise
         except Exception as e:
+            if was_cancelled(e):
+                # The client went away: nothing to answer, nothing to log.
+                raise CancelledError() from None
             log.warn("GitHub sign-in failed: {why}", why=_describe(e))
             raise failed() from None
         login = user["login"]

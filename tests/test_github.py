@@ -468,6 +468,8 @@ class GitHubSignInTests(SynchronousTestCase):
         response, body = self.finish(d)
         self.assert_failed(response, body)
         self.assertEqual(self.github.user.requests, [])
+        messages = [formatEvent(e) for e in self.logged]
+        self.assertIn("GitHub sign-in failed: timed out", messages)
 
     def test_user_endpoint_timeout(self) -> None:
         """
@@ -542,3 +544,18 @@ class GitHubSignInTests(SynchronousTestCase):
             any("GitHub sign-in failed" in m and "500" in m for m in messages),
             messages,
         )
+
+    def test_client_gone(self) -> None:
+        """
+        A client that goes away during the exchange cancels the GitHub call;
+        nothing is logged as an error.
+        """
+        self.github.token.hang = True
+        d = self.start()
+        self.assertEqual(len(self.github.token.pending), 1)
+        d.cancel()
+        self.harness.flush()
+        self.failureResultOf(d)
+        self.harness.clock.advance(self.harness.gateway.config.upstream_timeout)
+        self.harness.flush()
+        self.assertEqual(self.flushLoggedErrors(), [])
