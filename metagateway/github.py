@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from metagateway.config import GitHubSettings
@@ -84,7 +85,7 @@ class _LimitedBody(Protocol):
         """
         self.finished = None
         if self.transport is not None:
-            self.transport.stopProducing()
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
         finished, self.finished = self.finished, None
@@ -283,11 +284,13 @@ class GitHubSignIn:
         response = await self.client.post(
             self.settings.token_url,
             data=json.dumps(payload).encode("utf-8"),
-            headers={
-                b"Accept": [b"application/json"],
-                b"Content-Type": [b"application/json"],
-                b"User-Agent": [USER_AGENT],
-            },
+            headers=Headers(
+                {
+                    b"Accept": [b"application/json"],
+                    b"Content-Type": [b"application/json"],
+                    b"User-Agent": [USER_AGENT],
+                }
+            ),
             allow_redirects=False,
             unbuffered=True,
         )
@@ -310,11 +313,13 @@ class GitHubSignIn:
         """
         response = await self.client.get(
             self.settings.api_url.rstrip("/") + "/user",
-            headers={
-                b"Accept": [b"application/vnd.github+json"],
-                b"Authorization": [b"Bearer " + access_token.encode("utf-8")],
-                b"User-Agent": [USER_AGENT],
-            },
+            headers=Headers(
+                {
+                    b"Accept": [b"application/vnd.github+json"],
+                    b"Authorization": [b"Bearer " + access_token.encode("utf-8")],
+                    b"User-Agent": [USER_AGENT],
+                }
+            ),
             allow_redirects=False,
             unbuffered=True,
         )

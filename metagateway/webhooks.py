@@ -171,7 +171,7 @@ class WebhooksResource(Resource):
         """
         Check the source, method and signature, then forward.
         """
-        request.defaultContentType = None
+        request.defaultContentType = None  # type: ignore[attr-defined]
         try:
             return self._render(request)
         except GatewayError as e:
@@ -208,7 +208,9 @@ class WebhooksResource(Resource):
         headers = forwarded_headers(request.requestHeaders, source)
         done = self.forward(source, body, headers, targets)
         gone = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        request.notifyFinish().addErrback(  # type: ignore[attr-defined]
+            lambda _: gone.append(True)
+        )
 
         def answer(forwarded: list[dict[str, Any]]) -> None:
             if not gone:
