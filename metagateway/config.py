@@ -104,6 +104,10 @@ class GatewayConfig:
     :ivar github: GitHub OAuth settings.
     :ivar notion_webhook_secret: the shared secret for ``/webhooks/notion``.
     :ivar store_cache_ttl: seconds a looked-up record is reused; 0 = off.
+    :ivar drain_timeout: seconds in-flight requests get to finish on stop.
+    :ivar max_header_bytes: the largest request head (request line and
+        headers), in bytes; past it ``431``.
+    :ivar max_headers: the most header lines in a request; past it ``431``.
     """
 
     jwt_secret: str = field(repr=False)
@@ -123,6 +127,9 @@ class GatewayConfig:
     github: GitHubSettings = field(default_factory=GitHubSettings)
     notion_webhook_secret: Optional[str] = field(default=None, repr=False)
     store_cache_ttl: float = 5.0
+    drain_timeout: float = 30.0
+    max_header_bytes: int = 16384
+    max_headers: int = 100
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> GatewayConfig:
@@ -265,4 +272,9 @@ class GatewayConfig:
             store_cache_ttl=number(
                 "store-cache-ttl", "METAGATEWAY_STORE_CACHE_TTL", 5.0
             ),
+            drain_timeout=number("drain-timeout", "METAGATEWAY_DRAIN_TIMEOUT", 30.0),
+            max_header_bytes=count(
+                "max-header-bytes", "METAGATEWAY_MAX_HEADER_BYTES", 16384
+            ),
+            max_headers=count("max-headers", "METAGATEWAY_MAX_HEADERS", 100),
         )

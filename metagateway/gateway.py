@@ -15,6 +15,7 @@ from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Cooperator
+from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from twisted.web.client import (
     Agent,
@@ -30,6 +31,7 @@ from metagateway.auth import AuthApp, client_address
 from metagateway.config import ConfigurationError, GatewayConfig
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.interfaces import ICredentialStore
+from metagateway.drain import InFlight
 from metagateway.github import GitHubSignIn
 from metagateway.metrics import MeasuredCredentialStore, Metrics
 from metagateway.proxy import GatewayProxyResource
@@ -38,6 +40,8 @@ from metagateway.site import GatewayResource
 from metagateway.throttle import LoginThrottle
 from metagateway.tokens import TokenAuthority
 from metagateway.webhooks import WebhooksResource
+
+log = Logger()
 
 #: Idle keep-alive connections kept per upstream host.
 MAX_PERSISTENT_PER_HOST = 64
@@ -89,20 +93,53 @@ class GatewayService(Service):
     """
     Owns what a gateway keeps open: the upstream connection pool.
 
-    Add it to the host program's ``MultiService``; stopping it closes the
-    pool's idle connections.
+    Add it to the host program's ``MultiService``. Stopping it drains: the
+    requests in flight get up to ``drain_timeout`` seconds to finish (the
+    listening ports, stopped beside it, take no new connections), then the
+    pool's idle connections are closed.
+
+    :param pool: the upstream connection pool.
+    :param in_flight: the requests being answered; no drain if omitted.
+    :param clock: times the drain.
+    :param drain_timeout: the longest drain, in seconds.
     """
 
-    def __init__(self, pool: HTTPConnectionPool) -> None:
+    def __init__(
+        self,
+        pool: HTTPConnectionPool,
+        in_flight: Optional[InFlight] = None,
+        clock: Optional[Any] = None,
+        drain_timeout: float = 30.0,
+    ) -> None:
         self.pool = pool
+        self.in_flight = in_flight
+        self.clock = clock
+        self.drain_timeout = drain_timeout
 
     def stopService(self) -> Optional[Deferred[None]]:
         """
-        Close the pool's cached connections.
+        Wait for the requests in flight (at most ``drain_timeout``), then
+        close the pool's cached connections.
         """
         super().stopService()
-        closed: Deferred[None] = self.pool.closeCachedConnections()
-        return closed
+        return Deferred.fromCoroutine(self._drain_and_close())
+
+    async def _drain_and_close(self) -> None:
+        in_flight = self.in_flight
+        if in_flight is not None and self.clock is not None:
+            if in_flight.count:
+                log.info(
+                    "Draining {count} request(s), for at most {seconds}s",
+                    count=in_flight.count,
+                    seconds=self.drain_timeout,
+                )
+            drained = await in_flight.drain(self.clock, self.drain_timeout)
+            if not drained:
+                log.warn(
+                    "Drain period over; closing {count} request(s) in flight",
+                    count=in_flight.count,
+                )
+        await self.pool.closeCachedConnections()
 
 
 #: The default access log: text events to the global log publisher (it
@@ -226,6 +263,7 @@ class Gateway:
                 reactor,
                 config.upstream_timeout,
                 self.cooperator,
+                config.max_body,
             )
             for route in ROUTES
         }
@@ -235,7 +273,15 @@ class Gateway:
             access_log,
             partial(client_address, trusted_proxies=config.trusted_proxies),
         )
+        self.in_flight = InFlight()
         self.resource: IResource = GatewayResource(
-            self.auth.app.resource(), proxies, self.webhooks, self.recorder
+            self.auth.app.resource(),
+            proxies,
+            self.webhooks,
+            self.recorder,
+            in_flight=self.in_flight,
+            own_max_body=config.auth_max_body,
         )
-        self.service = GatewayService(self.pool)
+        self.service = GatewayService(
+            self.pool, self.in_flight, reactor, config.drain_timeout
+        )

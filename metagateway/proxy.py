@@ -1,33 +1,43 @@
 """
 The proxy: a :class:`twisted.web.proxy.ReverseProxyResource` subclass that
 checks tokens per route, strips the route prefix, and relays requests to an
-upstream through a pooled :class:`twisted.web.client.Agent`, streaming the
-answer back with backpressure (CONTRACT §5).
+upstream through a pooled :class:`twisted.web.client.Agent`, streaming both
+bodies with backpressure (CONTRACT §5, ``docs/proxy.rst``).
+
+One request's trip is an :class:`_Exchange`: it sends the request (its body
+streamed from a :class:`~metagateway.streaming.StreamingBody` when the
+gateway's own request is in use, else read from the buffered body), times
+the upstream while the upstream is the one holding things up, and relays
+the answer through a :class:`_BodyRelay` that pauses the upstream while the
+client is not reading.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import re
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from zope.interface import implementer
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.error import CertificateError
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import FileBodyProducer, ResponseDone, ResponseFailed
+from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IRequest, IResponse
+from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 
 from metagateway.accesslog import note_subject, note_upstream
 from metagateway.errors import GatewayError, error_response, request_id_of
 from metagateway.routes import Route
+from metagateway.streaming import BodyListener, StreamingBody
 from metagateway.tokens import Claims, InvalidToken, TokenAuthority, bearer_token
 
 log = Logger()
@@ -48,10 +58,12 @@ HOP_BY_HOP = frozenset(
 )
 
 #: Request headers the proxy sets itself, or must never pass on.
+#: ``Expect`` was answered by the gateway (``100 Continue``) already.
 _REQUEST_DROPPED = HOP_BY_HOP | {
     b"authorization",
     b"host",
     b"content-length",
+    b"expect",
     b"x-forwarded-for",
     b"x-forwarded-proto",
     b"x-forwarded-host",
@@ -175,20 +187,334 @@ def upstream_url(base: str, rest: list[bytes], uri: bytes) -> bytes:
     return base.rstrip("/").encode("ascii") + path + question + query
 
 
+def declared_length(request: IRequest) -> Optional[int]:
+    """
+    The request's ``Content-Length``, if it sent a valid one.
+    """
+    values = request.requestHeaders.getRawHeaders(b"content-length")
+    if not values or not values[0].strip().isdigit():
+        return None
+    return int(values[0].strip())
+
+
+def buffered_length(request: IRequest) -> int:
+    """
+    The size of a buffered request body.
+    """
+    content = request.content
+    if content is None:
+        return 0
+    size = content.seek(0, 2)
+    content.seek(0, 0)
+    return int(size)
+
+
+def payload_too_large(route: str, limit: int) -> GatewayError:
+    """
+    ``413 PAYLOAD_TOO_LARGE``: a body over ``limit`` bytes.
+    """
+    return GatewayError(
+        413, "PAYLOAD_TOO_LARGE", "Request body too large", route, {"limit": limit}
+    )
+
+
+def tls_failure(failure: Failure) -> Optional[BaseException]:
+    """
+    The TLS error (a failed handshake or certificate check) behind an
+    upstream failure, if that is what it was.
+    """
+    pending = [failure]
+    while pending:
+        current = pending.pop()
+        value = current.value
+        if isinstance(value, _TLS_ERRORS):
+            return value
+        pending.extend(getattr(value, "reasons", None) or [])
+    return None
+
+
+def _tls_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [CertificateError]
+    try:
+        from OpenSSL.SSL import Error as OpenSSLError
+
+        errors.append(OpenSSLError)
+    except ImportError:  # pragma: no cover - TLS not installed
+        pass
+    try:
+        from service_identity import VerificationError
+
+        errors.append(VerificationError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+_TLS_ERRORS = _tls_errors()
+
+
+def describe(failure: Failure) -> str:
+    """
+    A short description of why an upstream call failed, for the log.
+    """
+    why = failure.value
+    # ResponseFailed and its kind wrap the Failures that caused them.
+    while getattr(why, "reasons", None):
+        why = why.reasons[0].value  # type: ignore[attr-defined]
+    return str(why) or why.__class__.__name__
+
+
+class _Watchdog:
+    """
+    Times the upstream while it is the one holding a request up: before its
+    answer's headers arrive, except while the client is the slow side
+    (still sending its body at its own pace).
+
+    :param clock: the clock.
+    :param seconds: the longest wait; 0 for none.
+    :param expired: called once, when the wait runs out.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, seconds: float, expired: Callable[[], None]
+    ) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self.expired = expired
+        self.fired = False
+        self._call: Optional[IDelayedCall] = None
+        self._stopped = False
+
+    def arm(self) -> None:
+        """
+        Start the countdown, unless it already runs.
+        """
+        if self._stopped or self.seconds <= 0 or self._call is not None:
+            return
+        self._call = self.clock.callLater(self.seconds, self._fire)
+
+    def disarm(self) -> None:
+        """
+        Stop the countdown; :meth:`arm` starts a fresh one.
+        """
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def stop(self) -> None:
+        """
+        Stop for good.
+        """
+        self.disarm()
+        self._stopped = True
+
+    def _fire(self) -> None:
+        self._call = None
+        self._stopped = True
+        self.fired = True
+        self.expired()
+
+
+class _Exchange(BodyListener):
+    """
+    One request's trip upstream and back.
+
+    :param proxy: the route's proxy resource.
+    :param request: the client's request.
+    :param url: the upstream URL.
+    :param headers: the headers sent upstream.
+    :param body: the body sent upstream, if any.
+    """
+
+    def __init__(
+        self,
+        proxy: GatewayProxyResource,
+        request: IRequest,
+        url: bytes,
+        headers: Headers,
+        body: Optional[IBodyProducer],
+    ) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.watchdog = _Watchdog(proxy.clock, proxy.timeout, self._timed_out)
+        self.client_gone = False
+        self.too_large = False
+        self.relay: Optional[_BodyRelay] = None
+        self.call: Optional[Deferred[IResponse]] = None
+
+    def start(self) -> None:
+        """
+        Send the request upstream.
+        """
+        request = self.request
+        if isinstance(self.body, StreamingBody):
+            self.body.listener = self
+            self.body.limit = self.proxy.max_body
+        request.notifyFinish().addErrback(self._client_gone)
+        self.watchdog.arm()
+        call = self.proxy.agent.request(
+            request.method, self.url, self.headers, self.body
+        )
+        self.call = call
+        call.addCallbacks(self._answered, self._failed)
+        call.addErrback(self._unexpected)
+
+    # BodyListener: the streamed request body.
+
+    def upstream_waiting(self) -> None:
+        self.watchdog.arm()
+
+    def upstream_reading(self) -> None:
+        self.watchdog.disarm()
+
+    def body_too_large(self) -> None:
+        self.too_large = True
+        if self.call is not None:
+            self.call.cancel()
+
+    # The upstream's side.
+
+    def _timed_out(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+
+    def _answered(self, response: IResponse) -> Optional[Deferred[None]]:
+        self.watchdog.stop()
+        request = self.request
+        if self.client_gone:
+            response.deliverBody(_Discard())
+            return None
+        if self.too_large:
+            # The whole answer came before the body went past the limit.
+            response.deliverBody(_Discard())
+            route = self.proxy.route.name
+            self._answer_error(payload_too_large(route, self.proxy.max_body))
+            return None
+        note_upstream(request, status=response.code)
+        request.setResponseCode(response.code, response.phrase)
+        copy_response_headers(response, request)
+        request.setHeader(b"X-Request-Id", request_id_of(request).encode("latin-1"))
+        self.relay = _BodyRelay(self)
+        response.deliverBody(self.relay)
+        return self.relay.done
+
+    def _failed(self, failure: Failure) -> None:
+        self.watchdog.stop()
+        if self.client_gone:
+            return
+        route = self.proxy.route.name
+        if self.too_large:
+            error = payload_too_large(route, self.proxy.max_body)
+        elif self.watchdog.fired or failure.check(TimeoutError):
+            log.warn(
+                "Upstream {route} timed out after {seconds}s",
+                route=route,
+                seconds=self.proxy.timeout,
+            )
+            error = GatewayError(504, "UPSTREAM_TIMEOUT", "Upstream timed out", route)
+        else:
+            tls = tls_failure(failure)
+            if tls is not None:
+                log.error(
+                    "TLS with upstream {route} ({url}) failed, certificate not "
+                    "trusted or not for this host: {why}",
+                    route=route,
+                    url=self.proxy.base_url,
+                    why=str(tls) or tls.__class__.__name__,
+                )
+            else:
+                log.warn(
+                    "Upstream {route} unavailable: {why}",
+                    route=route,
+                    why=describe(failure),
+                )
+            error = GatewayError(
+                502, "UPSTREAM_UNAVAILABLE", "Upstream unavailable", route
+            )
+        self._answer_error(error)
+
+    def _answer_error(self, error: GatewayError) -> None:
+        request = self.request
+        if self.client_gone or request.finished:
+            return
+        if request.startedWriting:
+            abort_client(request)
+            return
+        request.write(error_response(request, error))
+        request.finish()
+
+    def _unexpected(self, failure: Failure) -> None:
+        log.failure("Unexpected proxy failure", failure)
+        if not self.client_gone and not self.request.finished:
+            abort_client(self.request)
+
+    # The client's side.
+
+    def _client_gone(self, reason: Failure) -> None:
+        self.client_gone = True
+        self.watchdog.stop()
+        if self.call is not None:
+            self.call.cancel()
+        if self.relay is not None:
+            self.relay.stop_upstream()
+
+
+def abort_client(request: IRequest) -> None:
+    """
+    Drop the client's connection: its answer cannot be completed, and a
+    truncated body must never look complete.
+    """
+    channel = getattr(request, "channel", None)
+    transport = getattr(channel, "transport", None) or getattr(
+        request, "transport", None
+    )
+    if transport is not None:
+        transport.abortConnection()
+
+
+class _Discard(Protocol):
+    """
+    Takes an unwanted answer's body and drops its connection.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+
 @implementer(IPushProducer)
 class _BodyRelay(Protocol):
     """
-    Writes an upstream response body to the client request as it arrives,
-    pausing the upstream while the client is not reading.
+    Writes an upstream's answer body to the client as it arrives, pausing
+    the upstream while the client is not reading.
+
+    :ivar done: fires once the relay is over, whichever way.
     """
 
-    def __init__(self, request: IRequest, finished: Deferred[None]) -> None:
-        self.request = request
-        self.finished = finished
-        self.client_gone = False
+    def __init__(self, exchange: _Exchange) -> None:
+        self.exchange = exchange
+        self.request = exchange.request
+        self.done: Deferred[None] = Deferred()
+        self._registered = False
 
     def connectionMade(self) -> None:
+        if self.exchange.client_gone:
+            self.stop_upstream()
+            return
         self.request.registerProducer(self, True)
+        self._registered = True
+
+    def stop_upstream(self) -> None:
+        """
+        Drop the upstream connection: the answer is no longer wanted.
+        """
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    # IPushProducer, driven by the client's connection.
 
     def pauseProducing(self) -> None:
         self.transport.pauseProducing()  # type: ignore[union-attr]
@@ -197,31 +523,33 @@ class _BodyRelay(Protocol):
         self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def stopProducing(self) -> None:
-        self.client_gone = True
-        self.transport.stopProducing()  # type: ignore[union-attr]
+        self.exchange.client_gone = True
+        self.stop_upstream()
+
+    # The upstream's answer body.
 
     def dataReceived(self, data: bytes) -> None:
-        if not self.client_gone:
+        if not self.exchange.client_gone:
             self.request.write(data)
 
     def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
-        self.request.unregisterProducer()
-        if self.client_gone:
-            self.finished.callback(None)
+        request = self.request
+        if self.exchange.client_gone:
+            self.done.callback(None)
             return
+        if self._registered:
+            request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
-            self.request.finish()
+            request.finish()
         else:
-            # The upstream died mid-body: close the client's connection so
-            # the truncated body can never look complete.
             log.warn(
-                "Upstream failed mid-body: {why}", why=reason.getErrorMessage()
+                "Upstream {route} failed mid-body: {why}",
+                route=self.exchange.proxy.route.name,
+                why=describe(reason),
             )
-            note_upstream(self.request, error="truncated")
-            transport = getattr(self.request, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
-        self.finished.callback(None)
+            note_upstream(request, error="truncated")
+            abort_client(request)
+        self.done.callback(None)
 
 
 class GatewayProxyResource(ReverseProxyResource):
@@ -229,17 +557,21 @@ class GatewayProxyResource(ReverseProxyResource):
     Relays one route's requests to its upstream.
 
     Unlike the stock class, it speaks through a pooled ``Agent`` (HTTP/1.1,
-    keep-alive, TLS), streams the answer back, and answers failures in the
-    contract's JSON. The root resource hands it a request whose ``postpath``
-    holds the raw (still percent-encoded) segments after the prefix.
+    keep-alive, TLS), streams both bodies, times the upstream, and answers
+    failures in the contract's JSON. The root resource hands it a request
+    whose ``postpath`` holds the raw (still percent-encoded) segments after
+    the prefix.
 
     :param route: the route this resource serves.
     :param base_url: the service URL, or ``None`` when unset.
     :param agent: the HTTP client.
     :param tokens: verifies tokens.
     :param clock: times the upstream.
-    :param timeout: seconds to wait for the upstream's response headers.
-    :param cooperator: schedules request-body writes.
+    :param timeout: seconds to wait on the upstream (for its answer's
+        headers, or to take more of the body); 0 for no limit.
+    :param cooperator: schedules the writes of buffered request bodies.
+    :param max_body: the largest request body proxied, in bytes; 0 for no
+        limit.
     """
 
     isLeaf = True
@@ -253,6 +585,7 @@ class GatewayProxyResource(ReverseProxyResource):
         clock: IReactorTime,
         timeout: float = 30.0,
         cooperator: Optional[Cooperator] = None,
+        max_body: int = 0,
     ) -> None:
         parts = urlsplit(base_url or "http://unset.invalid")
         super().__init__(
@@ -268,6 +601,7 @@ class GatewayProxyResource(ReverseProxyResource):
         self.clock = clock
         self.timeout = timeout
         self.cooperator = cooperator
+        self.max_body = max_body
 
     def getChild(self, path: bytes, request: IRequest) -> GatewayProxyResource:
         """
@@ -277,8 +611,10 @@ class GatewayProxyResource(ReverseProxyResource):
 
     def render(self, request: IRequest) -> Any:
         """
-        Check the token, then relay the request upstream.
+        Check the token and the body's size, then relay the request
+        upstream.
         """
+        route = self.route.name
         try:
             claims = check_token(request, self.route, self.tokens)
             if claims is not None:
@@ -288,33 +624,33 @@ class GatewayProxyResource(ReverseProxyResource):
                     502,
                     "MISSING_TARGET",
                     "Missing target for /%s" % (self.route.prefix.decode("ascii"),),
-                    self.route.name,
+                    route,
+                )
+            stream = getattr(request, "body_stream", None)
+            declared = declared_length(request)
+            if self.max_body and declared is not None and declared > self.max_body:
+                raise payload_too_large(route, self.max_body)
+            if (
+                self.max_body
+                and stream is None
+                and buffered_length(request) > self.max_body
+            ):
+                raise payload_too_large(route, self.max_body)
+            url = upstream_url(self.base_url, list(request.postpath), request.uri)
+            if not _SENDABLE_URL.match(url):
+                raise GatewayError(
+                    400, "BAD_REQUEST", "Malformed request target", route
                 )
         except GatewayError as e:
             return error_response(request, e)
         request_id = request_id_of(request)
         request.setHeader(b"X-Request-Id", request_id.encode("latin-1"))
-        url = upstream_url(self.base_url, list(request.postpath), request.uri)
         headers = upstream_headers(request, self.route, claims, request_id)
-        body = self._body_producer(request)
-        d = self.agent.request(request.method, url, headers, body)
-        d.addTimeout(self.timeout, self.clock)
-        finished: Deferred[None] = Deferred()
-
-        def client_gone(failure: Failure) -> None:
-            d.cancel()
-
-        request.notifyFinish().addErrback(client_gone)
-        d.addCallbacks(
-            self._relay,
-            self._upstream_failed,
-            callbackArgs=(request, finished),
-            errbackArgs=(request,),
-        )
-        d.addErrback(self._unexpected, request)
+        body = stream if stream is not None else self._buffered_body(request)
+        _Exchange(self, request, url, headers, body).start()
         return NOT_DONE_YET
 
-    def _body_producer(self, request: IRequest) -> Optional[FileBodyProducer]:
+    def _buffered_body(self, request: IRequest) -> Optional[FileBodyProducer]:
         headers = request.requestHeaders
         if not (
             headers.hasHeader(b"content-length")
@@ -327,44 +663,6 @@ class GatewayProxyResource(ReverseProxyResource):
             return FileBodyProducer(content)
         return FileBodyProducer(content, cooperator=self.cooperator)
 
-    def _relay(
-        self, response: IResponse, request: IRequest, finished: Deferred[None]
-    ) -> Deferred[None]:
-        if getattr(request, "_disconnected", False):
-            response.deliverBody(Protocol())
-            return finished
-        note_upstream(request, status=response.code)
-        request.setResponseCode(response.code, response.phrase)
-        copy_response_headers(response, request)
-        response.deliverBody(_BodyRelay(request, finished))
-        return finished
 
-    def _upstream_failed(self, failure: Failure, request: IRequest) -> None:
-        if failure.check(CancelledError) and getattr(request, "_disconnected", False):
-            return
-        if failure.check(TimeoutError):
-            error = GatewayError(
-                504, "UPSTREAM_TIMEOUT", "Upstream timed out", self.route.name
-            )
-        else:
-            why = failure.value
-            if isinstance(why, ResponseFailed) and why.reasons:
-                why = why.reasons[0].value
-            log.warn(
-                "Upstream {route} unavailable: {why}",
-                route=self.route.name,
-                why=str(why) or why.__class__.__name__,
-            )
-            error = GatewayError(
-                502, "UPSTREAM_UNAVAILABLE", "Upstream unavailable", self.route.name
-            )
-        if not getattr(request, "_disconnected", False) and not request.startedWriting:
-            request.write(error_response(request, error))
-            request.finish()
-
-    def _unexpected(self, failure: Failure, request: IRequest) -> None:
-        log.failure("Unexpected proxy failure", failure)
-        if not getattr(request, "_disconnected", False) and not request.finished:
-            transport = getattr(request, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
+#: What the ``Agent`` accepts as a request target.
+_SENDABLE_URL = re.compile(rb"\A[\x21-\x7e]+\Z")

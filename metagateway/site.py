@@ -5,17 +5,20 @@ normalisation, dispatch to the auth app or the proxy, and the JSON 404.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
 from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Site
 
 from metagateway.accesslog import RequestRecorder, note_route
+from metagateway.drain import InFlight
 from metagateway.errors import GatewayError, error_response, internal_error
-from metagateway.routes import normalise_path, route_for
+from metagateway.routes import Route, normalise_path, route_for
+from metagateway.streaming import GatewayChannel, StreamingRequest
 
 log = Logger()
 
@@ -76,6 +79,28 @@ def request_path(request: IRequest) -> bytes:
     return target
 
 
+@dataclass(frozen=True)
+class Target:
+    """
+    Where a request goes.
+
+    :ivar kind: ``preflight``, ``own`` (the auth app), ``webhooks``,
+        ``proxy`` or ``not_found``.
+    :ivar route: the route errors about the request are reported under.
+    :ivar mount: the path segments the gateway is mounted under.
+    :ivar segments: the normalised (still percent-encoded) segments below.
+    :ivar max_body: the largest body buffered for it; 0 when it streams.
+    :ivar proxied: the route that proxies it, for ``proxy``.
+    """
+
+    kind: str
+    route: str
+    mount: list[bytes]
+    segments: list[bytes]
+    max_body: int
+    proxied: Optional[Route] = None
+
+
 class GatewayResource(Resource):
     """
     The root of the gateway, mountable anywhere in a host's resource tree.
@@ -88,6 +113,10 @@ class GatewayResource(Resource):
     :param proxies: route name to its proxy resource.
     :param webhooks: the resource for ``/webhooks/…``, if any.
     :param recorder: counts each request and writes its access-log line.
+    :param in_flight: counts the requests being answered, for the drain.
+    :param own_max_body: the largest body buffered for the gateway's own
+        endpoints (and for preflights and 404s); the webhooks resource's
+        ``max_body`` for webhooks. Proxied bodies stream instead.
     """
 
     isLeaf = True
@@ -98,12 +127,16 @@ class GatewayResource(Resource):
         proxies: Mapping[str, IResource],
         webhooks: IResource | None = None,
         recorder: RequestRecorder | None = None,
+        in_flight: Optional[InFlight] = None,
+        own_max_body: int = 64 * 1024,
     ) -> None:
         super().__init__()
         self.auth = auth
         self.proxies = dict(proxies)
         self.webhooks = webhooks
         self.recorder = recorder
+        self.in_flight = in_flight
+        self.own_max_body = own_max_body
 
     def render(self, request: IRequest) -> Any:
         """
@@ -112,7 +145,15 @@ class GatewayResource(Resource):
         request.defaultContentType = None
         if self.recorder is not None:
             self.recorder.started(request)
+        if self.in_flight is not None:
+            self.in_flight.track(request)
         try:
+            early = getattr(request, "metagatewayEarlyError", None)
+            if early is not None:
+                # Refused by the gateway's request before its body was read
+                # (``413``); labelled as if dispatched.
+                self._label(request, self.classify(request))
+                return error_response(request, early)
             return self._dispatch(request)
         except GatewayError as e:
             return error_response(request, e)
@@ -120,33 +161,67 @@ class GatewayResource(Resource):
             log.failure("Unexpected error dispatching a request")
             return error_response(request, internal_error())
 
-    def _dispatch(self, request: IRequest) -> Any:
-        if request.method == b"OPTIONS":
-            note_route(request, "PREFLIGHT")
-            request.setResponseCode(204)
-            for name, value in PREFLIGHT_HEADERS:
-                request.setHeader(name, value)
-            return b""
+    def classify(self, request: IRequest) -> Target:
+        """
+        Decide where ``request`` goes, from its method and path alone (the
+        headers may be all that has arrived).
+
+        Both the gateway's request, as soon as the headers are in, and
+        :meth:`render` go through here, so they always agree.
+        """
         mount = list(request.prepath)
+        if request.method == b"OPTIONS":
+            return Target("preflight", "CORE", mount, [], self.own_max_body)
         raw_segments = request_path(request).split(b"/")[1:]
         below = b"/" + b"/".join(raw_segments[len(mount) :])
         segments = normalise_path(below)
         key = b"/".join(segments)
-        if (request.method, key) in OWN_ENDPOINTS:
-            note_route(request, *ENDPOINT_LABELS.get(key, ("AUTH", None)))
-            return self._delegate(self.auth, request, mount, segments, decode=True)
         head = segments[0] if segments else b""
+        if (request.method, key) in OWN_ENDPOINTS:
+            route = "AUTH" if head == b"auth" else "CORE"
+            return Target("own", route, mount, segments, self.own_max_body)
         if head == b"webhooks" and self.webhooks is not None:
-            note_route(request, "WEBHOOK")
-            return self._delegate(self.webhooks, request, mount, segments, decode=True)
-        if head == b"auth" or head == b"health":
-            raise not_found()
-        route = route_for(segments)
+            limit = getattr(self.webhooks, "max_body", self.own_max_body)
+            return Target("webhooks", "WEBHOOK", mount, segments, limit)
+        route = None if head in (b"auth", b"health") else route_for(segments)
         if route is None:
+            return Target("not_found", "CORE", mount, segments, self.own_max_body)
+        return Target("proxy", route.name, mount, segments, 0, route)
+
+    @staticmethod
+    def _label(request: IRequest, target: Target) -> None:
+        """
+        Note the access-log and metrics label of ``target`` on ``request``.
+        """
+        if target.kind == "preflight":
+            note_route(request, "PREFLIGHT")
+        elif target.kind == "own":
+            label, login = ENDPOINT_LABELS.get(
+                b"/".join(target.segments), ("AUTH", None)
+            )
+            note_route(request, label, login)
+        elif target.kind == "webhooks":
+            note_route(request, "WEBHOOK")
+        elif target.proxied is not None:
+            note_route(request, target.proxied.name)
+
+    def _dispatch(self, request: IRequest) -> Any:
+        target = self.classify(request)
+        self._label(request, target)
+        if target.kind == "preflight":
+            request.setResponseCode(204)
+            for name, value in PREFLIGHT_HEADERS:
+                request.setHeader(name, value)
+            return b""
+        mount, segments = target.mount, target.segments
+        if target.kind == "own":
+            return self._delegate(self.auth, request, mount, segments, decode=True)
+        if target.kind == "webhooks" and self.webhooks is not None:
+            return self._delegate(self.webhooks, request, mount, segments, decode=True)
+        if target.proxied is None:
             raise not_found()
-        proxy = self.proxies[route.name]
-        note_route(request, route.name)
-        request.prepath = mount + [route.prefix]
+        proxy = self.proxies[target.proxied.name]
+        request.prepath = mount + [target.proxied.prefix]
         request.postpath = segments[1:]
         return proxy.render(request)
 
@@ -159,13 +234,17 @@ class GatewayResource(Resource):
         decode: bool,
     ) -> Any:
         request.prepath = mount
-        request.postpath = [unquote_to_bytes(s) for s in segments] if decode else segments
+        request.postpath = (
+            [unquote_to_bytes(s) for s in segments] if decode else segments
+        )
         return resource.render(request)
 
 
-class GatewayRequest(Request):
+class GatewayRequest(StreamingRequest):
     """
-    A request that adds no ``text/html`` content type of its own.
+    The daemon's request: it adds no ``text/html`` content type of its own,
+    and on a :class:`GatewayChannel` a proxied request's body streams
+    upstream as it arrives (:class:`~metagateway.streaming.StreamingRequest`).
     """
 
     defaultContentType = None
@@ -180,6 +259,21 @@ class GatewaySite(Site):
     """
 
     requestFactory = GatewayRequest
+    protocol = GatewayChannel  # type: ignore[assignment]
+
+    #: The largest request head (request line, headers), in bytes.
+    max_header_bytes = GatewayChannel.max_header_bytes
+    #: The most header lines in a request.
+    max_headers = GatewayChannel.max_headers
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """
+        A :class:`GatewayChannel` (HTTP/1.1) with this site's header limits.
+        """
+        channel = super().buildProtocol(addr)
+        channel.max_header_bytes = self.max_header_bytes
+        channel.max_headers = self.max_headers
+        return channel
 
     def log(self, request: IRequest) -> None:
         """

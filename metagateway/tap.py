@@ -58,6 +58,14 @@ class Options(usage.Options):
         ],
         ["max-body", None, None, "Largest proxied request body in bytes (0: no limit)."],
         ["store-cache-ttl", None, None, "Seconds an R2 record is cached (5; 0: off)."],
+        [
+            "drain-timeout",
+            None,
+            None,
+            "Seconds in-flight requests get to finish on SIGTERM (30).",
+        ],
+        ["max-header-bytes", None, None, "Largest request head in bytes (16384)."],
+        ["max-headers", None, None, "Most header lines in a request (100)."],
     ]
 
     def __init__(self) -> None:
@@ -115,6 +123,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
     top = MultiService()
     gateway.service.setServiceParent(top)
     site = GatewaySite(gateway.resource)
+    site.max_header_bytes = config.max_header_bytes
+    site.max_headers = config.max_headers
     for description in config.listen:
         try:
             listener = strports.service(description, site, reactor=reactor)
