@@ -543,6 +543,23 @@ class SideBySideTests(SynchronousTestCase):
         self.assertEqual(self.b.metrics.logins, {})
         self.assertEqual(self.b.metrics.store_lookups, {})
 
+    def test_decoys_not_shared(self) -> None:
+        """
+        The decoy record unknown usernames are checked against follows the
+        strongest record of that gateway's own store only.
+        """
+        host = Host()
+        fast = {"n": 2**8, "r": 8, "p": 1, "dklen": 32}
+        strong, _ = host.mount([b"strong"], records=())
+        weak, _ = host.mount([b"weak"])
+        strong.store.store(  # type: ignore[attr-defined]
+            make_record("scrypt-user", PASSWORD, scheme="scrypt", params=fast)
+        )
+        host.login(self, "/strong", "scrypt-user")
+        self.assertEqual(strong.auth.decoys.record.scheme, "scrypt")
+        self.assertEqual(weak.auth.decoys.record.scheme, "sha256")
+        self.assertIsNot(strong.auth.decoys, weak.auth.decoys)
+
     def test_revocations_not_shared(self) -> None:
         """
         Two gateways given the same secret still keep separate revocation
