@@ -726,8 +726,9 @@ class ScryptLoginTests(SecurityCase):
         record = make_record("scrypt-user", "pw", scheme="scrypt", params=FAST)
         h = GatewayHarness(store=MemoryCredentialStore([record]))
         self.login(h, "scrypt-user", "wrong")
-        self.assertEqual(passwords.DECOYS.record.scheme, "scrypt")
-        self.assertEqual(dict(passwords.DECOYS.record.params), FAST)
+        decoys = h.gateway.auth.decoys
+        self.assertEqual(decoys.record.scheme, "scrypt")
+        self.assertEqual(dict(decoys.record.params), FAST)
         self.assert_denied(*self.login(h, "nobody-at-all", "pw"))
 
     def test_bad_parameters_fail_closed(self) -> None:
