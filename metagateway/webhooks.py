@@ -221,11 +221,14 @@ class WebhooksResource(Resource):
 
         def unexpected(failure: Any) -> None:
             log.failure("Unexpected error forwarding a webhook", failure)
-            if not gone:
+            if gone or request.finished:  # type: ignore[attr-defined]
+                return
+            if not request.startedWriting:  # type: ignore[attr-defined]
                 request.write(error_response(request, internal_error(ROUTE)))
-                request.finish()
+            request.finish()
 
-        done.addCallbacks(answer, unexpected)
+        done.addCallback(answer)
+        done.addErrback(unexpected)
         return NOT_DONE_YET
 
     def _body(self, request: IRequest) -> bytes:
