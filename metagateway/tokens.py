@@ -182,7 +182,7 @@ class RevocationList:
             self._floors[subject] = max(self._floors.get(subject, -math.inf), dropped)
         while len(self._entries) > self._limit:
             self._floor = max(self._floor, self._pop_valid(self._heap, None))
-        self._compact()
+        self._compact(subject)
 
     def is_revoked(self, token_id: str, subject: str, until: float) -> bool:
         """
@@ -231,13 +231,16 @@ class RevocationList:
             for subject in [s for s, f in self._floors.items() if f <= now]:
                 del self._floors[subject]
 
-    def _compact(self) -> None:
+    def _compact(self, subject: str) -> None:
         # Dropped entries leave stale pairs in the heaps; rebuild a heap
-        # once it is mostly stale, so memory follows the live entries.
+        # once it is mostly stale, so memory follows the live entries. (A
+        # subject's heap only grows when it revokes, so only the subject
+        # just seen needs a look.)
         if len(self._heap) > 2 * len(self._entries) + 64:
             self._heap = [(u, t) for t, (u, _) in self._entries.items()]
             heapq.heapify(self._heap)
-        for subject, heap in self._subject_heaps.items():
+        heap = self._subject_heaps.get(subject)
+        if heap is not None:
             live = self._by_subject[subject]
             if len(heap) > 2 * len(live) + 64:
                 heap[:] = [(u, t) for t, u in live.items()]
