@@ -6,8 +6,8 @@ records may instead say ``"scheme": "scrypt"`` with their parameters.
 
 An unknown username is checked against a decoy record, so that it costs
 what a known one costs. The decoy follows the most expensive scheme and
-parameters seen on any real record since the process started (see
-:class:`Decoys`): in a store of original SHA-256 records it is a SHA-256
+parameters seen on any real record since it was made (see :class:`Decoys`;
+each gateway keeps its own): in a store of original SHA-256 records it is a SHA-256
 record, in a store of scrypt records it becomes an scrypt record with the
 same parameters as soon as the first real record has been read.
 """

@@ -18,7 +18,6 @@ from twisted.logger import globalLogPublisher
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from metagateway import passwords
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.interfaces import (
     AccountRecord,
@@ -681,15 +680,6 @@ class ScryptLoginTests(SecurityCase):
     Logging in with scrypt records (as ``metagateway-admin --scheme
     scrypt`` writes them).
     """
-
-    def setUp(self) -> None:
-        decoys = passwords.DECOYS
-        saved = (decoys.record, decoys._cost)
-
-        def restore() -> None:
-            decoys.record, decoys._cost = saved
-
-        self.addCleanup(restore)
 
     def test_memory_store(self) -> None:
         """
