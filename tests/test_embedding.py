@@ -21,6 +21,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
 
 import metagateway
@@ -30,6 +31,7 @@ from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.memory import MemoryCredentialStore
 from metagateway.gateway import Gateway, GatewayService
 from metagateway.passwords import make_record
+from metagateway.site import GatewaySite
 from metagateway.throttle import LoginThrottle
 from metagateway.tokens import InvalidToken, TokenAuthority
 from tests.helpers import (
@@ -295,6 +297,20 @@ class MountedTests(SynchronousTestCase):
         self.assertEqual(response.headers.getRawHeaders(b"x-up"), [b"1"])
         self.assertIsNone(response.headers.getRawHeaders(b"content-type"))
 
+    def test_body_limit_in_plain_site(self) -> None:
+        """
+        In a plain host ``Site`` (which reads the whole body first), a
+        proxied body over ``max_body`` is still refused with ``413``.
+        """
+        host = Host()
+        _, upstream = host.mount([b"api"], make_config(max_body=10))
+        token = host.login(self, "/api")
+        response, body = host.request(
+            self, "PUT", "/api/kv/key", data=b"x" * 11, headers=bearer(token)
+        )
+        assert_json_error(self, response, body, 413, "PAYLOAD_TOO_LARGE", "KV")
+        self.assertEqual(upstream.requests, [])
+
     def test_token_required_under_mount(self) -> None:
         """
         ``/api/build`` without a token is the gateway's ``401 MISSING_TOKEN``.
@@ -402,6 +418,65 @@ class MountedTests(SynchronousTestCase):
             self, "GET", "/api/build/x", headers=bearer(token)
         )
         self.assertEqual(response.code, 200, body)
+
+
+class GatewaySiteHostTests(SynchronousTestCase):
+    """
+    A host serving its whole tree with the daemon's ``GatewaySite``: the
+    gateway, found below the mount point as soon as a request's headers are
+    in, refuses oversized bodies before reading them; the host's own
+    resources are served as usual.
+    """
+
+    def setUp(self) -> None:
+        self.host = Host()
+        self.gateway, self.upstream = self.host.mount([b"api"])
+        self.site = GatewaySite(self.host.root, reactor=self.host.clock)
+
+    def exchange(self, data: bytes) -> bytes:
+        """
+        Send ``data`` on a new connection to the site; return what it wrote.
+        """
+        channel = self.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(data)
+        self.host.clock.advance(0)
+        return bytes(transport.value())
+
+    def test_host_page(self) -> None:
+        """
+        The host's page is served with its own content type.
+        """
+        answer = self.exchange(b"GET / HTTP/1.1\r\nHost: host.test\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+        self.assertIn(b"Content-Type: text/html\r\n", answer)
+        self.assertTrue(answer.endswith(HOST_PAGE), answer)
+
+    def test_early_refusal_below_mount(self) -> None:
+        """
+        A login body declared over the auth limit is refused with the
+        gateway's JSON ``413`` before any of it is sent.
+        """
+        answer = self.exchange(
+            b"POST /api/auth/login HTTP/1.1\r\nHost: host.test\r\n"
+            b"Content-Length: 1000000\r\n\r\n"
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertIn(b"Content-Type: application/json", head)
+        self.assertEqual(json.loads(body)["code"], "PAYLOAD_TOO_LARGE")
+
+    def test_gateway_answers_below_mount(self) -> None:
+        """
+        The gateway answers below the mount point, and its 404 is JSON.
+        """
+        answer = self.exchange(b"GET /api/health HTTP/1.1\r\nHost: host.test\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+        self.assertEqual(json.loads(answer.partition(b"\r\n\r\n")[2])["status"], "ok")
+        answer = self.exchange(b"GET /api/nope HTTP/1.1\r\nHost: host.test\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 404 "), answer)
+        self.assertIn(b"Content-Type: application/json", answer)
 
 
 class SideBySideTests(SynchronousTestCase):
@@ -742,6 +817,82 @@ class ServiceTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         self.host.stopService()
         self.assertTrue(transport.disconnecting)
+
+
+class HeldUpstream(Resource):
+    """
+    A fake upstream that answers only when told to.
+
+    :ivar held: the requests waiting for an answer.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[IRequest] = []
+
+    def render(self, request: IRequest) -> object:
+        """
+        Hold the request.
+        """
+        self.held.append(request)
+        return NOT_DONE_YET
+
+
+class DrainTests(SynchronousTestCase):
+    """
+    Stopping the host's ``MultiService`` waits for the gateway's requests
+    in flight, up to the configured drain period.
+    """
+
+    def setUp(self) -> None:
+        self.host = Host()
+        self.upstream = HeldUpstream()
+        agent = RequestTraversalAgent(self.upstream)
+        self.host.agents.append(agent)
+        store = MemoryCredentialStore([make_record(USERNAME, PASSWORD, "admin")])
+        self.gateway = Gateway(
+            make_config(drain_timeout=10.0), self.host.clock, store=store, agent=agent
+        )
+        self.host.root.putChild(b"api", self.gateway.resource)
+        self.services = MultiService()
+        self.gateway.service.setServiceParent(self.services)
+        self.services.startService()
+        token = self.gateway.tokens.issue(USERNAME, "BUILD", ["admin"])
+        self.host.client = StubTreq(self.host.root)
+        self.response = self.host.client.get(
+            "http://host.test/api/build/slow", headers=bearer(token)
+        )
+        self.host.flush()
+        self.assertEqual(len(self.upstream.held), 1)
+
+    def test_waits_for_request_in_flight(self) -> None:
+        """
+        The stop completes once the request in flight is answered.
+        """
+        stopped = self.services.stopService()
+        self.host.flush()
+        self.assertNoResult(stopped)
+        upstream_request = self.upstream.held[0]
+        upstream_request.write(b"late answer")
+        upstream_request.finish()
+        self.host.flush()
+        response = self.successResultOf(self.response)
+        self.assertEqual(self.successResultOf(response.content()), b"late answer")
+        self.host.flush()
+        self.successResultOf(stopped)
+
+    def test_drain_period_bounded(self) -> None:
+        """
+        The stop completes after ``drain_timeout`` seconds even if the
+        request is still in flight.
+        """
+        stopped = self.services.stopService()
+        self.host.clock.advance(9)
+        self.assertNoResult(stopped)
+        self.host.clock.advance(1)
+        self.successResultOf(stopped)
 
 
 class ConfigTests(SynchronousTestCase):
