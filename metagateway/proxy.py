@@ -382,25 +382,25 @@ class _Exchange(BodyListener):
         if self.call is not None:
             self.call.cancel()
 
-    def _answered(self, response: IResponse) -> Optional[Deferred[None]]:
+    def _answered(self, response: IResponse) -> None:
         self.watchdog.stop()
         request = self.request
         if self.client_gone:
             response.deliverBody(_Discard())
-            return None
+            return
         if self.too_large:
             # The whole answer came before the body went past the limit.
             response.deliverBody(_Discard())
             route = self.proxy.route.name
             self._answer_error(payload_too_large(route, self.proxy.max_body))
-            return None
+            return
         note_upstream(request, status=response.code)
         request.setResponseCode(response.code, response.phrase)
         copy_response_headers(response, request)
         request.setHeader(b"X-Request-Id", request_id_of(request).encode("latin-1"))
         self.relay = _BodyRelay(self)
         response.deliverBody(self.relay)
-        return self.relay.done
+        return None
 
     def _failed(self, failure: Failure) -> None:
         self.watchdog.stop()
@@ -457,10 +457,10 @@ class _Exchange(BodyListener):
     def _client_gone(self, reason: Failure) -> None:
         self.client_gone = True
         self.watchdog.stop()
-        if self.call is not None:
-            self.call.cancel()
         if self.relay is not None:
             self.relay.stop_upstream()
+        elif self.call is not None:
+            self.call.cancel()
 
 
 def abort_client(request: IRequest) -> None:
@@ -490,14 +490,11 @@ class _BodyRelay(Protocol):
     """
     Writes an upstream's answer body to the client as it arrives, pausing
     the upstream while the client is not reading.
-
-    :ivar done: fires once the relay is over, whichever way.
     """
 
     def __init__(self, exchange: _Exchange) -> None:
         self.exchange = exchange
         self.request = exchange.request
-        self.done: Deferred[None] = Deferred()
         self._registered = False
 
     def connectionMade(self) -> None:
@@ -535,7 +532,6 @@ class _BodyRelay(Protocol):
     def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
         request = self.request
         if self.exchange.client_gone:
-            self.done.callback(None)
             return
         if self._registered:
             request.unregisterProducer()
@@ -549,7 +545,6 @@ class _BodyRelay(Protocol):
             )
             note_upstream(request, error="truncated")
             abort_client(request)
-        self.done.callback(None)
 
 
 class GatewayProxyResource(ReverseProxyResource):

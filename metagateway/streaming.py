@@ -22,6 +22,7 @@ from urllib.parse import unquote_to_bytes
 from zope.interface import implementer
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -450,6 +451,11 @@ class GatewayChannel(HTTPChannel):
         )
         self.persistent = False
         self._linger()
+        # A request already dispatched (its body broke mid-way) is over:
+        # its upstream call is cancelled, and its answer never written.
+        for request in list(self.requests):
+            if not request.finished:
+                request.connectionLost(Failure(ConnectionAborted("request refused")))
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's parser calls this for every malformed request it
