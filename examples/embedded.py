@@ -37,11 +37,11 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import react
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 from twisted.web.static import Data
 
 from metagateway.config import ConfigurationError, GatewayConfig
 from metagateway.gateway import Gateway
+from metagateway.site import GatewaySite
 
 #: The host's own page.
 PAGE = b"""<!doctype html>
@@ -81,11 +81,15 @@ def parse_arguments(argv: Sequence[str], environ: Any) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def build(reactor: Any, config: GatewayConfig) -> tuple[MultiService, Site]:
+def build(reactor: Any, config: GatewayConfig) -> tuple[MultiService, GatewaySite]:
     """
     The host's services and site: the gateway's service in the host's
     ``MultiService``, and its resource mounted at ``/api`` beside the
     host's page at ``/``.
+
+    The site is the daemon's ``GatewaySite``, so that proxied request
+    bodies stream and oversized ones are refused before they are read; a
+    plain ``twisted.web.server.Site`` works too (see docs/embedding.rst).
     """
     gateway = Gateway(config, reactor)
     root = Resource()
@@ -93,7 +97,7 @@ def build(reactor: Any, config: GatewayConfig) -> tuple[MultiService, Site]:
     root.putChild(b"api", gateway.resource)
     services = MultiService()
     gateway.service.setServiceParent(services)
-    return services, Site(root)
+    return services, GatewaySite(root, reactor=reactor)
 
 
 async def main(

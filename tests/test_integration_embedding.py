@@ -116,6 +116,42 @@ class EmbeddedExampleTests(TestCase):
 
         return ensureDeferred(go())
 
+    def test_large_upload_under_api(self) -> Deferred[None]:
+        """
+        A body of several megabytes goes through ``/api/build`` to the
+        upstream whole and unchanged; one over the login limit is refused.
+        """
+
+        async def go() -> None:
+            token = await self._login()
+            body = bytes(range(256)) * (4 * 4096)
+            r = await self.http.put(
+                self.base + "/api/build/upload",
+                body,
+                headers={b"Authorization": b"Bearer " + token.encode("ascii")},
+            )
+            self.assertEqual(r.code, 200)
+            await r.content()
+            method, uri, _, received = self.upstream.requests[-1]
+            self.assertEqual((method, uri), (b"PUT", b"/svc/upload"))
+            self.assertEqual(len(received), len(body))
+            self.assertEqual(received, body)
+            r = await self.http.post(
+                self.base + "/api/auth/login", b"{" + b" " * 100_000 + b"}"
+            )
+            self.assertEqual(r.code, 413)
+            self.assertEqual(json.loads(await r.content())["code"], "PAYLOAD_TOO_LARGE")
+
+        return ensureDeferred(go())
+
+    async def _login(self) -> str:
+        r = await self.http.post(
+            self.base + "/api/auth/login",
+            json.dumps({"username": USER, "password": PASSWORD}).encode(),
+        )
+        self.assertEqual(r.code, 200)
+        return str(json.loads(await r.content())["token"])
+
     def test_host_page_and_gateway_404(self) -> Deferred[None]:
         """
         ``/`` is the host's page; ``/api/nope`` is the gateway's JSON 404;
