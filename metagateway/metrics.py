@@ -254,9 +254,7 @@ class Metrics:
             return "{%s}" % (text.rstrip(","),) if text else ""
 
         family("metagateway_info", "gauge", "The gateway's version.")
-        lines.append(
-            "metagateway_info%s 1" % (braces(labels(version=__version__)),)
-        )
+        lines.append("metagateway_info%s 1" % (braces(labels(version=__version__)),))
 
         family(
             "metagateway_requests_total",

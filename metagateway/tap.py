@@ -66,6 +66,20 @@ class Options(usage.Options):
         ],
         ["max-header-bytes", None, None, "Largest request head in bytes (16384)."],
         ["max-headers", None, None, "Most header lines in a request (100)."],
+        ["workers", None, None, "Processes sharing the --listen sockets (1)."],
+        [
+            "access-log",
+            None,
+            None,
+            "Access log: text (through the log), json (one object per line on "
+            "stdout) or off (text).",
+        ],
+        [
+            "metrics-listen",
+            None,
+            None,
+            "Endpoint serving GET /metrics (Prometheus text); off if unset.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -110,8 +124,11 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
         for line in prepare_dev(settings, environ, reactor):
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
+    from metagateway.workers import ProcessSettings
+
     try:
         config = GatewayConfig.from_options(settings, environ)
+        process = ProcessSettings.from_options(settings, environ)
     except ConfigurationError as e:
         _fail(str(e))
     if len(config.jwt_secret.encode("utf-8")) < MIN_SECRET_BYTES:
@@ -119,16 +136,92 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
             "metagateway: warning: GATEWAY_JWT_SECRET is shorter than %d bytes\n"
             % (MIN_SECRET_BYTES,)
         )
-    gateway = Gateway(config, reactor)
+    if process.workers > 1:
+        if options["dev"]:
+            sys.stderr.write("metagateway: warning: --dev runs one process\n")
+        else:
+            return _supervisor(options, config, process, environ, reactor)
+    from metagateway.accesslog import AccessLog
+    from metagateway.metrics import Metrics, MetricsSite
+
+    access_log = None
+    if process.access_log == "text":
+        access_log = AccessLog("text")
+    elif process.access_log == "json":
+        access_log = AccessLog("json", sys.stdout)
+    gateway = Gateway(
+        config,
+        reactor,
+        access_log=access_log,
+        metrics=Metrics(worker=process.worker_index),
+    )
     top = MultiService()
     gateway.service.setServiceParent(top)
     site = GatewaySite(gateway.resource)
     site.max_header_bytes = config.max_header_bytes
     site.max_headers = config.max_headers
-    for description in config.listen:
+    if process.is_worker:
+        from metagateway.workers import adopt_sockets
+
+        adopt_sockets(reactor, process, site, top)
+    for description in () if process.is_worker else config.listen:
         try:
             listener = strports.service(description, site, reactor=reactor)
         except (ValueError, KeyError, TypeError) as e:
             _fail("bad --listen %r: %s" % (description, e))
         listener.setServiceParent(top)
+    if process.metrics_listen:
+        try:
+            listener = strports.service(
+                process.metrics_listen, MetricsSite(gateway.metrics), reactor=reactor
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            _fail("bad --metrics-listen %r: %s" % (process.metrics_listen, e))
+        listener.setServiceParent(top)
     return top
+
+
+def _supervisor(
+    options: Options,
+    config: GatewayConfig,
+    process: Any,
+    environ: dict[str, str],
+    reactor: Any,
+) -> IService:
+    """
+    The parent of ``--workers N``: binds the ``--listen`` endpoints and
+    supervises N worker processes (:mod:`metagateway.workers`).
+    """
+    from functools import partial
+
+    from metagateway.workers import (
+        KILL_MARGIN,
+        WorkerSupervisor,
+        bind_sockets,
+        endpoint_kind,
+        offset_endpoint,
+        worker_argv,
+        worker_environ,
+    )
+
+    try:
+        for description in config.listen:
+            if endpoint_kind(description) not in ("tcp", "tcp6", "unix"):
+                raise ConfigurationError(
+                    "--workers needs tcp:, tcp6: or unix: --listen endpoints "
+                    "(terminate TLS in front), not %r" % (description,)
+                )
+        if process.metrics_listen:
+            offset_endpoint(process.metrics_listen, 0)
+    except ConfigurationError as e:
+        _fail(str(e))
+    flags = [flag[0] for flag in Options.optFlags]
+    parameters = [parameter[0] for parameter in Options.optParameters]
+    return WorkerSupervisor(
+        reactor,
+        partial(worker_argv, options, flags, parameters, process.metrics_listen),
+        worker_environ(environ),
+        process.workers,
+        partial(bind_sockets, reactor, config.listen),
+        config.drain_timeout + KILL_MARGIN,
+    )
