@@ -200,8 +200,11 @@ class GatewayConfig:
         )
 
         listen_option = options.get("listen")
-        if listen_option:
-            listen = tuple(listen_option)  # type: ignore[call-overload]
+        listen: tuple[str, ...]
+        if listen_option and isinstance(listen_option, str):
+            listen = (listen_option,)
+        elif listen_option and isinstance(listen_option, (list, tuple)):
+            listen = tuple(str(description) for description in listen_option)
         else:
             listen_env = environ.get("METAGATEWAY_LISTEN", "")
             listen = tuple(
