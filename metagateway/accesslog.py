@@ -229,13 +229,14 @@ class RequestRecorder:
         metrics.in_flight -= 1
         status = request.code
         error = notes.get("metagatewayError")
+        upstream_error = notes.get("metagatewayUpstreamError")
         if result is not None:
-            # The client went away first.
+            # The connection was lost before the answer was complete.
             if not request.startedWriting:
                 status = 499
-            error = error or "CLIENT_CLOSED"
+            if error is None and upstream_error is None:
+                error = "CLIENT_CLOSED"
         route = notes.get("metagatewayRoute", "NONE")
-        upstream_error = notes.get("metagatewayUpstreamError")
         metrics.observe_request(
             route, request.method, status, duration, error, upstream_error
         )

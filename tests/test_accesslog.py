@@ -1,0 +1,411 @@
+"""
+Tests for :mod:`metagateway.accesslog`: one event per request with the
+fields operators need, and never a token, an ``Authorization`` value, a
+password or a query string; text and JSON forms.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.logger import formatEvent
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
+
+from metagateway.accesslog import (
+    NAMESPACE,
+    TEXT_FORMAT,
+    AccessLog,
+    json_line,
+    logged_path,
+)
+from tests.helpers import PASSWORD, SECRET, USERNAME, GatewayHarness
+from tests.test_streaming import ChannelHarness, FakeResponse, chunk, post_head
+
+
+def get(path: bytes, headers: bytes = b"") -> bytes:
+    return b"GET " + path + b" HTTP/1.1\r\nHost: gateway.test\r\n" + headers + b"\r\n"
+
+
+class Events:
+    """
+    An access log whose events are kept in a list.
+    """
+
+    def __init__(self, form: str = "text") -> None:
+        self.events: list[dict[str, Any]] = []
+        self.access_log = AccessLog(form, observer=self.events.append)
+
+    def one(self, case: SynchronousTestCase) -> dict[str, Any]:
+        case.assertEqual(len(self.events), 1, self.events)
+        return self.events[0]
+
+
+def channel_harness(form: str = "text", **config: Any) -> tuple[ChannelHarness, Events]:
+    """
+    A gateway behind its own ``Site`` (see ``tests/test_streaming.py``) whose
+    access log is kept.
+    """
+    harness = ChannelHarness(**config)
+    events = Events(form)
+    harness.gateway.recorder.access_log = events.access_log
+    return harness, events
+
+
+def assert_clean(case: SynchronousTestCase, text: str, *secrets: str) -> None:
+    """
+    Assert ``text`` holds none of ``secrets``, no bearer token and no
+    query string.
+    """
+    for secret in (SECRET, PASSWORD, "Bearer", "eyJ", "?") + secrets:
+        case.assertNotIn(secret, text)
+
+
+class ProxiedRequestTests(SynchronousTestCase):
+    """
+    The event of a proxied request.
+    """
+
+    def setUp(self) -> None:
+        self.harness, self.events = channel_harness()
+        self.token = self.harness.gateway.tokens.issue(
+            USERNAME, "BUILD", ["admin"], "production"
+        )
+
+    def send(self, request: bytes) -> None:
+        self.harness.send(request)
+
+    def test_fields(self) -> None:
+        """
+        A proxied request's event names the request id, client, method,
+        path without the query, route, status, bytes both ways, duration,
+        upstream status and the token's subject.
+        """
+        self.send(
+            post_head(
+                b"/build/a/b?token=abc&password=x",
+                5,
+                b"Authorization: Bearer " + self.token.encode() + b"\r\n",
+            )
+            + b"hello"
+        )
+        call = self.harness.agent.calls[0]
+        call.start_body()
+        self.harness.clock.advance(0.25)
+        response = call.answer(FakeResponse(201, Headers(), length=4))
+        response.send(b"done")
+        response.finish()
+        answer = self.harness.response()
+        self.assertEqual(answer.code, 201)
+        event = self.events.one(self)
+        self.assertEqual(event["log_namespace"], NAMESPACE)
+        self.assertEqual(event["request_id"], answer.header(b"x-request-id").decode())
+        self.assertEqual(event["client"], "10.0.0.7")
+        self.assertEqual(event["method"], "POST")
+        self.assertEqual(event["path"], "/build/a/b")
+        self.assertEqual(event["route"], "BUILD")
+        self.assertEqual(event["status"], 201)
+        self.assertEqual(event["bytes_in"], 5)
+        self.assertEqual(event["bytes_out"], 4)
+        self.assertEqual(event["duration_ms"], 250.0)
+        self.assertEqual(event["upstream"], 201)
+        self.assertEqual(event["upstream_status"], 201)
+        self.assertEqual(event["error"], "-")
+        self.assertEqual(event["subject"], USERNAME)
+        text = formatEvent(event)
+        self.assertIn('10.0.0.7 "POST /build/a/b" BUILD 201 in=5 out=4', text)
+        self.assertIn("subject=%s" % (USERNAME,), text)
+        assert_clean(self, text, self.token, "abc")
+
+    def test_chunked_body_counted(self) -> None:
+        """
+        A chunked body streamed upstream is counted as it was received.
+        """
+        self.send(post_head(b"/kv/x", None) + chunk(b"abc") + chunk(b"de") + chunk(b""))
+        call = self.harness.agent.calls[0]
+        call.start_body()
+        call.answer(FakeResponse(200, Headers(), length=0)).finish()
+        self.assertEqual(self.events.one(self)["bytes_in"], 5)
+
+    def test_token_refused(self) -> None:
+        """
+        A refused token: the error code, no subject, no upstream.
+        """
+        self.send(get(b"/build/x", b"Authorization: Bearer not-a-token\r\n"))
+        event = self.events.one(self)
+        self.assertEqual(
+            (event["status"], event["error"], event["subject"], event["upstream"]),
+            (403, "INVALID_TOKEN", "-", "-"),
+        )
+        assert_clean(self, formatEvent(event), "not-a-token")
+
+    def test_upstream_refused(self) -> None:
+        """
+        An upstream that refuses the connection reads ``upstream=unavailable``.
+        """
+        self.send(get(b"/kv/x"))
+        self.harness.agent.calls[0].fail(ConnectionRefusedError())
+        event = self.events.one(self)
+        self.assertEqual(event["upstream"], "unavailable")
+        self.assertEqual(event["error"], "UPSTREAM_UNAVAILABLE")
+        self.assertEqual(event["status"], 502)
+        self.flushLoggedErrors()
+
+    def test_upstream_timeout(self) -> None:
+        """
+        An upstream that does not answer in time reads ``upstream=timeout``.
+        """
+        self.send(get(b"/kv/x"))
+        self.harness.clock.advance(31)
+        event = self.events.one(self)
+        self.assertEqual((event["status"], event["upstream"]), (504, "timeout"))
+
+    def test_upstream_breaks_off(self) -> None:
+        """
+        An upstream body that breaks off reads ``upstream=truncated``.
+        """
+        self.send(get(b"/kv/x"))
+        response = self.harness.agent.calls[0].answer(
+            FakeResponse(200, Headers(), length=10)
+        )
+        response.send(b"abc")
+        response.break_off()
+        # The gateway aborted the client's connection.
+        self.assertTrue(self.harness.transport.disconnecting)
+        self.harness.channel.connectionLost(Failure(ConnectionDone()))
+        event = self.events.one(self)
+        self.assertEqual((event["status"], event["upstream"]), (200, "truncated"))
+        self.assertEqual((event["upstream_status"], event["error"]), (200, "-"))
+        self.flushLoggedErrors()
+
+    def test_client_gone(self) -> None:
+        """
+        A client that leaves before the answer: status ``499`` and
+        ``CLIENT_CLOSED``.
+        """
+        self.send(get(b"/kv/x"))
+        self.harness.channel.connectionLost(Failure(ConnectionDone()))
+        event = self.events.one(self)
+        self.assertEqual((event["status"], event["error"]), (499, "CLIENT_CLOSED"))
+
+    def test_unhandled_path(self) -> None:
+        """
+        A path no route handles is logged under route ``NONE``.
+        """
+        self.send(get(b"/nowhere?x=1"))
+        event = self.events.one(self)
+        self.assertEqual(
+            (event["route"], event["status"], event["path"]),
+            ("NONE", 404, "/nowhere"),
+        )
+
+    def test_preflight(self) -> None:
+        """
+        An ``OPTIONS`` preflight is logged under route ``PREFLIGHT``.
+        """
+        self.send(b"OPTIONS /build/x HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        event = self.events.one(self)
+        self.assertEqual((event["route"], event["status"]), ("PREFLIGHT", 204))
+
+
+class JSONTests(SynchronousTestCase):
+    """
+    ``--access-log json``: one JSON object per line.
+    """
+
+    def test_line(self) -> None:
+        """
+        A JSON line carries every field under its JSON name, ``null`` for
+        what is missing, and a timestamp.
+        """
+        harness, events = channel_harness("json")
+        harness.send(get(b"/kv/a?secret=1", b"X-Request-Id: abc-123\r\n"))
+        harness.agent.calls[0].answer(FakeResponse(200, Headers(), length=0)).finish()
+        line = json_line(events.one(self))
+        self.assertTrue(line.endswith("\n"))
+        self.assertEqual(line.count("\n"), 1)
+        document = json.loads(line)
+        self.assertEqual(
+            {k: v for k, v in document.items() if k not in ("time", "durationMs")},
+            {
+                "requestId": "abc-123",
+                "client": "10.0.0.7",
+                "method": "GET",
+                "path": "/kv/a",
+                "route": "KV",
+                "status": 200,
+                "bytesIn": 0,
+                "bytesOut": 0,
+                "upstreamStatus": 200,
+                "upstreamError": None,
+                "error": None,
+                "subject": None,
+            },
+        )
+        self.assertRegex(document["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        self.assertIsInstance(document["durationMs"], float)
+
+    def test_stream(self) -> None:
+        """
+        A JSON access log writes each event to its stream as one line.
+        """
+        out = io.StringIO()
+        harness = ChannelHarness()
+        harness.gateway.recorder.access_log = AccessLog("json", out)
+        harness.send(get(b"/nowhere"))
+        harness.send(get(b"/health"))
+        lines = out.getvalue().splitlines()
+        self.assertEqual(
+            [json.loads(line)["route"] for line in lines], ["NONE", "HEALTH"]
+        )
+
+    def test_bad_form(self) -> None:
+        """
+        Only ``text`` and ``json`` are forms; JSON needs a stream.
+        """
+        self.assertRaises(ValueError, AccessLog, "xml")
+        self.assertRaises(ValueError, AccessLog, "json")
+
+
+class LoginTests(SynchronousTestCase):
+    """
+    Logins are logged with the subject on success, and never the password.
+    """
+
+    def setUp(self) -> None:
+        self.harness = GatewayHarness()
+        self.events = Events()
+        self.harness.gateway.recorder.access_log = self.events.access_log
+
+    def login(self, password: str) -> Any:
+        return self.harness.request(
+            self,
+            "POST",
+            "/auth/login?next=/x",
+            data=json.dumps({"username": USERNAME, "password": password}).encode(),
+        )
+
+    def test_success(self) -> None:
+        """
+        A login's event names the user (the new token's subject), never the
+        password or the token.
+        """
+        response, body = self.login(PASSWORD)
+        self.assertEqual(response.code, 200)
+        event = self.events.one(self)
+        self.assertEqual(
+            (event["route"], event["status"], event["subject"], event["path"]),
+            ("AUTH", 200, USERNAME, "/auth/login"),
+        )
+        assert_clean(self, formatEvent(event), json.loads(body)["token"])
+
+    def test_failure(self) -> None:
+        """
+        A failed login has its error code and no subject.
+        """
+        self.login("wrong password")
+        event = self.events.one(self)
+        self.assertEqual(
+            (event["status"], event["error"], event["subject"]),
+            (401, "INVALID_CREDENTIALS", "-"),
+        )
+        assert_clean(self, formatEvent(event), "wrong password")
+
+    def test_session(self) -> None:
+        """
+        ``/core/session`` logs the verified token's subject.
+        """
+        token = self.harness.login(self)
+        self.harness.request(
+            self, "GET", "/core/session", headers={"Authorization": "Bearer " + token}
+        )
+        event = self.events.events[-1]
+        self.assertEqual((event["route"], event["subject"]), ("AUTH", USERNAME))
+        assert_clean(self, formatEvent(event), token)
+
+
+class OffTests(SynchronousTestCase):
+    """
+    ``--access-log off``.
+    """
+
+    def test_nothing_emitted(self) -> None:
+        """
+        Without an access log no event is emitted, and the request is still
+        counted in the metrics.
+        """
+        harness = GatewayHarness()
+        self.assertIsNotNone(harness.gateway.recorder.access_log)
+        harness.gateway.recorder.access_log = None
+        from twisted.logger import globalLogPublisher
+
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        harness.request(self, "GET", "/health")
+        self.assertEqual([e for e in seen if e.get("log_namespace") == NAMESPACE], [])
+        self.assertEqual(
+            harness.gateway.metrics.requests, {("HEALTH", "GET", "2xx"): 1}
+        )
+
+
+class FormatTests(SynchronousTestCase):
+    """
+    How paths and missing values read.
+    """
+
+    def test_missing_values(self) -> None:
+        """
+        The text form reads ``-`` for what is missing.
+        """
+        harness, events = channel_harness()
+        harness.send(get(b"/health"))
+        self.assertRegex(
+            formatEvent(events.one(self)),
+            r'^10\.0\.0\.7 "GET /health" HEALTH 200 in=0 out=\d+ \d+\.\dms '
+            r"upstream=- error=- subject=- id=[0-9a-f-]{36}$",
+        )
+
+    def test_text_format_names(self) -> None:
+        """
+        The text form uses only fields every event has.
+        """
+        for name in (
+            "client",
+            "method",
+            "path",
+            "route",
+            "status",
+            "bytes_in",
+            "bytes_out",
+            "duration_ms",
+            "upstream",
+            "error",
+            "subject",
+            "request_id",
+        ):
+            self.assertIn("{%s" % (name,), TEXT_FORMAT)
+
+    def test_logged_path(self) -> None:
+        """
+        The logged path has no query, no scheme or host, and no raw control
+        or non-ASCII bytes.
+        """
+
+        class Target:
+            def __init__(self, uri: bytes) -> None:
+                self.uri = uri
+
+        cases = [
+            (b"/a/b?c=d", "/a/b"),
+            (b"http://host.test/kv/x?y=1", "/kv/x"),
+            (b"http://host.test", "/"),
+            (b"/caf\xc3\xa9", "/caf\\xc3\\xa9"),
+            (b"/a\x1bb", "/a\\x1bb"),
+        ]
+        for uri, expected in cases:
+            self.assertEqual(logged_path(Target(uri)), expected)  # type: ignore[arg-type]
