@@ -77,7 +77,7 @@ class GitHubSettings:
 
     client_id: Optional[str] = None
     client_secret: Optional[str] = field(default=None, repr=False)
-    token_url: str = "https://github.com/login/oauth/access_token"
+    token_url: str = "https://github.com/login/oauth/access_token"  # noqa: S105
     api_url: str = "https://api.github.com"
 
 

@@ -74,23 +74,21 @@ def prepare_dev(
     if not options.get("listen") and not environ.get("METAGATEWAY_LISTEN"):
         options["listen"] = ["tcp:8080:interface=127.0.0.1"]
     password = secrets.token_urlsafe(12)
-    if not options.get("accounts-dir") and not environ.get("METAGATEWAY_ACCOUNTS_DIR"):
-        directory = tempfile.mkdtemp(prefix="metagateway-dev-")
-        options["accounts-dir"] = directory
-    store = DirectoryCredentialStore(
-        FilePath(options.get("accounts-dir") or environ["METAGATEWAY_ACCOUNTS_DIR"])
+    accounts = options.get("accounts-dir") or environ.get("METAGATEWAY_ACCOUNTS_DIR")
+    if not accounts:
+        accounts = options["accounts-dir"] = tempfile.mkdtemp(prefix="metagateway-dev-")
+    DirectoryCredentialStore(FilePath(accounts)).store(
+        make_record(DEMO_USER, password, "admin")
     )
-    store.store(make_record(DEMO_USER, password, "admin"))
-    lines.append(
-        "Accounts directory: %s" % (options.get("accounts-dir") or environ["METAGATEWAY_ACCOUNTS_DIR"],)
-    )
+    lines.append("Accounts directory: %s" % (accounts,))
     for route, variable in SERVICE_VARIABLES.items():
         if environ.get(variable):
             continue
         port = reactor.listenTCP(0, Site(EchoResource(route)), interface="127.0.0.1")
         environ[variable] = "http://127.0.0.1:%d" % (port.getHost().port,)
         lines.append("Echo upstream for %s at %s" % (variable, environ[variable]))
-    base = gateway_url(options["listen"][0] if options.get("listen") else environ["METAGATEWAY_LISTEN"].split(",")[0])
+    listen = options.get("listen") or environ["METAGATEWAY_LISTEN"].split(",")
+    base = gateway_url(listen[0])
     lines += [
         "",
         "Demo user: %s   password: %s" % (DEMO_USER, password),

@@ -69,7 +69,9 @@ def normalise_path(raw_path: bytes) -> list[bytes]:
 
     :param raw_path: the path part of the request target, starting ``/``.
     """
-    parts = raw_path.split(b"/")[1:] if raw_path.startswith(b"/") else raw_path.split(b"/")
+    parts = raw_path.split(b"/")
+    if raw_path.startswith(b"/"):
+        del parts[0]
     output: list[bytes] = []
     last = len(parts) - 1
     for index, segment in enumerate(parts):

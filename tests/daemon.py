@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -92,7 +92,7 @@ class ChildProcess(ProcessProtocol):
         if self.exit_code is None and self.transport is not None:
             try:
                 self.transport.signalProcess(name)
-            except Exception:
+            except ProcessExitedAlready:
                 pass
 
 
