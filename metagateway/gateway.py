@@ -23,6 +23,7 @@ from twisted.web.client import (
     FileBodyProducer,
     HTTPConnectionPool,
 )
+from twisted.web.client import _HTTP11ClientFactory
 from twisted.web.iweb import IAgent, IBodyProducer
 from twisted.web.resource import IResource
 
@@ -87,6 +88,14 @@ def body_producer(cooperator: Cooperator, data: Any) -> IBodyProducer:
     if hasattr(data, "read"):
         return FileBodyProducer(data, cooperator=cooperator)
     return IBodyProducer(data)
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """
+    The pool's connection factory, without a log line per connection.
+    """
+
+    noisy = False
 
 
 class GatewayService(Service):
@@ -193,6 +202,9 @@ class Gateway:
         self.reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
+        # Twisted's documented way to keep the pool from logging "Starting
+        # factory" for every upstream connection.
+        self.pool._factory = _QuietClientFactory
         if agent is None:
             agent = Agent(
                 reactor,
