@@ -465,8 +465,8 @@ class _Exchange(BodyListener):
 
 def abort_client(request: IRequest) -> None:
     """
-    Drop the client's connection: its answer cannot be completed, and a
-    truncated body must never look complete.
+    Drop the client's connection at once (a reset): its answer cannot be
+    completed.
     """
     channel = getattr(request, "channel", None)
     transport = getattr(channel, "transport", None) or getattr(
@@ -474,6 +474,26 @@ def abort_client(request: IRequest) -> None:
     )
     if transport is not None:
         transport.abortConnection()
+
+
+def cut_client(request: IRequest) -> None:
+    """
+    End the client's connection mid-answer so that the truncation shows.
+
+    When the client can tell a short body (a ``Content-Length`` was sent, or
+    the body is chunked and will lack its last chunk), what was relayed is
+    flushed and the connection closed; an answer delimited by the close
+    itself (an HTTP/1.0 client) would look complete that way, so its
+    connection is reset instead.
+    """
+    framed = bool(
+        getattr(request, "chunked", False)
+    ) or request.responseHeaders.hasHeader(b"content-length")
+    channel = getattr(request, "channel", None)
+    if framed and channel is not None and request.method != b"HEAD":
+        channel.loseConnection()
+    else:
+        abort_client(request)
 
 
 class _Discard(Protocol):
@@ -544,7 +564,7 @@ class _BodyRelay(Protocol):
                 why=describe(reason),
             )
             note_upstream(request, error="truncated")
-            abort_client(request)
+            cut_client(request)
 
 
 class GatewayProxyResource(ReverseProxyResource):

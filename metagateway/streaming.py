@@ -391,6 +391,22 @@ class GatewayChannel(HTTPChannel):
         self.receiving_body = False
         super().allContentReceived()
 
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        """
+        Twisted's check, with the ``Connection`` header read as the comma
+        list it is (Twisted splits it on spaces, so ``close, X-Foo`` would
+        keep the connection open).
+        """
+        tokens = {
+            token.strip().lower()
+            for value in request.requestHeaders.getRawHeaders(b"connection", [])
+            for token in value.split(b",")
+        }
+        if version == b"HTTP/1.1" and b"close" in tokens:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return bool(super().checkPersistence(request, version))
+
     # Flow control of the client's body.
 
     def pause_reading(self) -> None:

@@ -345,29 +345,43 @@ class FailureTests(SynchronousTestCase):
 
     def test_dies_mid_body(self) -> None:
         """
-        An upstream that dies mid-body: the client's connection is aborted,
-        and its chunked answer never gets its last chunk.
+        An upstream that dies mid-body: what came is flushed, the client's
+        connection closed, and its chunked answer never gets its last
+        chunk.
         """
         self.h.send(get(b"/kv/a"))
         response = self.h.agent.calls[0].answer()
         response.send(b"partial")
         response.break_off()
-        self.assertTrue(self.h.transport.disconnected)
+        self.assertTrue(self.h.transport.disconnecting)
         [answer] = self.h.responses()
+        self.assertEqual(answer.body, b"partial")
         self.assertFalse(answer.complete)
         self.assertIn("failed mid-body", self.log.text())
 
     def test_dies_mid_body_with_length(self) -> None:
         """
-        With a declared length, the client sees fewer bytes and a dropped
+        With a declared length, the client sees fewer bytes and a closed
         connection, never a short body that looks whole.
         """
         self.h.send(get(b"/kv/a"))
         response = self.h.agent.calls[0].answer(FakeResponse(length=100))
         response.send(b"partial")
         response.break_off()
-        self.assertTrue(self.h.transport.disconnected)
+        self.assertTrue(self.h.transport.disconnecting)
         self.assertFalse(self.h.response().complete)
+
+    def test_dies_mid_body_http10(self) -> None:
+        """
+        For an HTTP/1.0 client, whose answer of unknown length ends with the
+        connection, the connection is reset: a clean close would make the
+        truncated body look complete.
+        """
+        self.h.send(b"GET /kv/a HTTP/1.0\r\nHost: gateway.test\r\n\r\n")
+        response = self.h.agent.calls[0].answer()
+        response.send(b"partial")
+        response.break_off()
+        self.assertTrue(self.h.transport.disconnected)
 
     def test_close_delimited_body(self) -> None:
         """
