@@ -617,6 +617,14 @@ class ParentWatch:
         """
         self._parent_gone()
 
+    def stop_watching(self) -> None:
+        """
+        Stop watching: this process is shutting down anyway.
+        """
+        if not self.gone:
+            self.gone = True
+            self.reactor.removeReader(self)
+
     def _parent_gone(self) -> None:
         if self.gone:
             return
@@ -655,11 +663,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     service.privilegedStartService()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    watch = ParentWatch(reactor, 0)
     try:
         os.set_blocking(0, False)
-        reactor.addReader(ParentWatch(reactor, 0))
+        reactor.addReader(watch)
     except (OSError, ValueError):
         log.warn("Cannot watch the parent through standard input")
+    else:
+        reactor.addSystemEventTrigger("before", "shutdown", watch.stop_watching)
     reactor.run()
 
 
