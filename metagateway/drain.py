@@ -26,7 +26,7 @@ class InFlight:
         self.draining = False
         self._idle: list[Deferred[bool]] = []
 
-    def track(self, request: IRequest) -> None:
+    def track(self, request: Any) -> None:
         """
         Count ``request`` until its answer is finished or its connection
         lost.

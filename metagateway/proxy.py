@@ -260,7 +260,7 @@ def describe(failure: Failure) -> str:
     why = failure.value
     # ResponseFailed and its kind wrap the Failures that caused them.
     while getattr(why, "reasons", None):
-        why = why.reasons[0].value  # type: ignore[attr-defined]
+        why = why.reasons[0].value  # type: ignore[union-attr]
     return str(why) or why.__class__.__name__
 
 
@@ -336,7 +336,8 @@ class _Exchange(BodyListener):
         body: Optional[IBodyProducer],
     ) -> None:
         self.proxy = proxy
-        self.request = request
+        # Twisted's Request: more than IRequest declares (notifyFinish...).
+        self.request: Any = request
         self.url = url
         self.headers = headers
         self.body = body
@@ -411,26 +412,30 @@ class _Exchange(BodyListener):
             error = payload_too_large(route, self.proxy.max_body)
         elif self.watchdog.fired or failure.check(TimeoutError):
             log.warn(
-                "Upstream {route} timed out after {seconds}s",
+                "Upstream {route} timed out after {seconds}s (request {request_id})",
                 route=route,
                 seconds=self.proxy.timeout,
+                request_id=request_id_of(self.request),
             )
             error = GatewayError(504, "UPSTREAM_TIMEOUT", "Upstream timed out", route)
         else:
             tls = tls_failure(failure)
             if tls is not None:
                 log.error(
-                    "TLS with upstream {route} ({url}) failed, certificate not "
-                    "trusted or not for this host: {why}",
+                    "TLS with upstream {route} ({url}) failed (certificate not "
+                    "trusted, not for this host, or handshake refused): {why} "
+                    "(request {request_id})",
                     route=route,
                     url=self.proxy.base_url,
                     why=str(tls) or tls.__class__.__name__,
+                    request_id=request_id_of(self.request),
                 )
             else:
                 log.warn(
-                    "Upstream {route} unavailable: {why}",
+                    "Upstream {route} unavailable: {why} (request {request_id})",
                     route=route,
                     why=describe(failure),
+                    request_id=request_id_of(self.request),
                 )
             error = GatewayError(
                 502, "UPSTREAM_UNAVAILABLE", "Upstream unavailable", route
@@ -514,7 +519,7 @@ class _BodyRelay(Protocol):
 
     def __init__(self, exchange: _Exchange) -> None:
         self.exchange = exchange
-        self.request = exchange.request
+        self.request: Any = exchange.request
         self._registered = False
 
     def connectionMade(self) -> None:
@@ -529,7 +534,7 @@ class _BodyRelay(Protocol):
         Drop the upstream connection: the answer is no longer wanted.
         """
         if self.transport is not None:
-            self.transport.stopProducing()
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     # IPushProducer, driven by the client's connection.
 
@@ -559,9 +564,10 @@ class _BodyRelay(Protocol):
             request.finish()
         else:
             log.warn(
-                "Upstream {route} failed mid-body: {why}",
+                "Upstream {route} failed mid-body: {why} (request {request_id})",
                 route=self.exchange.proxy.route.name,
                 why=describe(reason),
+                request_id=request_id_of(request),
             )
             note_upstream(request, error="truncated")
             cut_client(request)

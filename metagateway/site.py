@@ -178,8 +178,8 @@ class GatewayResource(Resource):
         key = b"/".join(segments)
         head = segments[0] if segments else b""
         if (request.method, key) in OWN_ENDPOINTS:
-            route = "AUTH" if head == b"auth" else "CORE"
-            return Target("own", route, mount, segments, self.own_max_body)
+            name = "AUTH" if head == b"auth" else "CORE"
+            return Target("own", name, mount, segments, self.own_max_body)
         if head == b"webhooks" and self.webhooks is not None:
             limit = getattr(self.webhooks, "max_body", self.own_max_body)
             return Target("webhooks", "WEBHOOK", mount, segments, limit)

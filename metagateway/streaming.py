@@ -22,7 +22,7 @@ from urllib.parse import unquote_to_bytes
 from zope.interface import implementer
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionAborted
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -47,6 +47,8 @@ from metagateway.errors import (
 )
 
 log = Logger()
+
+CONNECTION_DONE = Failure(ConnectionDone())
 
 
 class BodyTooLarge(Exception):
@@ -329,6 +331,7 @@ class GatewayChannel(HTTPChannel):
         self._discarding = False
         self._linger_on_close = False
         self._linger_call: Optional[IDelayedCall] = None
+        self._held = False
 
     def connectionMade(self) -> None:
         # Twisted's own limits stay as a backstop behind ours.
@@ -389,6 +392,7 @@ class GatewayChannel(HTTPChannel):
         if self._discarding:
             return
         self.receiving_body = False
+        self._held = False
         super().allContentReceived()
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
@@ -411,8 +415,10 @@ class GatewayChannel(HTTPChannel):
 
     def pause_reading(self) -> None:
         """
-        Stop reading from the client (its body waits in the network).
+        Stop reading from the client (its body waits in the network) until
+        the upstream takes more.
         """
+        self._held = True
         producer = IPushProducer(self.transport, None)
         if producer is not None and not self._discarding:
             producer.pauseProducing()
@@ -421,9 +427,18 @@ class GatewayChannel(HTTPChannel):
         """
         Read from the client again.
         """
+        self._held = False
         producer = IPushProducer(self.transport, None)
         if producer is not None and not self._discarding:
             producer.resumeProducing()
+
+    def timeoutConnection(self) -> None:
+        # While the client's body is held for a slow upstream, the silence
+        # is the upstream's; the upstream timeout bounds that wait.
+        if self.receiving_body and self._held:
+            self.setTimeout(self.timeOut)
+            return
+        super().timeoutConnection()
 
     # Closing.
 
@@ -492,7 +507,7 @@ class GatewayChannel(HTTPChannel):
         if IHalfCloseableDescriptor.providedBy(
             transport
         ) and not ISSLTransport.providedBy(transport):
-            transport.loseWriteConnection()
+            transport.loseWriteConnection()  # type: ignore[attr-defined]
         self._linger_call = self.callLater(self.linger_seconds, self._linger_over)
 
     def _linger_over(self) -> None:
@@ -500,7 +515,7 @@ class GatewayChannel(HTTPChannel):
         if self.transport is not None:
             self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
         if self._linger_call is not None and self._linger_call.active():
             self._linger_call.cancel()
         self._linger_call = None
@@ -603,7 +618,7 @@ class StreamingRequest(Request):
         plan, self._plan = self._plan, None
         if plan == "stream":
             self.args = {}
-            channel = self.channel
+            channel: Any = self.channel
             self.body_stream = StreamingBody(
                 self._body_length, channel.pause_reading, channel.resume_reading
             )

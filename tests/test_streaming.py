@@ -577,6 +577,23 @@ class EarlyRoutingTests(SynchronousTestCase):
         self.assertFalse(self.h.reading)
         self.assertEqual(call.consumer.body(), b"0123")
 
+    def test_idle_timeout_spares_held_client(self) -> None:
+        """
+        The client idle timeout does not close a connection whose body the
+        gateway holds back for a slow upstream (the upstream timeout bounds
+        that); a client that itself stops sending is timed out.
+        """
+        h = ChannelHarness(upstream_timeout=0.0)
+        h.send(post_head(b"/kv/items", 10))
+        [call] = h.agent.calls
+        call.start_body()
+        call.body.pauseProducing()  # type: ignore[union-attr]
+        h.clock.advance(200)
+        self.assertFalse(h.transport.disconnecting)
+        call.body.resumeProducing()  # type: ignore[union-attr]
+        h.clock.advance(61)
+        self.assertTrue(h.transport.disconnecting)
+
     def test_keep_alive_after_streamed_request(self) -> None:
         """
         After a streamed request is answered, the connection serves the
