@@ -395,8 +395,9 @@ class ProxyDaemonTests(TestCase):
         after = memory(self.child.transport.pid)  # type: ignore[union-attr]
         self.assertLess(after["VmHWM"], MEMORY_CEILING, after)
         if platform.python_implementation() == "CPython":
-            # Never anything like the whole body at once.
-            self.assertLess(after["VmHWM"] - before["VmRSS"], BIG // 2, (before, after))
+            # Flat: a few buffers, never anything like the body (PyPy's
+            # collector keeps garbage longer, so only the ceiling holds there).
+            self.assertLess(after["VmHWM"] - before["VmRSS"], 16 * MiB, (before, after))
 
     # Large bodies.
 
