@@ -99,7 +99,7 @@ def client_address(request: IRequest, trusted_proxies: tuple[str, ...]) -> str:
     ]
     for hop in reversed(hops):
         if hop not in trusted_proxies:
-            return hop
+            return str(hop)
     return str(host)
 
 
@@ -143,7 +143,9 @@ class AuthApp:
 
     @app.handle_errors(GatewayError)
     def _gateway_error(self, request: IRequest, failure: Failure) -> bytes:
-        return error_response(request, failure.value)
+        error = failure.value
+        assert isinstance(error, GatewayError)
+        return error_response(request, error)
 
     @app.handle_errors(Exception)
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes:

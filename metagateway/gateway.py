@@ -22,8 +22,8 @@ from twisted.web.client import (
     BrowserLikePolicyForHTTPS,
     FileBodyProducer,
     HTTPConnectionPool,
+    _HTTP11ClientFactory,
 )
-from twisted.web.client import _HTTP11ClientFactory
 from twisted.web.iweb import IAgent, IBodyProducer
 from twisted.web.resource import IResource
 
