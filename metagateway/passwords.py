@@ -95,6 +95,14 @@ def scrypt_hash(salt: str, password: str, params: Mapping[str, Any]) -> str:
     :raises BadParameters: if ``params`` are out of bounds.
     """
     n, r, p, dklen = _scrypt_params(params)
+    if not hasattr(hashlib, "scrypt"):
+        # PyPy's hashlib has no scrypt: cryptography's is the same function.
+        from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+        digest = Scrypt(salt.encode("utf-8"), dklen, n, r, p).derive(
+            password.encode("utf-8")
+        )
+        return base64.b64encode(digest).decode("ascii")
     digest = hashlib.scrypt(
         password.encode("utf-8"),
         salt=salt.encode("utf-8"),
