@@ -18,7 +18,9 @@ from twisted.web.http_headers import Headers
 
 from metagateway.accesslog import (
     NAMESPACE,
-    TEXT_FORMAT,
+    TEXT_FIELDS,
+    TEXT_LINE,
+    AccessLine,
     AccessLog,
     json_line,
     logged_path,
@@ -114,7 +116,7 @@ class ProxiedRequestTests(SynchronousTestCase):
         self.assertEqual(event["duration_ms"], 250.0)
         self.assertEqual(event["upstream"], 201)
         self.assertEqual(event["upstream_status"], 201)
-        self.assertEqual(event["error"], "-")
+        self.assertIsNone(event["error"])
         self.assertEqual(event["subject"], USERNAME)
         text = formatEvent(event)
         self.assertIn('10.0.0.7 "POST /build/a/b" BUILD 201 in=5 out=4', text)
@@ -139,7 +141,7 @@ class ProxiedRequestTests(SynchronousTestCase):
         event = self.events.one(self)
         self.assertEqual(
             (event["status"], event["error"], event["subject"], event["upstream"]),
-            (403, "INVALID_TOKEN", "-", "-"),
+            (403, "INVALID_TOKEN", None, None),
         )
         assert_clean(self, formatEvent(event), "not-a-token")
 
@@ -179,7 +181,7 @@ class ProxiedRequestTests(SynchronousTestCase):
         self.harness.channel.connectionLost(Failure(ConnectionDone()))
         event = self.events.one(self)
         self.assertEqual((event["status"], event["upstream"]), (200, "truncated"))
-        self.assertEqual((event["upstream_status"], event["error"]), (200, "-"))
+        self.assertEqual((event["upstream_status"], event["error"]), (200, None))
         self.flushLoggedErrors()
 
     def test_client_gone(self) -> None:
@@ -311,7 +313,7 @@ class LoginTests(SynchronousTestCase):
         event = self.events.one(self)
         self.assertEqual(
             (event["status"], event["error"], event["subject"]),
-            (401, "INVALID_CREDENTIALS", "-"),
+            (401, "INVALID_CREDENTIALS", None),
         )
         assert_clean(self, formatEvent(event), "wrong password")
 
@@ -370,25 +372,27 @@ class FormatTests(SynchronousTestCase):
             r"upstream=- error=- subject=- id=[0-9a-f-]{36}$",
         )
 
-    def test_text_format_names(self) -> None:
+    def test_text_line(self) -> None:
         """
-        The text form uses only fields every event has.
+        The text line is made of fields every event has, and is formatted
+        only when asked.
         """
-        for name in (
-            "client",
-            "method",
-            "path",
-            "route",
-            "status",
-            "bytes_in",
-            "bytes_out",
-            "duration_ms",
-            "upstream",
-            "error",
-            "subject",
-            "request_id",
-        ):
-            self.assertIn("{%s" % (name,), TEXT_FORMAT)
+        harness, events = channel_harness()
+        harness.send(get(b"/health"))
+        event = events.one(self)
+        line = event["access_line"]
+        self.assertIsInstance(line, AccessLine)
+        self.assertEqual(line.values, tuple(event[name] for name in TEXT_FIELDS))
+        self.assertEqual(TEXT_LINE.count("%"), len(TEXT_FIELDS))
+        self.assertEqual(formatEvent(event), str(line))
+
+    def test_json_form_has_no_line(self) -> None:
+        """
+        JSON events carry the fields only.
+        """
+        harness, events = channel_harness("json")
+        harness.send(get(b"/health"))
+        self.assertNotIn("access_line", events.one(self))
 
     def test_logged_path(self) -> None:
         """
