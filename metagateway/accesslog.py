@@ -293,9 +293,11 @@ class RequestRecorder:
         if self.access_log is not None and "metagatewayBytesIn" not in vars(request):
             request.metagatewayBytesIn = _bytes_in(request)  # type: ignore[attr-defined]
         self.metrics.in_flight += 1
-        request.notifyFinish().addBoth(self._finished, request)
+        request.notifyFinish().addBoth(  # type: ignore[attr-defined]
+            self._finished, request
+        )
 
-    def _finished(self, result: Optional[Failure], request: IRequest) -> None:
+    def _finished(self, result: Optional[Failure], request: Any) -> None:
         notes = vars(request)
         duration = self.seconds() - notes["metagatewayStarted"]
         metrics = self.metrics

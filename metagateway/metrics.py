@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+from twisted.web.http import Request
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -423,7 +424,7 @@ class MetricsSite(Site):
     def __init__(self, metrics: Metrics, **kwargs: Any) -> None:
         super().__init__(MetricsResource(metrics), **kwargs)
 
-    def log(self, request: IRequest) -> None:
+    def log(self, request: Request) -> None:
         """
         Log nothing: scrapes would drown the access log.
         """

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Optional
 from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
+from twisted.web.http import Request as HTTPRequest
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
@@ -275,7 +276,7 @@ class GatewaySite(Site):
         channel.max_headers = self.max_headers
         return channel
 
-    def log(self, request: IRequest) -> None:
+    def log(self, request: HTTPRequest) -> None:
         """
         Log nothing here: see :class:`~metagateway.accesslog.RequestRecorder`.
         """

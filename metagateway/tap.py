@@ -215,8 +215,8 @@ def _supervisor(
             offset_endpoint(process.metrics_listen, 0)
     except ConfigurationError as e:
         _fail(str(e))
-    flags = [flag[0] for flag in Options.optFlags]
-    parameters = [parameter[0] for parameter in Options.optParameters]
+    flags = [str(flag[0]) for flag in Options.optFlags]
+    parameters = [str(parameter[0]) for parameter in Options.optParameters]
     return WorkerSupervisor(
         reactor,
         partial(worker_argv, options, flags, parameters, process.metrics_listen),
