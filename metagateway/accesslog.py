@@ -248,16 +248,24 @@ def _printable(raw: bytes) -> str:
     return text
 
 
+#: The longest path logged, in bytes; a longer one is cut and ends ``...``
+#: (so that a line stays one atomic write to a pipe shared by workers).
+MAX_LOGGED_PATH = 1024
+
+
 def logged_path(request: IRequest) -> str:
     """
     The path of ``request`` as logged: no query string, no scheme or host
-    of an absolute-form target, non-printable bytes escaped.
+    of an absolute-form target, non-printable bytes escaped, at most
+    :data:`MAX_LOGGED_PATH` bytes.
     """
     path = request.uri.split(b"?", 1)[0].split(b"#", 1)[0]
     if not path.startswith(b"/"):
         _, sep, rest = path.partition(b"://")
         slash = rest.find(b"/")
         path = rest[slash:] if sep and slash >= 0 else b"/"
+    if len(path) > MAX_LOGGED_PATH:
+        return _printable(path[:MAX_LOGGED_PATH]) + "..."
     return _printable(path)
 
 

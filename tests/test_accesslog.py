@@ -410,6 +410,7 @@ class FormatTests(SynchronousTestCase):
             (b"http://host.test", "/"),
             (b"/caf\xc3\xa9", "/caf\\xc3\\xa9"),
             (b"/a\x1bb", "/a\\x1bb"),
+            (b"/" + b"x" * 5000 + b"?q", "/" + "x" * 1023 + "..."),
         ]
         for uri, expected in cases:
             self.assertEqual(logged_path(Target(uri)), expected)  # type: ignore[arg-type]
