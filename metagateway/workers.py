@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReadDescriptor
@@ -484,10 +484,10 @@ class WorkerSupervisor(Service):
         stopped, self._stopped = self._stopped, None
         closing = [held.close() for held in self.sockets]
         self.sockets = ()
-        for d in closing:
-            if d is not None:
-                d.addErrback(lambda f: None)
-        stopped.callback(None)
+        # Wait for the ports to close (a UNIX socket's file is removed then).
+        DeferredList(
+            [d for d in closing if d is not None], consumeErrors=True
+        ).addCallback(lambda _: stopped.callback(None))
 
 
 def worker_argv(
@@ -570,11 +570,18 @@ class AdoptedPortService(Service):
     def stopService(self) -> Optional[Deferred[None]]:
         """
         Stop accepting.
+
+        A UNIX socket is only no longer read: closing it as a port would
+        remove its file, which the parent and the other workers still use
+        (the parent removes it last).
         """
         super().stopService()
         if self.port is None:
             return None
         port, self.port = self.port, None
+        if self.family == getattr(socket, "AF_UNIX", None):
+            port.stopReading()  # type: ignore[attr-defined]
+            return None
         return port.stopListening()  # type: ignore[no-any-return]
 
 

@@ -459,9 +459,13 @@ class FakePort:
     """
 
     stopped = False
+    reading = True
 
     def stopListening(self) -> None:
         self.stopped = True
+
+    def stopReading(self) -> None:
+        self.reading = False
 
 
 class AdoptTests(SynchronousTestCase):
@@ -491,6 +495,24 @@ class AdoptTests(SynchronousTestCase):
         self.assertRaises(OSError, os.fstat, read_end)
         service.stopService()
         self.assertTrue(port.stopped)
+
+    def test_unix_file_kept(self) -> None:
+        """
+        An adopted UNIX socket is only no longer read when the worker stops:
+        its file stays for the parent and the other workers.
+        """
+        port = FakePort()
+
+        class Reactor:
+            def adoptStreamPort(self, fd: int, family: int, factory: Any) -> FakePort:
+                return port
+
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, write_end)
+        service = AdoptedPortService(Reactor(), read_end, socket.AF_UNIX, object())
+        service.startService()
+        service.stopService()
+        self.assertEqual((port.stopped, port.reading), (False, False))
 
 
 class WatchReactor:
