@@ -7,6 +7,7 @@ This is the only module that reads ``os.environ`` or writes to stderr.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any, Optional
 
@@ -115,6 +116,16 @@ def _fail(message: str) -> None:
     raise SystemExit(1)
 
 
+def _stop_on_sigint() -> None:
+    """
+    Let SIGINT drain and stop the daemon even when it was started with SIGINT
+    ignored (a shell's background job): the reactor only installs its
+    handler over Python's default one.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
     """
     Build the daemon's service from parsed options and the environment.
@@ -128,6 +139,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+        _stop_on_sigint()
     from metagateway.gateway import Gateway
     from metagateway.site import GatewaySite
 
