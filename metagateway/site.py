@@ -69,7 +69,7 @@ def request_path(request: IRequest) -> bytes:
     The raw path of ``request``'s target, without the query string; an
     absolute-form target (``http://host/path``) is reduced to its path.
     """
-    target = request.uri.split(b"?", 1)[0]
+    target: bytes = request.uri.split(b"?", 1)[0]
     if not target.startswith(b"/"):
         scheme, sep, rest = target.partition(b"://")
         if sep:
@@ -143,7 +143,8 @@ class GatewayResource(Resource):
         """
         Dispatch ``request``.
         """
-        request.defaultContentType = None
+        # Twisted would add ``Content-Type: text/html`` to every answer.
+        request.defaultContentType = None  # type: ignore[attr-defined]
         if self.recorder is not None:
             self.recorder.started(request)
         if self.in_flight is not None:
