@@ -59,7 +59,9 @@ class R2Settings:
             values[name] = value
         endpoint = values["R2_ENDPOINT_URL"]
         if not endpoint.startswith(("http://", "https://")):
-            raise ConfigurationError("R2_ENDPOINT_URL must start with http:// or https://")
+            raise ConfigurationError(
+                "R2_ENDPOINT_URL must start with http:// or https://"
+            )
         return cls(
             endpoint_url=endpoint,
             access_key_id=values["R2_ACCESS_KEY_ID"],

@@ -95,10 +95,10 @@ def prepare_dev(
         "",
         "Try:",
         "  TOKEN=$(curl -s -X POST %s/auth/login -H 'Content-Type: application/json' "
-        "-d '{\"username\":\"%s\",\"password\":\"%s\"}' "
+        '-d \'{"username":"%s","password":"%s"}\' '
         "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"token\"])')"
         % (base, DEMO_USER, password),
-        "  curl -s %s/build/hello -H \"Authorization: Bearer $TOKEN\"" % (base,),
+        '  curl -s %s/build/hello -H "Authorization: Bearer $TOKEN"' % (base,),
         "  curl -s %s/kv/hello" % (base,),
         "",
     ]

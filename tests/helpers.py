@@ -155,7 +155,9 @@ class GatewayHarness:
             self.agent.flush()
             self.outside_agent.flush()
 
-    def request(self, case: SynchronousTestCase, method: str, url: str, **kw: Any) -> Any:
+    def request(
+        self, case: SynchronousTestCase, method: str, url: str, **kw: Any
+    ) -> Any:
         """
         Make a request and return ``(response, body)`` once it is complete.
 

@@ -64,7 +64,9 @@ class FromOptionsTests(SynchronousTestCase):
         """
         A command-line option wins over its environment variable.
         """
-        env = dict(BASE_ENV, METAGATEWAY_UPSTREAM_TIMEOUT="2", METAGATEWAY_LISTEN="tcp:1")
+        env = dict(
+            BASE_ENV, METAGATEWAY_UPSTREAM_TIMEOUT="2", METAGATEWAY_LISTEN="tcp:1"
+        )
         config = GatewayConfig.from_options(
             {
                 "upstream-timeout": "9",
@@ -140,5 +142,7 @@ class FromOptionsTests(SynchronousTestCase):
             dict(BASE_ENV, METAGATEWAY_CLOCK_SKEW="nan"),
             dict(BASE_ENV, KV_SERVICE_URL="ftp://kv"),
         ):
-            e = self.assertRaises(ConfigurationError, GatewayConfig.from_options, {}, env)
+            e = self.assertRaises(
+                ConfigurationError, GatewayConfig.from_options, {}, env
+            )
             self.assertNotIn("\n", str(e))

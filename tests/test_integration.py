@@ -184,7 +184,9 @@ class DaemonContractTests(TestCase):
             await self._error(r, 403, "INVALID_TOKEN", "BUILD")
             r = await http.get(self.base + "/build/x")
             await self._error(r, 401, "MISSING_TOKEN", "BUILD")
-            r = await http.get(self.base + "/kv/x", headers={"Authorization": "Bearer x"})
+            r = await http.get(
+                self.base + "/kv/x", headers={"Authorization": "Bearer x"}
+            )
             await self._error(r, 403, "INVALID_TOKEN", "KV")
 
             r = await http.get(self.base + "/hq/x")

@@ -212,7 +212,13 @@ class ProxyTests(SynchronousTestCase):
         )
         response, body = h.request(self, "GET", "/hq")
         assert_json_error(
-            self, response, body, 502, "MISSING_TARGET", "BASE", "Missing target for /hq"
+            self,
+            response,
+            body,
+            502,
+            "MISSING_TARGET",
+            "BASE",
+            "Missing target for /hq",
         )
         response, body = h.request(self, "GET", "/build/x")
         assert_json_error(self, response, body, 401, "MISSING_TOKEN", "BUILD")
@@ -285,7 +291,9 @@ class DispatchTests(SynchronousTestCase):
             self.assertEqual(response.code, 204)
             self.assertEqual(body, b"")
             headers = response.headers
-            self.assertEqual(headers.getRawHeaders(b"access-control-allow-origin"), [b"*"])
+            self.assertEqual(
+                headers.getRawHeaders(b"access-control-allow-origin"), [b"*"]
+            )
             self.assertEqual(
                 headers.getRawHeaders(b"access-control-allow-headers"),
                 [b"Authorization, Content-Type"],

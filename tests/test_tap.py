@@ -68,7 +68,9 @@ class OptionsTests(SynchronousTestCase):
         import twisted.plugins
 
         makers = [
-            p for p in getPlugins(IServiceMaker, twisted.plugins) if p.tapname == "metagateway"
+            p
+            for p in getPlugins(IServiceMaker, twisted.plugins)
+            if p.tapname == "metagateway"
         ]
         self.assertEqual(len(makers), 1)
         from zope.interface.verify import verifyObject
@@ -81,7 +83,9 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
     Building the daemon's service.
     """
 
-    def listening(self, service: MultiService, reactor: MemoryReactorClock) -> Iterator[int]:
+    def listening(
+        self, service: MultiService, reactor: MemoryReactorClock
+    ) -> Iterator[int]:
         service.privilegedStartService()
         service.startService()
         self.addCleanup(service.stopService)
@@ -113,7 +117,9 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
         options = Options()
         options.parseOptions([])
         reactor = MemoryReactorClock()
-        self.assertEqual(list(self.listening(makeService(options, reactor), reactor)), [8080])
+        self.assertEqual(
+            list(self.listening(makeService(options, reactor), reactor)), [8080]
+        )
 
     def test_refuses_without_secret_or_store(self) -> None:
         """
@@ -132,7 +138,9 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
             stderr = self.capture_stderr()
             options = Options()
             options.parseOptions([])
-            e = self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())
+            e = self.assertRaises(
+                SystemExit, makeService, options, MemoryReactorClock()
+            )
             self.assertEqual(e.code, 1)
             lines = stderr.getvalue().splitlines()
             self.assertEqual(len(lines), 1, lines)
@@ -142,7 +150,9 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
         """
         A secret shorter than 32 bytes starts, with a warning on stderr.
         """
-        self.use_environ({"GATEWAY_JWT_SECRET": "short", "METAGATEWAY_ACCOUNTS_DIR": "/a"})
+        self.use_environ(
+            {"GATEWAY_JWT_SECRET": "short", "METAGATEWAY_ACCOUNTS_DIR": "/a"}
+        )
         stderr = self.capture_stderr()
         options = Options()
         options.parseOptions([])
