@@ -103,6 +103,22 @@ def client_address(request: IRequest, trusted_proxies: tuple[str, ...]) -> str:
     return str(host)
 
 
+def session_answer(request: IRequest, claims: Claims, token: str) -> bytes:
+    """
+    A session's answer, shaped as a login's: the token and the user that
+    ``claims`` name.
+    """
+    return write_json(
+        request,
+        200,
+        {
+            "success": True,
+            "token": token,
+            "user": {"username": claims.project_id, "role": claims.role},
+        },
+    )
+
+
 class AuthApp:
     """
     The Klein app answering the gateway's own endpoints.
@@ -284,15 +300,8 @@ class AuthApp:
             request, "INVALID_SESSION", "Session invalid or expired"
         )
         token = bearer_token(request.getHeader(b"authorization"))
-        return write_json(
-            request,
-            200,
-            {
-                "success": True,
-                "token": token,
-                "user": {"username": claims.project_id, "role": claims.role},
-            },
-        )
+        assert token is not None
+        return session_answer(request, claims, token)
 
     @app.route("/core/session/refresh", methods=["POST"])
     def refresh(self, request: IRequest) -> bytes:
@@ -302,15 +311,7 @@ class AuthApp:
         token = self.tokens.issue(
             claims.project_id, "CORE", [claims.role], claims.environment
         )
-        return write_json(
-            request,
-            200,
-            {
-                "success": True,
-                "token": token,
-                "user": {"username": claims.project_id, "role": claims.role},
-            },
-        )
+        return session_answer(request, claims, token)
 
     @app.route("/core/logout", methods=["POST"])
     def logout(self, request: IRequest) -> bytes:
