@@ -11,9 +11,12 @@ from functools import partial
 from typing import Any, Optional
 
 from treq.client import HTTPClient
+from zope.interface import implementer
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
@@ -24,7 +27,13 @@ from twisted.web.client import (
     HTTPConnectionPool,
     _HTTP11ClientFactory,
 )
-from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.error import SchemeNotSupported
+from twisted.web.iweb import (
+    IAgent,
+    IAgentEndpointFactory,
+    IBodyProducer,
+    IPolicyForHTTPS,
+)
 from twisted.web.resource import IResource
 
 from metagateway.accesslog import AccessLog, RequestRecorder
@@ -88,6 +97,75 @@ def body_producer(cooperator: Cooperator, data: Any) -> IBodyProducer:
     if hasattr(data, "read"):
         return FileBodyProducer(data, cooperator=cooperator)
     return IBodyProducer(data)
+
+
+@implementer(IAgentEndpointFactory)
+class UpstreamEndpoints:
+    """
+    The proxy ``Agent``'s endpoints, built once per upstream rather than
+    once per request.
+
+    The ``Agent`` asks for an endpoint on every request, even when its pool
+    has a connection to reuse, and its standard factory builds a new
+    ``HostnameEndpoint`` each time (encoding the host name through IDNA).
+    This one builds the same endpoints (TCP for ``http``; TCP and TLS, with
+    ``policy``'s verification, for ``https``; the same connect timeout) and
+    remembers them by scheme, host and port. The proxy only ever asks for
+    its configured upstreams; at most :attr:`max_cached` are kept.
+
+    :param reactor: the reactor the endpoints connect with.
+    :param policy: the TLS policy, such as ``BrowserLikePolicyForHTTPS()``.
+    :param connect_timeout: seconds to wait for a connection; ``None`` for
+        the endpoint's default.
+    """
+
+    max_cached = 64
+
+    def __init__(
+        self,
+        reactor: Any,
+        policy: IPolicyForHTTPS,
+        connect_timeout: Optional[float] = None,
+    ) -> None:
+        self.reactor = reactor
+        self.policy = policy
+        self.connect_timeout = connect_timeout
+        self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        """
+        The endpoint for ``uri``'s scheme, host and port.
+
+        :raises SchemeNotSupported: for a scheme other than ``http`` or
+            ``https``.
+        :raises ValueError: for a host that is not ASCII.
+        """
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._cache.get(key)
+        if endpoint is None:
+            endpoint = self._build(uri)
+            if len(self._cache) >= self.max_cached:
+                self._cache.clear()
+            self._cache[key] = endpoint
+        return endpoint
+
+    def _build(self, uri: Any) -> IStreamClientEndpoint:
+        try:
+            host = uri.host.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(
+                "The host of the URI (%r) is not ASCII" % (uri.host,)
+            ) from None
+        kwargs: dict[str, Any] = {}
+        if self.connect_timeout is not None:
+            kwargs["timeout"] = self.connect_timeout
+        endpoint = HostnameEndpoint(self.reactor, host, uri.port, **kwargs)
+        if uri.scheme == b"http":
+            return endpoint
+        if uri.scheme == b"https":
+            creator = self.policy.creatorForNetloc(uri.host, uri.port)
+            return wrapClientTLS(creator, endpoint)
+        raise SchemeNotSupported("Unsupported scheme: %r" % (uri.scheme,))
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -206,11 +284,14 @@ class Gateway:
         # factory" for every upstream connection.
         self.pool._factory = _QuietClientFactory
         if agent is None:
-            agent = Agent(
+            agent = Agent.usingEndpointFactory(
                 reactor,
-                contextFactory=BrowserLikePolicyForHTTPS(),
+                UpstreamEndpoints(
+                    reactor,
+                    BrowserLikePolicyForHTTPS(),
+                    config.upstream_timeout or None,
+                ),
                 pool=self.pool,
-                connectTimeout=config.upstream_timeout or None,
             )
         self.agent = agent
         if cooperator is None:
