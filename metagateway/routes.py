@@ -74,6 +74,9 @@ def normalise_path(raw_path: bytes) -> list[bytes]:
         del parts[0]
     output: list[bytes] = []
     last = len(parts) - 1
+    if b"." not in raw_path and b"%2" not in raw_path:
+        # No dot segment can be there.
+        return parts
     for index, segment in enumerate(parts):
         if _is_dot(segment, 1):
             if index == last:
