@@ -293,19 +293,27 @@ class RequestRecorder:
         self.access_log = access_log
         self.client = client or _peer
 
-    def started(self, request: IRequest) -> None:
+    def started(self, request: IRequest, watch: bool = True) -> None:
         """
         Note that the gateway began answering ``request``.
+
+        :param watch: call :meth:`finished` when the request finishes (or
+            its connection is lost); pass ``False`` when the caller does.
         """
         request.metagatewayStarted = self.seconds()  # type: ignore[attr-defined]
         if self.access_log is not None and "metagatewayBytesIn" not in vars(request):
             request.metagatewayBytesIn = _bytes_in(request)  # type: ignore[attr-defined]
         self.metrics.in_flight += 1
-        request.notifyFinish().addBoth(  # type: ignore[attr-defined]
-            self._finished, request
-        )
+        if watch:
+            request.notifyFinish().addBoth(  # type: ignore[attr-defined]
+                self.finished, request
+            )
 
-    def _finished(self, result: Optional[Failure], request: Any) -> None:
+    def finished(self, result: Optional[Failure], request: Any) -> None:
+        """
+        Count ``request`` and write its line: it finished (``result`` is
+        ``None``) or its connection was lost (a ``Failure``).
+        """
         notes = vars(request)
         duration = self.seconds() - notes["metagatewayStarted"]
         metrics = self.metrics

@@ -26,16 +26,23 @@ class InFlight:
         self.draining = False
         self._idle: list[Deferred[bool]] = []
 
-    def track(self, request: Any) -> None:
+    def track(self, request: Any, watch: bool = True) -> None:
         """
         Count ``request`` until its answer is finished or its connection
         lost.
+
+        :param watch: call :meth:`done` when that happens; pass ``False``
+            when the caller does.
         """
         self.count += 1
         request.metagatewayInFlight = self  # type: ignore[attr-defined]
-        request.notifyFinish().addBoth(self._done)
+        if watch:
+            request.notifyFinish().addBoth(self.done)
 
-    def _done(self, result: Any) -> None:
+    def done(self, result: Any = None) -> None:
+        """
+        One tracked request is over.
+        """
         self.count -= 1
         if self.count == 0:
             waiters, self._idle = self._idle, []

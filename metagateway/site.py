@@ -145,10 +145,16 @@ class GatewayResource(Resource):
         """
         # Twisted would add ``Content-Type: text/html`` to every answer.
         request.defaultContentType = None  # type: ignore[attr-defined]
-        if self.recorder is not None:
-            self.recorder.started(request)
-        if self.in_flight is not None:
-            self.in_flight.track(request)
+        recorder, in_flight = self.recorder, self.in_flight
+        if recorder is not None:
+            recorder.started(request, watch=False)
+        if in_flight is not None:
+            in_flight.track(request, watch=False)
+        if recorder is not None or in_flight is not None:
+            # One Deferred for both, rather than one each.
+            request.notifyFinish().addBoth(  # type: ignore[attr-defined]
+                self._finished, request
+            )
         try:
             early = getattr(request, "metagatewayEarlyError", None)
             if early is not None:
@@ -163,14 +169,44 @@ class GatewayResource(Resource):
             log.failure("Unexpected error dispatching a request")
             return error_response(request, internal_error())
 
+    def _finished(self, result: Any, request: IRequest) -> None:
+        try:
+            if self.recorder is not None:
+                self.recorder.finished(result, request)
+        finally:
+            if self.in_flight is not None:
+                self.in_flight.done()
+
     def classify(self, request: IRequest) -> Target:
         """
         Decide where ``request`` goes, from its method and path alone (the
         headers may be all that has arrived).
 
         Both the gateway's request, as soon as the headers are in, and
-        :meth:`render` go through here, so they always agree.
+        :meth:`render` go through here, so they always agree; the answer is
+        remembered on the request, so the second asks nothing new.
         """
+        method, uri, prepath = request.method, request.uri, request.prepath
+        known = getattr(request, "metagatewayTarget", None)
+        if (
+            known is not None
+            and known[0] is self
+            and known[1] == method
+            and known[2] == uri
+            and known[3] == prepath
+        ):
+            return known[4]  # type: ignore[no-any-return]
+        target = self._classify(request)
+        request.metagatewayTarget = (  # type: ignore[attr-defined]
+            self,
+            method,
+            uri,
+            list(prepath),
+            target,
+        )
+        return target
+
+    def _classify(self, request: IRequest) -> Target:
         mount = list(request.prepath)
         if request.method == b"OPTIONS":
             return Target("preflight", "CORE", mount, [], self.own_max_body)
