@@ -5,7 +5,7 @@ The one JSON error shape every gateway-made failure is answered in.
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional
 
@@ -59,7 +59,7 @@ class GatewayError(Exception):
             "status": self.status,
             "code": self.code,
             "message": self.message,
-            "requestId": request_id or str(uuid.uuid4()),
+            "requestId": request_id or new_request_id(),
             "timestamp": iso_timestamp(),
         }
         if self.details is not None:
@@ -84,6 +84,18 @@ def iso_timestamp(when: Optional[float] = None) -> str:
     )
 
 
+def new_request_id() -> str:
+    """
+    A fresh random request id: a version 4 UUID in its usual text form,
+    as ``str(uuid.uuid4())`` gives, made without building a ``UUID``.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return "%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+
+
 def request_id_of(request: IRequest) -> str:
     """
     The id of a request: the one the proxy assigned, else the client's
@@ -95,11 +107,13 @@ def request_id_of(request: IRequest) -> str:
     if existing:
         return str(existing)
     incoming = request.requestHeaders.getRawHeaders(b"x-request-id")
-    value = str(uuid.uuid4())
+    value = None
     if incoming:
         candidate = incoming[0].decode("latin-1")
         if 0 < len(candidate) <= 200 and candidate.isprintable():
             value = candidate
+    if value is None:
+        value = new_request_id()
     request.metagatewayRequestId = value  # type: ignore[attr-defined]
     return value
 

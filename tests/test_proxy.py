@@ -8,6 +8,7 @@ gateway's own channel over a ``StringTransport`` with a fake ``Agent`` and a
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from OpenSSL import SSL
@@ -22,6 +23,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from metagateway.drain import InFlight
+from metagateway.errors import new_request_id
 from metagateway.gateway import GatewayService
 from tests.test_streaming import (
     ChannelHarness,
@@ -574,3 +576,24 @@ class DrainTests(SynchronousTestCase):
         h.gateway.service.stopService()
         h.agent.calls[0].answer(FakeResponse(200, length=0)).finish()
         self.assertEqual(h.response().header(b"connection"), b"close")
+
+
+class RequestIdTests(SynchronousTestCase):
+    """
+    Fresh request ids are version 4 UUIDs.
+    """
+
+    def test_new_request_id_is_uuid4(self) -> None:
+        """
+        ``new_request_id`` gives distinct version 4, RFC 4122 variant UUIDs
+        in their canonical text form.
+        """
+        seen = set()
+        for _ in range(200):
+            value = new_request_id()
+            parsed = uuid.UUID(value)
+            self.assertEqual(str(parsed), value)
+            self.assertEqual(parsed.version, 4)
+            self.assertEqual(parsed.variant, uuid.RFC_4122)
+            seen.add(value)
+        self.assertEqual(len(seen), 200)
