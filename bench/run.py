@@ -555,6 +555,10 @@ def start_metagateway(
         f"tcp:{server.port}:interface=127.0.0.1",
         "--accounts-dir",
         str(accounts),
+        # Logging stays on: one JSON access line per request, to the
+        # server's log file (the cheapest of the modes that log).
+        "--access-log",
+        "json",
     ]
     if workers > 1:
         argv += ["--workers", str(workers)]
