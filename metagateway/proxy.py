@@ -124,33 +124,36 @@ def upstream_headers(
     ``Authorization`` and every ``X-Gateway-*``, plus the gateway's own.
     """
     incoming = request.requestHeaders
-    dropped = _REQUEST_DROPPED | connection_tokens(incoming)
+    dropped = _REQUEST_DROPPED
+    if incoming.hasHeader(b"connection"):
+        dropped = dropped | connection_tokens(incoming)
     outgoing = Headers()
+    set_header = outgoing.setRawHeaders
+    forwarded = b""
+    host = None
     for name, values in incoming.getAllRawHeaders():
         lowered = name.lower()
         if lowered in dropped or lowered.startswith(b"x-gateway-"):
+            if lowered == b"x-forwarded-for":
+                forwarded = b", ".join(values)
+            elif lowered == b"host" and values:
+                host = values[0]
             continue
-        outgoing.setRawHeaders(name, values)
-    outgoing.setRawHeaders(b"X-Gateway-Route", [route.name.encode("ascii")])
+        set_header(name, values)
+    set_header(b"X-Gateway-Route", [route.name.encode("ascii")])
     if claims is not None:
-        outgoing.setRawHeaders(b"X-Gateway-User", [claims.project_id.encode("utf-8")])
-        outgoing.setRawHeaders(
-            b"X-Gateway-Scopes", [",".join(claims.scopes).encode("utf-8")]
-        )
+        set_header(b"X-Gateway-User", [claims.project_id.encode("utf-8")])
+        set_header(b"X-Gateway-Scopes", [",".join(claims.scopes).encode("utf-8")])
     peer = getattr(request.getClientAddress(), "host", None)
-    forwarded = b", ".join(incoming.getRawHeaders(b"x-forwarded-for", []))
     if peer:
         hop = peer.encode("ascii", "replace")
         forwarded = forwarded + b", " + hop if forwarded else hop
     if forwarded:
-        outgoing.setRawHeaders(b"X-Forwarded-For", [forwarded])
-    outgoing.setRawHeaders(
-        b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"]
-    )
-    host = incoming.getRawHeaders(b"host")
+        set_header(b"X-Forwarded-For", [forwarded])
+    set_header(b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"])
     if host:
-        outgoing.setRawHeaders(b"X-Forwarded-Host", [host[0]])
-    outgoing.setRawHeaders(b"X-Request-Id", [request_id.encode("latin-1")])
+        set_header(b"X-Forwarded-Host", [host])
+    set_header(b"X-Request-Id", [request_id.encode("latin-1")])
     return outgoing
 
 
