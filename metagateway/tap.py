@@ -175,7 +175,10 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
     if process.access_log == "text":
         access_log = AccessLog("text")
     elif process.access_log == "json":
-        access_log = AccessLog("json", sys.stdout)
+        # Lines are buffered briefly and written in batches; whatever is
+        # left is written once the drain is over and the reactor stops.
+        access_log = AccessLog("json", sys.stdout, clock=reactor)
+        reactor.addSystemEventTrigger("after", "shutdown", access_log.flush)
     gateway = Gateway(
         config,
         reactor,

@@ -11,17 +11,20 @@ import json
 from typing import Any
 
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
 from metagateway.accesslog import (
+    ATOMIC_WRITE,
     NAMESPACE,
     TEXT_FIELDS,
     TEXT_LINE,
     AccessLine,
     AccessLog,
+    BufferedLines,
     json_line,
     logged_path,
 )
@@ -265,6 +268,29 @@ class JSONTests(SynchronousTestCase):
             [json.loads(line)["route"] for line in lines], ["NONE", "HEALTH"]
         )
 
+    def test_buffered_stream(self) -> None:
+        """
+        Given a clock, a JSON access log holds its lines for at most its
+        delay, then writes them; :meth:`AccessLog.flush` writes what waits.
+        """
+        out = io.StringIO()
+        clock = Clock()
+        harness = ChannelHarness()
+        access_log = AccessLog("json", out, clock=clock, flush_delay=0.5)
+        harness.gateway.recorder.access_log = access_log
+        harness.send(get(b"/nowhere"))
+        harness.send(get(b"/health"))
+        self.assertEqual(out.getvalue(), "")
+        clock.advance(0.5)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(
+            [json.loads(line)["route"] for line in lines], ["NONE", "HEALTH"]
+        )
+        harness.send(get(b"/nowhere"))
+        access_log.flush()
+        self.assertEqual(len(out.getvalue().splitlines()), 3)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_bad_form(self) -> None:
         """
         Only ``text`` and ``json`` are forms; JSON needs a stream.
@@ -414,3 +440,85 @@ class FormatTests(SynchronousTestCase):
         ]
         for uri, expected in cases:
             self.assertEqual(logged_path(Target(uri)), expected)  # type: ignore[arg-type]
+
+
+class Writes(io.StringIO):
+    """
+    A stream that remembers each flushed write.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.writes.append(self.pending)
+        self.pending = ""
+
+
+class BufferedLinesTests(SynchronousTestCase):
+    """
+    :class:`BufferedLines` writes whole lines in batches, each write small
+    enough to stay atomic on a pipe.
+    """
+
+    def observer(self, **kwargs: Any) -> tuple[BufferedLines, Writes, Clock]:
+        out, clock = Writes(), Clock()
+        return BufferedLines(out, lambda e: e["line"], clock, **kwargs), out, clock
+
+    def test_delay(self) -> None:
+        """
+        Lines wait for the delay, then go in one write; one timer at a time.
+        """
+        lines, out, clock = self.observer(delay=1.0)
+        lines({"line": "a\n"})
+        clock.advance(0.5)
+        lines({"line": "b\n"})
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        self.assertEqual(out.writes, [])
+        clock.advance(0.5)
+        self.assertEqual(out.writes, ["a\nb\n"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_nothing(self) -> None:
+        """
+        An event formatted as nothing writes nothing and starts no timer.
+        """
+        lines, out, clock = self.observer()
+        lines({"line": None})
+        lines.flush()
+        self.assertEqual((out.writes, clock.getDelayedCalls()), ([], []))
+
+    def test_atomic_writes(self) -> None:
+        """
+        Each write holds whole lines and at most ``ATOMIC_WRITE`` characters
+        (a single longer line goes alone).
+        """
+        lines, out, clock = self.observer()
+        line = "x" * 999 + "\n"
+        for _ in range(10):
+            lines({"line": line})
+        lines({"line": "y" * ATOMIC_WRITE + "\n"})
+        lines({"line": "z\n"})
+        lines.flush()
+        self.assertEqual(
+            [len(w) for w in out.writes], [4000, 4000, 2000, ATOMIC_WRITE + 1, 2]
+        )
+        self.assertEqual("".join(out.writes), line * 10 + "y" * ATOMIC_WRITE + "\nz\n")
+
+    def test_max_buffered(self) -> None:
+        """
+        Past ``max_buffered`` characters, the lines are written at once.
+        """
+        lines, out, clock = self.observer(max_buffered=10)
+        lines({"line": "12345\n"})
+        self.assertEqual(out.writes, [])
+        lines({"line": "67890\n"})
+        self.assertEqual(out.writes, ["12345\n67890\n"])
+        self.assertEqual(clock.getDelayedCalls(), [])

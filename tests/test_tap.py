@@ -121,6 +121,21 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
             list(self.listening(makeService(options, reactor), reactor)), [8080]
         )
 
+    def test_json_access_log_flushed_at_shutdown(self) -> None:
+        """
+        With ``--access-log json`` the buffered lines are written after the
+        reactor's shutdown (once the drain is over).
+        """
+        self.use_environ(
+            {"GATEWAY_JWT_SECRET": "x" * 40, "METAGATEWAY_ACCOUNTS_DIR": self.mktemp()}
+        )
+        options = Options()
+        options.parseOptions(["--access-log", "json"])
+        reactor = MemoryReactorClock()
+        makeService(options, reactor)
+        after = reactor.triggers.get("after", {}).get("shutdown", [])
+        self.assertEqual([getattr(f, "__name__", None) for f, *_ in after], ["flush"])
+
     def test_refuses_without_secret_or_store(self) -> None:
         """
         A missing secret or store exits with status 1 after one line on
