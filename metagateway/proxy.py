@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from zope.interface import implementer
 
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import CertificateError
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -27,7 +28,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import FileBodyProducer, ResponseDone
+from twisted.web.client import URI, FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
@@ -116,12 +117,34 @@ def check_token(
     return claims
 
 
+def upstream_host(base_url: str) -> bytes:
+    """
+    The ``Host`` header of requests to ``base_url``: what Twisted's
+    ``Agent`` would add (the host, its port unless the scheme's default,
+    an IPv6 address in brackets), computed once rather than per request.
+    """
+    uri = URI.fromBytes(base_url.encode("utf-8"))
+    host: bytes = uri.host
+    if isIPv6Address(host.decode("ascii", "replace")):
+        host = b"[" + host + b"]"
+    if (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443)):
+        return host
+    return b"%b:%d" % (host, uri.port)
+
+
 def upstream_headers(
-    request: IRequest, route: Route, claims: Optional[Claims], request_id: str
+    request: IRequest,
+    route: Route,
+    claims: Optional[Claims],
+    request_id: str,
+    host_header: Optional[bytes] = None,
 ) -> Headers:
     """
     The headers sent upstream: the client's end-to-end headers less
     ``Authorization`` and every ``X-Gateway-*``, plus the gateway's own.
+
+    :param host_header: the upstream's ``Host``, when known; without it
+        the ``Agent`` adds one (on a copy of every header).
     """
     incoming = request.requestHeaders
     dropped = _REQUEST_DROPPED
@@ -154,6 +177,8 @@ def upstream_headers(
     if host:
         set_header(b"X-Forwarded-Host", [host])
     set_header(b"X-Request-Id", [request_id.encode("latin-1")])
+    if host_header is not None:
+        set_header(b"Host", [host_header])
     return outgoing
 
 
@@ -626,6 +651,7 @@ class GatewayProxyResource(ReverseProxyResource):
         self.timeout = timeout
         self.cooperator = cooperator
         self.max_body = max_body
+        self.host_header = upstream_host(base_url) if base_url else None
 
     def getChild(self, path: bytes, request: IRequest) -> GatewayProxyResource:
         """
@@ -669,7 +695,9 @@ class GatewayProxyResource(ReverseProxyResource):
             return error_response(request, e)
         request_id = request_id_of(request)
         request.setHeader(b"X-Request-Id", request_id.encode("latin-1"))
-        headers = upstream_headers(request, self.route, claims, request_id)
+        headers = upstream_headers(
+            request, self.route, claims, request_id, self.host_header
+        )
         body = stream if stream is not None else self._buffered_body(request)
         _Exchange(self, request, url, headers, body).start()
         return NOT_DONE_YET

@@ -25,6 +25,7 @@ from twisted.web.http_headers import Headers
 from metagateway.drain import InFlight
 from metagateway.errors import new_request_id
 from metagateway.gateway import GatewayService
+from metagateway.proxy import upstream_host
 from tests.test_streaming import (
     ChannelHarness,
     FakeResponse,
@@ -104,7 +105,8 @@ class RequestHeaderTests(SynchronousTestCase):
     def test_forwarded(self) -> None:
         """
         ``X-Forwarded-For`` gets the peer appended; ``-Proto`` and ``-Host``
-        are the gateway's, whatever the client said.
+        are the gateway's, whatever the client said; ``Host`` is the
+        upstream's.
         """
         headers = self.sent(
             b"X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n"
@@ -115,7 +117,20 @@ class RequestHeaderTests(SynchronousTestCase):
         )
         self.assertEqual(headers.getRawHeaders(b"x-forwarded-proto"), [b"http"])
         self.assertEqual(headers.getRawHeaders(b"x-forwarded-host"), [b"gateway.test"])
-        self.assertIsNone(headers.getRawHeaders(b"host"))
+        self.assertEqual(headers.getRawHeaders(b"host"), [b"kv.test"])
+
+    def test_upstream_host(self) -> None:
+        """
+        The upstream's ``Host`` is what the ``Agent`` would send: the port
+        only when not the scheme's default, IPv6 addresses in brackets.
+        """
+        self.assertEqual(upstream_host("http://kv.test"), b"kv.test")
+        self.assertEqual(upstream_host("http://kv.test:80/base/"), b"kv.test")
+        self.assertEqual(upstream_host("https://kv.test:443"), b"kv.test")
+        self.assertEqual(upstream_host("https://kv.test:8443"), b"kv.test:8443")
+        self.assertEqual(upstream_host("http://127.0.0.1:81"), b"127.0.0.1:81")
+        self.assertEqual(upstream_host("http://[::1]:8080/x"), b"[::1]:8080")
+        self.assertEqual(upstream_host("http://[::1]"), b"[::1]")
 
     def test_forwarded_for_alone(self) -> None:
         """
