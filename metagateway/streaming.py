@@ -545,6 +545,9 @@ class StreamingRequest(Request):
       ``max_body`` (``413 PAYLOAD_TOO_LARGE`` past it, answered without
       reading the rest).
 
+    A request without a body (``Content-Length: 0``, or neither it nor
+    ``Transfer-Encoding``) is not classified early: it has nothing to
+    stream or cap, and the resource classifies it once, as it renders it.
     On any other channel, or under a resource that cannot classify, it is
     an ordinary buffered request.
 
@@ -572,6 +575,11 @@ class StreamingRequest(Request):
         if refusal is not None:
             self._drop_body()
             channel.reject(refusal)
+            return
+        if length == 0:
+            # No body to stream, cap or refuse: the resource classifies the
+            # request once, when it renders it.
+            super().gotLength(length)
             return
         target = self._classify()
         if target is None:
