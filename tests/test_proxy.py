@@ -8,6 +8,7 @@ gateway's own channel over a ``StringTransport`` with a fake ``Agent`` and a
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -17,11 +18,12 @@ from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefus
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
+from metagateway import errors
 from metagateway.drain import InFlight
 from metagateway.errors import new_request_id
 from metagateway.gateway import GatewayService
@@ -604,11 +606,34 @@ class RequestIdTests(SynchronousTestCase):
         in their canonical text form.
         """
         seen = set()
-        for _ in range(200):
+        # More than one block of random bytes.
+        for _ in range(600):
             value = new_request_id()
             parsed = uuid.UUID(value)
             self.assertEqual(str(parsed), value)
             self.assertEqual(parsed.version, 4)
             self.assertEqual(parsed.variant, uuid.RFC_4122)
             seen.add(value)
-        self.assertEqual(len(seen), 200)
+        self.assertEqual(len(seen), 600)
+
+    def test_fork_forgets_block(self) -> None:
+        """
+        A forked child reads its own random bytes: the block read before
+        the fork is dropped in the child, never reused.
+        """
+        if not hasattr(os, "fork"):
+            raise SkipTest("no fork")
+        new_request_id()
+        before = errors._random_bytes.block
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            try:
+                os.write(write, b"1" if errors._random_bytes.block == b"" else b"0")
+            finally:
+                os._exit(0)
+        os.close(write)
+        self.addCleanup(os.close, read)
+        os.waitpid(pid, 0)
+        self.assertEqual(os.read(read, 1), b"1")
+        self.assertEqual(errors._random_bytes.block, before)
