@@ -588,7 +588,9 @@ class _BodyRelay(Protocol):
             return
         if self._registered:
             request.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss):
+        # isinstance rather than Failure.check, which builds the names of
+        # every class in the exception's hierarchy, on every answer.
+        if isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
             request.finish()
         else:
             log.warn(
