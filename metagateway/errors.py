@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional
 
@@ -186,6 +187,22 @@ def set_json_headers(
         request.setHeader(name, value)
 
 
+def error_request_id(request: IRequest) -> str:
+    """
+    The ``requestId`` of an error body: always a uuid4, as the contract
+    says. It is the request's id when that is a UUID (the gateway's own, or
+    a client's UUID ``X-Request-Id``); a client's id of another form is kept
+    for the upstream and the log, and the body gets a fresh uuid4.
+    """
+    value = request_id_of(request)
+    try:
+        if str(uuid.UUID(value)) == value.lower():
+            return value
+    except ValueError:
+        pass
+    return new_request_id()
+
+
 def error_response(request: IRequest, error: GatewayError) -> bytes:
     """
     Prepare ``request`` to answer with ``error`` and return the body.
@@ -194,7 +211,7 @@ def error_response(request: IRequest, error: GatewayError) -> bytes:
     :param error: the failure.
     :return: the body bytes.
     """
-    body = error.body(request_id_of(request))
+    body = error.body(error_request_id(request))
     # For the access log and metrics (metagateway.accesslog).
     request.metagatewayError = error.code  # type: ignore[attr-defined]
     set_json_headers(request, error.status, error.headers)

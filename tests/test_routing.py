@@ -224,6 +224,31 @@ class ProxyTests(SynchronousTestCase):
         assert_json_error(self, response, body, 401, "MISSING_TOKEN", "BUILD")
 
 
+class ErrorRequestIdTests(SynchronousTestCase):
+    """
+    The ``requestId`` of an error body is a uuid4 whatever the client sent.
+    """
+
+    def test_client_ids(self) -> None:
+        """
+        A client's UUID ``X-Request-Id`` is the body's ``requestId``; an id
+        of another form gives the body a fresh uuid4 (``assert_json_error``
+        checks the UUID shape).
+        """
+        h = GatewayHarness()
+        given = "0b8f2a9e-3c4d-4e5f-8a6b-7c8d9e0f1a2b"
+        response, body = h.request(
+            self, "GET", "/build/x", headers={"X-Request-Id": given}
+        )
+        document = assert_json_error(self, response, body, 401, "MISSING_TOKEN")
+        self.assertEqual(document["requestId"], given)
+        response, body = h.request(
+            self, "GET", "/build/x", headers={"X-Request-Id": "req-123"}
+        )
+        document = assert_json_error(self, response, body, 401, "MISSING_TOKEN")
+        self.assertNotEqual(document["requestId"], "req-123")
+
+
 class UpstreamAnswerTests(SynchronousTestCase):
     """
     The upstream's answer comes back unchanged.
