@@ -103,20 +103,22 @@ def client_address(request: IRequest, trusted_proxies: tuple[str, ...]) -> str:
     return str(host)
 
 
-def session_answer(request: IRequest, claims: Claims, token: str) -> bytes:
+def login_answer(request: IRequest, token: str, username: str, role: str) -> bytes:
     """
-    A session's answer, shaped as a login's: the token and the user that
-    ``claims`` name.
+    A login's answer: ``200 {"success":true,"token","user":{"username","role"}}``.
     """
     return write_json(
         request,
         200,
-        {
-            "success": True,
-            "token": token,
-            "user": {"username": claims.project_id, "role": claims.role},
-        },
+        {"success": True, "token": token, "user": {"username": username, "role": role}},
     )
+
+
+def session_answer(request: IRequest, claims: Claims, token: str) -> bytes:
+    """
+    A session's answer, shaped as a login's, for the user ``claims`` name.
+    """
+    return login_answer(request, token, claims.project_id, claims.role)
 
 
 class AuthApp:
@@ -245,15 +247,7 @@ class AuthApp:
         attempt.succeeded()
         note_subject(request, record.username)
         token = self.tokens.issue(record.username, route, [record.role], "production")
-        return write_json(
-            request,
-            200,
-            {
-                "success": True,
-                "token": token,
-                "user": {"username": record.username, "role": record.role},
-            },
-        )
+        return login_answer(request, token, record.username, record.role)
 
     @app.route("/core/auth/github", methods=["POST"])
     async def github_login(self, request: IRequest) -> bytes:
