@@ -332,16 +332,30 @@ class _Watchdog:
 
     def stop(self) -> None:
         """
-        Stop for good.
+        Stop for good, and let go of the callback (it is usually a bound
+        method of the watchdog's owner: keeping it would make a reference
+        cycle that only the garbage collector could free).
         """
         self.disarm()
         self._stopped = True
+        self.expired = _nothing
 
     def _fire(self) -> None:
         self._call = None
         self._stopped = True
         self.fired = True
-        self.expired()
+        expired, self.expired = self.expired, _nothing
+        expired()
+
+
+#: The listener of a streamed body whose exchange is over.
+_NO_LISTENER = BodyListener()
+
+
+def _nothing() -> None:
+    """
+    Do nothing: the callback of a stopped watchdog.
+    """
 
 
 class _Exchange(BodyListener):
@@ -433,6 +447,7 @@ class _Exchange(BodyListener):
 
     def _failed(self, failure: Failure) -> None:
         self.watchdog.stop()
+        self.release()
         if self.client_gone:
             return
         route = self.proxy.route.name
@@ -472,6 +487,7 @@ class _Exchange(BodyListener):
 
     def _answer_error(self, error: GatewayError) -> None:
         request = self.request
+        self.release()
         if self.client_gone or request.finished:
             return
         if request.startedWriting:
@@ -484,6 +500,17 @@ class _Exchange(BodyListener):
         log.failure("Unexpected proxy failure", failure)
         if not self.client_gone and not self.request.finished:
             abort_client(self.request)
+
+    def release(self) -> None:
+        """
+        Let go of the objects that point back at this exchange (the relay,
+        the streamed body's listener), once the answer is complete: the
+        exchange and the request it holds are then freed as soon as the
+        last reference goes, rather than left for the garbage collector.
+        """
+        self.relay = None
+        if isinstance(self.body, StreamingBody) and self.body.listener is self:
+            self.body.listener = _NO_LISTENER
 
     # The client's side.
 
@@ -584,6 +611,7 @@ class _BodyRelay(Protocol):
 
     def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
         request = self.request
+        self.exchange.release()
         if self.exchange.client_gone:
             return
         if self._registered:

@@ -208,6 +208,10 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
         except (ValueError, KeyError, TypeError) as e:
             _fail("bad --metrics-listen %r: %s" % (process.metrics_listen, e))
         listener.setServiceParent(top)
+    from metagateway.collector import CollectorTuning
+
+    # Last, so that what the other services set up at start is frozen too.
+    CollectorTuning().setServiceParent(top)
     return top
 
 
