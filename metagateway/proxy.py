@@ -38,7 +38,7 @@ from twisted.web.server import NOT_DONE_YET
 from metagateway.accesslog import note_subject, note_upstream
 from metagateway.errors import GatewayError, error_response, request_id_of
 from metagateway.routes import Route
-from metagateway.streaming import BodyListener, StreamingBody
+from metagateway.streaming import BodyListener, StreamingBody, when_done
 from metagateway.tokens import Claims, InvalidToken, TokenAuthority, bearer_token
 
 log = Logger()
@@ -397,7 +397,7 @@ class _Exchange(BodyListener):
         if isinstance(self.body, StreamingBody):
             self.body.listener = self
             self.body.limit = self.proxy.max_body
-        request.notifyFinish().addErrback(self._client_gone)
+        when_done(request, self._over)
         self.watchdog.arm()
         call = self.proxy.agent.request(
             request.method, self.url, self.headers, self.body
@@ -513,6 +513,10 @@ class _Exchange(BodyListener):
             self.body.listener = _NO_LISTENER
 
     # The client's side.
+
+    def _over(self, result: Optional[Failure]) -> None:
+        if result is not None:
+            self._client_gone(result)
 
     def _client_gone(self, reason: Failure) -> None:
         self.client_gone = True

@@ -19,7 +19,7 @@ from metagateway.accesslog import RequestRecorder, note_route
 from metagateway.drain import InFlight
 from metagateway.errors import GatewayError, error_response, internal_error
 from metagateway.routes import Route, normalise_path, route_for
-from metagateway.streaming import GatewayChannel, StreamingRequest
+from metagateway.streaming import GatewayChannel, StreamingRequest, when_done
 
 log = Logger()
 
@@ -152,9 +152,7 @@ class GatewayResource(Resource):
             in_flight.track(request, watch=False)
         if recorder is not None or in_flight is not None:
             # One Deferred for both, rather than one each.
-            request.notifyFinish().addBoth(  # type: ignore[attr-defined]
-                self._finished, request
-            )
+            when_done(request, self._finished, request)
         try:
             early = getattr(request, "metagatewayEarlyError", None)
             if early is not None:

@@ -522,6 +522,28 @@ class GatewayChannel(HTTPChannel):
         super().connectionLost(reason)
 
 
+#: What :func:`when_done` hooks are called with: ``None`` once the answer
+#: is finished, or the ``Failure`` of a connection lost before that.
+DoneHook = Callable[..., object]
+
+
+def when_done(request: Any, hook: DoneHook, *args: Any) -> None:
+    """
+    Call ``hook(result, *args)`` once ``request`` is over: ``result`` is
+    ``None`` when its answer was finished, else the ``Failure`` its
+    connection was lost with, as with ``request.notifyFinish()``.
+
+    The gateway's request (:class:`StreamingRequest`) calls its hooks
+    directly, in the order they were added, without a ``Deferred`` for
+    each; any other request goes through ``notifyFinish()``.
+    """
+    add = getattr(request, "add_done_hook", None)
+    if add is not None:
+        add(hook, args)
+    else:
+        request.notifyFinish().addBoth(hook, *args)
+
+
 def headers_too_large() -> GatewayError:
     """
     The answer to a request head over the limits.
@@ -562,6 +584,39 @@ class StreamingRequest(Request):
     _body_seen = 0
     _cap_route = "CORE"
     _body_length: Optional[int] = None
+    _done_hooks: Optional[list[tuple[DoneHook, tuple[Any, ...]]]] = None
+    #: ``None`` until the request is over; then the hooks' result.
+    _done: Optional[tuple[Optional[Failure]]] = None
+
+    def add_done_hook(self, hook: DoneHook, args: tuple[Any, ...] = ()) -> None:
+        """
+        Call ``hook(result, *args)`` once the request is over (see
+        :func:`when_done`); at once if it is over already.
+        """
+        if self._done is not None:
+            self._call_hook(hook, args, self._done[0])
+        elif self._done_hooks is None:
+            self._done_hooks = [(hook, args)]
+        else:
+            self._done_hooks.append((hook, args))
+
+    def _over(self, result: Optional[Failure]) -> None:
+        if self._done is not None:
+            return
+        self._done = (result,)
+        hooks, self._done_hooks = self._done_hooks, None
+        if hooks:
+            for hook, args in hooks:
+                self._call_hook(hook, args, result)
+
+    @staticmethod
+    def _call_hook(
+        hook: DoneHook, args: tuple[Any, ...], result: Optional[Failure]
+    ) -> None:
+        try:
+            hook(result, *args)
+        except Exception:
+            log.failure("Unexpected error once a request was over")
 
     def gotLength(self, length: Optional[int]) -> None:
         channel = self.channel
@@ -685,12 +740,15 @@ class StreamingRequest(Request):
             self.metagatewayBytesIn = stream.received
             stream.abandon()
         super().finish()
+        if self.finished:
+            self._over(None)
 
     def connectionLost(self, reason: Failure) -> None:
         stream = self.body_stream
         if stream is not None:
             self.metagatewayBytesIn = stream.received
         super().connectionLost(reason)
+        self._over(reason)
         if stream is not None:
             stream.fail(reason)
 

@@ -25,12 +25,18 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from metagateway.credentials.memory import MemoryCredentialStore
 from metagateway.gateway import Gateway
 from metagateway.passwords import make_record
-from metagateway.site import GatewayChannel, GatewaySite
-from metagateway.streaming import BodyListener, BodyTooLarge, StreamingBody
+from metagateway.site import GatewayChannel, GatewayRequest, GatewaySite
+from metagateway.streaming import (
+    BodyListener,
+    BodyTooLarge,
+    StreamingBody,
+    when_done,
+)
 from tests.helpers import PASSWORD, USERNAME, make_config
 
 CLIENT = IPv4Address("TCP", "10.0.0.7", 50000)
@@ -914,3 +920,82 @@ class HostileInputTests(SynchronousTestCase):
         headers = b"".join(b"X-H%d: v\r\n" % (i,) for i in range(99))
         self.h.send(b"GET /kv/a HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
         self.assertEqual(len(self.h.agent.calls), 1)
+
+
+class DoneHookTests(SynchronousTestCase):
+    """
+    :func:`~metagateway.streaming.when_done`: the gateway's request calls
+    its hooks directly, once, as ``notifyFinish`` would fire.
+    """
+
+    def request(self) -> Any:
+        request = GatewayRequest(DummyChannel(), False)
+        request.method = b"GET"
+        request.uri = request.path = b"/x"
+        request.clientproto = b"HTTP/1.1"
+        return request
+
+    def test_finished(self) -> None:
+        """
+        Hooks are called in order with ``None`` (and their arguments) when
+        the answer is finished, and only once.
+        """
+        request = self.request()
+        calls: list[tuple[str, Any, tuple[Any, ...]]] = []
+        when_done(request, lambda result, *args: calls.append(("a", result, args)), 1)
+        when_done(request, lambda result, *args: calls.append(("b", result, args)))
+        request.finish()
+        request.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(calls, [("a", None, (1,)), ("b", None, ())])
+
+    def test_connection_lost(self) -> None:
+        """
+        A connection lost before the answer finished calls each hook once
+        with its ``Failure``.
+        """
+        request = self.request()
+        results: list[Any] = []
+        when_done(request, results.append)
+        reason = Failure(ConnectionLost())
+        request.connectionLost(reason)
+        self.assertEqual(results, [reason])
+
+    def test_late_hook(self) -> None:
+        """
+        A hook added once the request is over is called at once, with the
+        same result.
+        """
+        request = self.request()
+        request.finish()
+        results: list[Any] = []
+        when_done(request, results.append)
+        self.assertEqual(results, [None])
+
+    def test_failing_hook_logged(self) -> None:
+        """
+        A hook that raises is logged; the next hooks still run, and
+        ``finish`` completes.
+        """
+        request = self.request()
+        results: list[Any] = []
+
+        def broken(result: Any) -> None:
+            raise RuntimeError("hook broke")
+
+        when_done(request, broken)
+        when_done(request, results.append)
+        request.finish()
+        self.assertEqual(results, [None])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(request.finished)
+
+    def test_other_requests_use_notify_finish(self) -> None:
+        """
+        Any other request is watched through ``notifyFinish``.
+        """
+        request = DummyRequest([b"x"])
+        results: list[Any] = []
+        when_done(request, lambda result, extra: results.append((result, extra)), 7)
+        self.assertEqual(results, [])
+        request.finish()
+        self.assertEqual(results, [(None, 7)])
