@@ -28,8 +28,8 @@ query string), route, status, bytes in and out, duration, upstream status
 or error, error code and token subject: never a header value, a token or
 a secret. Nothing is formatted on the request path: the fields are handed
 to the observer, which formats them only if it writes them, and then
-cheaply (one ``%`` for the text line, one ``json.dumps`` for JSON, rather
-than Twisted's field-by-field formatter).
+cheaply (one ``%`` for the text line, one ``%`` of JSON-quoted values for
+JSON, rather than Twisted's field-by-field formatter).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii as _quote
+from math import isfinite
 from typing import IO, Any, Callable, Optional
 
 from zope.interface import implementer
@@ -166,27 +168,49 @@ class JSONLines:
         One line of JSON, newline included.
         """
         get = event.get
-        return (
-            _encode(
-                {
-                    "time": self._time(get("log_time") or time.time()),
-                    "requestId": get("request_id"),
-                    "client": get("client"),
-                    "method": get("method"),
-                    "path": get("path"),
-                    "route": get("route"),
-                    "status": get("status"),
-                    "bytesIn": get("bytes_in"),
-                    "bytesOut": get("bytes_out"),
-                    "durationMs": get("duration_ms"),
-                    "upstreamStatus": get("upstream_status"),
-                    "upstreamError": get("upstream_error"),
-                    "error": get("error"),
-                    "subject": get("subject"),
-                }
-            )
-            + "\n"
+        return JSON_LINE % (
+            self._time(get("log_time") or time.time()),
+            _json(get("request_id")),
+            _json(get("client")),
+            _json(get("method")),
+            _json(get("path")),
+            _json(get("route")),
+            _json(get("status")),
+            _json(get("bytes_in")),
+            _json(get("bytes_out")),
+            _json(get("duration_ms")),
+            _json(get("upstream_status")),
+            _json(get("upstream_error")),
+            _json(get("error")),
+            _json(get("subject")),
         )
+
+
+#: A JSON access-log line: what ``json.dumps`` with compact separators
+#: writes for the fields in this order, filled in by :func:`_json` values.
+JSON_LINE = (
+    '{"time":"%s","requestId":%s,"client":%s,"method":%s,"path":%s,'
+    '"route":%s,"status":%s,"bytesIn":%s,"bytesOut":%s,"durationMs":%s,'
+    '"upstreamStatus":%s,"upstreamError":%s,"error":%s,"subject":%s}\n'
+)
+
+
+def _json(value: Any) -> str:
+    """
+    ``value`` as ``json.dumps`` writes it (ASCII only), quicker for the
+    types an access-log field holds: ``None``, ``str``, ``int`` and finite
+    ``float``; anything else goes through ``json.dumps``.
+    """
+    kind = value.__class__
+    if value is None:
+        return "null"
+    if kind is str:
+        return _quote(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and isfinite(value):
+        return float.__repr__(value)
+    return _encode(value)
 
 
 def json_line(event: dict[str, Any]) -> str:

@@ -493,6 +493,7 @@ class _Exchange(BodyListener):
         if request.startedWriting:
             abort_client(request)
             return
+        request.setHeader(b"X-Request-Id", request_id_of(request).encode("latin-1"))
         request.write(error_response(request, error))
         request.finish()
 
@@ -728,7 +729,6 @@ class GatewayProxyResource(ReverseProxyResource):
         except GatewayError as e:
             return error_response(request, e)
         request_id = request_id_of(request)
-        request.setHeader(b"X-Request-Id", request_id.encode("latin-1"))
         headers = upstream_headers(
             request, self.route, claims, request_id, self.host_header
         )

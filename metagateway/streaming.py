@@ -339,6 +339,15 @@ class GatewayChannel(HTTPChannel):
         self.totalHeadersSize = max(self.max_header_bytes, 1)
         self.maxHeaders = max(self.max_headers, 1)
         super().connectionMade()
+        self._secure = bool(super().isSecure())
+
+    def isSecure(self) -> bool:
+        """
+        Whether the connection is TLS: known from its start, rather than
+        adapting the transport to ``ISSLTransport`` for every request.
+        """
+        secure = getattr(self, "_secure", None)
+        return bool(super().isSecure()) if secure is None else secure
 
     # Reading.
 

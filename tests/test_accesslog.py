@@ -254,6 +254,55 @@ class JSONTests(SynchronousTestCase):
         self.assertRegex(document["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
         self.assertIsInstance(document["durationMs"], float)
 
+    def test_same_as_json_dumps(self) -> None:
+        """
+        A line is byte for byte what ``json.dumps`` with compact separators
+        writes, for awkward values too: quotes, backslashes, control and
+        non-ASCII characters, big and negative numbers, floats, and types
+        an event does not usually hold.
+        """
+        values: list[Any] = [
+            None,
+            "",
+            'a"b\\c',
+            "\x00\x1f\n\t\u2028é😀",
+            0,
+            -1,
+            2**70,
+            0.1,
+            1e-7,
+            123456789.125,
+            float("nan"),
+            float("inf"),
+            True,
+            False,
+            ["x", 1],
+        ]
+        keys = [
+            ("request_id", "requestId"),
+            ("client", "client"),
+            ("method", "method"),
+            ("path", "path"),
+            ("route", "route"),
+            ("status", "status"),
+            ("bytes_in", "bytesIn"),
+            ("bytes_out", "bytesOut"),
+            ("duration_ms", "durationMs"),
+            ("upstream_status", "upstreamStatus"),
+            ("upstream_error", "upstreamError"),
+            ("error", "error"),
+            ("subject", "subject"),
+        ]
+        for offset in range(len(values)):
+            event: dict[str, Any] = {"log_time": 1700000000.25}
+            expected: dict[str, Any] = {"time": "2023-11-14T22:13:20.250Z"}
+            for i, (key, name) in enumerate(keys):
+                event[key] = expected[name] = values[(offset + i) % len(values)]
+            self.assertEqual(
+                json_line(event),
+                json.dumps(expected, separators=(",", ":")) + "\n",
+            )
+
     def test_stream(self) -> None:
         """
         A JSON access log writes each event to its stream as one line.

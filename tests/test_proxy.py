@@ -13,9 +13,11 @@ import uuid
 from typing import Any
 
 from OpenSSL import SSL
+from zope.interface import directlyProvides
 
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefusedError
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -29,6 +31,8 @@ from metagateway.errors import new_request_id
 from metagateway.gateway import GatewayService
 from metagateway.proxy import upstream_host
 from tests.test_streaming import (
+    CLIENT,
+    SERVER,
     ChannelHarness,
     FakeResponse,
     ParsedResponse,
@@ -120,6 +124,25 @@ class RequestHeaderTests(SynchronousTestCase):
         self.assertEqual(headers.getRawHeaders(b"x-forwarded-proto"), [b"http"])
         self.assertEqual(headers.getRawHeaders(b"x-forwarded-host"), [b"gateway.test"])
         self.assertEqual(headers.getRawHeaders(b"host"), [b"kv.test"])
+
+    def test_forwarded_proto_over_tls(self) -> None:
+        """
+        A client connected over TLS is forwarded as ``https``, on every
+        request of its connection.
+        """
+        transport = StringTransport(hostAddress=SERVER, peerAddress=CLIENT)
+        directlyProvides(transport, ISSLTransport)
+        # ISSLTransport is an ITCPTransport, which the channel tunes.
+        transport.setTcpNoDelay = lambda enabled: None  # type: ignore[attr-defined]
+        channel = self.h.site.buildProtocol(CLIENT)
+        channel.makeConnection(transport)
+        channel.dataReceived(get(b"/kv/a") + get(b"/kv/b"))
+        self.h.agent.calls[0].answer(FakeResponse(200, length=0)).finish()
+        for call in self.h.agent.calls:
+            self.assertEqual(
+                call.headers.getRawHeaders(b"x-forwarded-proto"), [b"https"]
+            )
+        self.assertEqual(len(self.h.agent.calls), 2)
 
     def test_upstream_host(self) -> None:
         """
@@ -260,6 +283,9 @@ class FailureTests(SynchronousTestCase):
         self.assertEqual((document["code"], document["route"]), (code, "KV"))
         self.assertEqual(answer.header(b"content-type"), b"application/json")
         self.assertEqual(answer.header(b"access-control-allow-origin"), b"*")
+        # The id sent upstream comes back with the error too.
+        [sent_id] = self.h.agent.calls[0].headers.getRawHeaders(b"x-request-id")
+        self.assertEqual(answer.header(b"x-request-id"), sent_id)
 
     def test_refused(self) -> None:
         """
