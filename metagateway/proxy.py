@@ -76,8 +76,8 @@ def connection_tokens(headers: Headers) -> set[bytes]:
     """
     The header names listed in ``Connection``, lower-cased.
     """
-    named = set()
-    for value in headers.getRawHeaders(b"connection", []):
+    named: set[bytes] = set()
+    for value in headers.getRawHeaders(b"connection") or ():
         for token in value.split(b","):
             token = token.strip().lower()
             if token:
@@ -187,7 +187,8 @@ def copy_response_headers(response: IResponse, request: IRequest) -> None:
     Copy an upstream's end-to-end response headers onto ``request``, and add
     ``Access-Control-Allow-Origin: *`` unless the upstream set one.
     """
-    dropped = HOP_BY_HOP | connection_tokens(response.headers)
+    named = connection_tokens(response.headers)
+    dropped = HOP_BY_HOP | named if named else HOP_BY_HOP
     out = request.responseHeaders
     for name, values in response.headers.getAllRawHeaders():
         if name.lower() in dropped:
@@ -200,19 +201,18 @@ def copy_response_headers(response: IResponse, request: IRequest) -> None:
         out.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])
 
 
-def upstream_url(base: str, rest: list[bytes], uri: bytes) -> bytes:
+def upstream_url(base: bytes, rest: list[bytes], uri: bytes) -> bytes:
     """
     The upstream URL: the service URL without its trailing slash, then the
     rest of the path (``/`` if nothing is left), then the original query
     string, byte for byte.
 
-    :param base: the service URL.
+    :param base: the service URL without its trailing slash, as bytes.
     :param rest: the raw path segments after the prefix.
     :param uri: the original request target.
     """
-    path = b"/" + b"/".join(rest)
     _, question, query = uri.partition(b"?")
-    return base.rstrip("/").encode("ascii") + path + question + query
+    return base + b"/" + b"/".join(rest) + question + query
 
 
 def declared_length(request: IRequest) -> Optional[int]:
@@ -687,6 +687,10 @@ class GatewayProxyResource(ReverseProxyResource):
         self.cooperator = cooperator
         self.max_body = max_body
         self.host_header = upstream_host(base_url) if base_url else None
+        #: The URL's bytes, when ASCII; else encoding it fails per request.
+        self._base: Optional[bytes] = None
+        if base_url and base_url.isascii():
+            self._base = base_url.rstrip("/").encode("ascii")
 
     def getChild(self, path: bytes, request: IRequest) -> GatewayProxyResource:
         """
@@ -712,16 +716,20 @@ class GatewayProxyResource(ReverseProxyResource):
                     route,
                 )
             stream = getattr(request, "body_stream", None)
-            declared = declared_length(request)
-            if self.max_body and declared is not None and declared > self.max_body:
-                raise payload_too_large(route, self.max_body)
-            if (
-                self.max_body
-                and stream is None
-                and buffered_length(request) > self.max_body
-            ):
-                raise payload_too_large(route, self.max_body)
-            url = upstream_url(self.base_url, list(request.postpath), request.uri)
+            limit = self.max_body
+            if limit:
+                declared = declared_length(request)
+                if declared is not None and declared > limit:
+                    raise payload_too_large(route, limit)
+                if stream is None and buffered_length(request) > limit:
+                    raise payload_too_large(route, limit)
+            url = upstream_url(
+                self.base_url.rstrip("/").encode("ascii")
+                if self._base is None
+                else self._base,
+                request.postpath,
+                request.uri,
+            )
             if not _SENDABLE_URL.match(url):
                 raise GatewayError(
                     400, "BAD_REQUEST", "Malformed request target", route

@@ -410,10 +410,11 @@ class GatewayChannel(HTTPChannel):
         list it is (Twisted splits it on spaces, so ``close, X-Foo`` would
         keep the connection open).
         """
+        values = request.requestHeaders.getRawHeaders(b"connection")
+        if not values:
+            return bool(super().checkPersistence(request, version))
         tokens = {
-            token.strip().lower()
-            for value in request.requestHeaders.getRawHeaders(b"connection", [])
-            for token in value.split(b",")
+            token.strip().lower() for value in values for token in value.split(b",")
         }
         if version == b"HTTP/1.1" and b"close" in tokens:
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
