@@ -167,23 +167,38 @@ class JSONLines:
         """
         One line of JSON, newline included.
         """
-        get = event.get
-        return JSON_LINE % (
-            self._time(get("log_time") or time.time()),
-            _json(get("request_id")),
-            _json(get("client")),
-            _json(get("method")),
-            _json(get("path")),
-            _json(get("route")),
-            _json(get("status")),
-            _json(get("bytes_in")),
-            _json(get("bytes_out")),
-            _json(get("duration_ms")),
-            _json(get("upstream_status")),
-            _json(get("upstream_error")),
-            _json(get("error")),
-            _json(get("subject")),
-        )
+        values = [self._time(event.get("log_time") or time.time())]
+        append = values.append
+        # _json() inlined for the usual types: one loop, not 13 calls.
+        for value in map(event.get, JSON_FIELDS):
+            kind = value.__class__
+            if kind is str:
+                append(_quote(value))
+            elif value is None:
+                append("null")
+            elif kind is int:
+                append(int.__repr__(value))
+            else:
+                append(_json(value))
+        return JSON_LINE % tuple(values)
+
+
+#: The event keys of a JSON line, in the order of :data:`JSON_LINE`.
+JSON_FIELDS = (
+    "request_id",
+    "client",
+    "method",
+    "path",
+    "route",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "upstream_status",
+    "upstream_error",
+    "error",
+    "subject",
+)
 
 
 #: A JSON access-log line: what ``json.dumps`` with compact separators

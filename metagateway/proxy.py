@@ -292,43 +292,101 @@ def describe(failure: Failure) -> str:
     return str(why) or why.__class__.__name__
 
 
+class Deadlines:
+    """
+    The upstream deadlines of one proxy resource, kept with one timer.
+
+    A ``callLater`` per request (and its cancellation, and the reactor's
+    heap of timers ordered by Python-level comparisons) was a visible part
+    of a proxied request's cost. Every deadline here is ``seconds`` after
+    its watchdog was armed, so the later a watchdog is armed, the later its
+    deadline: they wait in arming order in a dictionary, and one
+    ``DelayedCall`` is due at the earliest. When it fires, the watchdogs
+    whose deadline has passed expire, in order, and the timer is set again
+    for the next one. A watchdog stopped before its deadline is just
+    removed. Timeouts fire exactly when a timer of their own would.
+
+    :param clock: the clock.
+    :param seconds: the longest wait; 0 for none (nothing is ever armed).
+    """
+
+    def __init__(self, clock: IReactorTime, seconds: float) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self._waiting: dict[_Watchdog, float] = {}
+        self._call: Optional[IDelayedCall] = None
+
+    def add(self, watchdog: _Watchdog) -> None:
+        """
+        Expire ``watchdog`` in :attr:`seconds`, unless removed before.
+        """
+        deadline = self.clock.seconds() + self.seconds
+        self._waiting[watchdog] = deadline
+        if self._call is None:
+            self._schedule(deadline)
+
+    def remove(self, watchdog: _Watchdog) -> None:
+        """
+        Forget ``watchdog``'s deadline, if it has one.
+        """
+        self._waiting.pop(watchdog, None)
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def _schedule(self, deadline: float) -> None:
+        self._call = self.clock.callLater(
+            max(0.0, deadline - self.clock.seconds()), self._fire
+        )
+
+    def _fire(self) -> None:
+        self._call = None
+        waiting = self._waiting
+        while waiting:
+            watchdog = next(iter(waiting))
+            deadline = waiting[watchdog]
+            if deadline > self.clock.seconds():
+                self._schedule(deadline)
+                return
+            del waiting[watchdog]
+            watchdog.expire()
+
+
 class _Watchdog:
     """
     Times the upstream while it is the one holding a request up: before its
     answer's headers arrive, except while the client is the slow side
     (still sending its body at its own pace).
 
-    :param clock: the clock.
-    :param seconds: the longest wait; 0 for none.
+    :param deadlines: where its deadline waits (and how long it is).
     :param expired: called once, when the wait runs out.
     """
 
-    def __init__(
-        self, clock: IReactorTime, seconds: float, expired: Callable[[], None]
-    ) -> None:
-        self.clock = clock
-        self.seconds = seconds
+    __slots__ = ("deadlines", "expired", "fired", "_armed", "_stopped")
+
+    def __init__(self, deadlines: Deadlines, expired: Callable[[], None]) -> None:
+        self.deadlines = deadlines
         self.expired = expired
         self.fired = False
-        self._call: Optional[IDelayedCall] = None
-        self._stopped = False
+        self._armed = False
+        self._stopped = deadlines.seconds <= 0
 
     def arm(self) -> None:
         """
         Start the countdown, unless it already runs.
         """
-        if self._stopped or self.seconds <= 0 or self._call is not None:
+        if self._stopped or self._armed:
             return
-        self._call = self.clock.callLater(self.seconds, self._fire)
+        self._armed = True
+        self.deadlines.add(self)
 
     def disarm(self) -> None:
         """
         Stop the countdown; :meth:`arm` starts a fresh one.
         """
-        if self._call is not None:
-            if self._call.active():
-                self._call.cancel()
-            self._call = None
+        if self._armed:
+            self._armed = False
+            self.deadlines.remove(self)
 
     def stop(self) -> None:
         """
@@ -340,8 +398,11 @@ class _Watchdog:
         self._stopped = True
         self.expired = _nothing
 
-    def _fire(self) -> None:
-        self._call = None
+    def expire(self) -> None:
+        """
+        The wait ran out (called by :class:`Deadlines`).
+        """
+        self._armed = False
         self._stopped = True
         self.fired = True
         expired, self.expired = self.expired, _nothing
@@ -383,7 +444,7 @@ class _Exchange(BodyListener):
         self.url = url
         self.headers = headers
         self.body = body
-        self.watchdog = _Watchdog(proxy.clock, proxy.timeout, self._timed_out)
+        self.watchdog = _Watchdog(proxy.deadlines, self._timed_out)
         self.client_gone = False
         self.too_large = False
         self.relay: Optional[_BodyRelay] = None
@@ -684,6 +745,7 @@ class GatewayProxyResource(ReverseProxyResource):
         self.tokens = tokens
         self.clock = clock
         self.timeout = timeout
+        self.deadlines = Deadlines(clock, timeout)
         self.cooperator = cooperator
         self.max_body = max_body
         self.host_header = upstream_host(base_url) if base_url else None

@@ -29,7 +29,7 @@ from metagateway import errors
 from metagateway.drain import InFlight
 from metagateway.errors import new_request_id
 from metagateway.gateway import GatewayService
-from metagateway.proxy import upstream_host
+from metagateway.proxy import Deadlines, _Watchdog, upstream_host
 from tests.test_streaming import (
     CLIENT,
     SERVER,
@@ -663,3 +663,96 @@ class RequestIdTests(SynchronousTestCase):
         os.waitpid(pid, 0)
         self.assertEqual(os.read(read, 1), b"1")
         self.assertEqual(errors._random_bytes.block, before)
+
+
+class DeadlinesTests(SynchronousTestCase):
+    """
+    :class:`~metagateway.proxy.Deadlines`: one timer for a resource's
+    upstream deadlines, each firing when a timer of its own would.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.deadlines = Deadlines(self.clock, 5.0)
+        self.expired: list[str] = []
+
+    def watchdog(self, name: str) -> Any:
+        return _Watchdog(self.deadlines, lambda: self.expired.append(name))
+
+    def test_in_order_on_time(self) -> None:
+        """
+        Watchdogs armed at different times expire at their own deadlines,
+        in order, with one timer pending at a time.
+        """
+        first = self.watchdog("first")
+        first.arm()
+        self.clock.advance(1)
+        second = self.watchdog("second")
+        second.arm()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(3.9)
+        self.assertEqual(self.expired, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.expired, ["first"])
+        self.assertTrue(first.fired)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0.9)
+        self.assertEqual(self.expired, ["first"])
+        self.clock.advance(0.1)
+        self.assertEqual(self.expired, ["first", "second"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopped_never_fires(self) -> None:
+        """
+        A stopped (or disarmed) watchdog never expires; the next one still
+        does, on time; one armed again counts from its new arming.
+        """
+        first, second, third = (self.watchdog(n) for n in ("1", "2", "3"))
+        first.arm()
+        second.arm()
+        third.arm()
+        first.stop()
+        third.disarm()
+        self.clock.advance(2)
+        third.arm()
+        self.clock.advance(3)
+        self.assertEqual(self.expired, ["2"])
+        self.assertEqual(len(self.deadlines), 1)
+        self.clock.advance(2)
+        self.assertEqual(self.expired, ["2", "3"])
+        self.assertEqual(len(self.deadlines), 0)
+        self.assertFalse(first.fired)
+
+    def test_arm_twice_keeps_deadline(self) -> None:
+        """
+        Arming a running watchdog again changes nothing.
+        """
+        watchdog = self.watchdog("w")
+        watchdog.arm()
+        self.clock.advance(3)
+        watchdog.arm()
+        self.clock.advance(2)
+        self.assertEqual(self.expired, ["w"])
+
+    def test_expiry_may_arm_another(self) -> None:
+        """
+        An expiry callback that arms another watchdog does not upset the
+        sweep.
+        """
+        later = self.watchdog("later")
+        first = self.watchdog("first")
+        first.expired = lambda: (self.expired.append("first"), later.arm())
+        first.arm()
+        self.clock.advance(5)
+        self.assertEqual(self.expired, ["first"])
+        self.clock.advance(5)
+        self.assertEqual(self.expired, ["first", "later"])
+
+    def test_zero_seconds_never_arms(self) -> None:
+        """
+        A watchdog without a limit never waits.
+        """
+        watchdog = _Watchdog(Deadlines(self.clock, 0), lambda: None)
+        watchdog.arm()
+        self.assertEqual(len(watchdog.deadlines), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
