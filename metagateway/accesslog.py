@@ -39,7 +39,7 @@ import time
 from datetime import datetime, timezone
 from json.encoder import encode_basestring_ascii as _quote
 from math import isfinite
-from typing import IO, Any, Callable, Optional
+from typing import IO, Any, Callable, Iterable, Optional
 
 from zope.interface import implementer
 
@@ -167,10 +167,19 @@ class JSONLines:
         """
         One line of JSON, newline included.
         """
-        values = [self._time(event.get("log_time") or time.time())]
+        return self.line(
+            event.get("log_time") or time.time(), map(event.get, JSON_FIELDS)
+        )
+
+    def line(self, when: float, fields: Iterable[Any]) -> str:
+        """
+        One line of JSON, newline included, from the time of the event and
+        the values of :data:`JSON_FIELDS`, in that order.
+        """
+        values = [self._time(when)]
         append = values.append
         # _json() inlined for the usual types: one loop, not 13 calls.
-        for value in map(event.get, JSON_FIELDS):
+        for value in fields:
             kind = value.__class__
             if kind is str:
                 append(_quote(value))
@@ -280,8 +289,13 @@ class BufferedLines:
 
     def __call__(self, event: dict[str, Any]) -> None:
         text = self.formatter(event)
-        if not text:
-            return
+        if text:
+            self.add(text)
+
+    def add(self, text: str) -> None:
+        """
+        Buffer one formatted line (newline included).
+        """
         self._lines.append(text)
         self._size += len(text)
         if self._size >= self.max_buffered:
@@ -345,11 +359,14 @@ class AccessLog:
             raise ValueError("access log format must be text or json, not %r" % (form,))
         self.form = form
         self._buffer: Optional[BufferedLines] = None
+        #: formats the lines of a buffered JSON log.
+        self.json_lines: Optional[JSONLines] = None
         if observer is None and form == "json":
             if out is None:
                 raise ValueError("a JSON access log needs a stream")
             if clock is not None:
-                self._buffer = BufferedLines(out, JSONLines(), clock, flush_delay)
+                self.json_lines = JSONLines()
+                self._buffer = BufferedLines(out, self.json_lines, clock, flush_delay)
                 observer = self._buffer
             else:
                 observer = FileLogObserver(out, JSONLines())
@@ -357,6 +374,19 @@ class AccessLog:
         self.observer = self.logger.observer
         #: whether events carry an :class:`AccessLine` (text form).
         self.text = form == "text"
+
+    def add_json(self, when: float, fields: Iterable[Any]) -> bool:
+        """
+        Buffer the JSON line of a request straight from its fields (the
+        values of :data:`JSON_FIELDS`), without building a log event, when
+        this is a buffered JSON log (nothing else observes its events).
+
+        :return: whether the line was taken; if not, emit an event.
+        """
+        if self._buffer is None or self.json_lines is None:
+            return False
+        self._buffer.add(self.json_lines.line(when, fields))
+        return True
 
     def flush(self) -> None:
         """
@@ -382,6 +412,13 @@ def _bytes_in(request: IRequest) -> Optional[int]:
         return int(size)
     except Exception:
         return None
+
+
+#: The logged text of the usual methods.
+_METHODS = {
+    m: m.decode("ascii")
+    for m in (b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS")
+}
 
 
 def _printable(raw: bytes) -> str:
@@ -486,12 +523,31 @@ class RequestRecorder:
         upstream = upstream_error if upstream_error is not None else upstream_status
         request_id = request_id_of(request)
         client = self.client(request)
-        method = _printable(request.method)
+        method = _METHODS.get(request.method) or _printable(request.method)
         path = logged_path(request)
         bytes_in = notes.get("metagatewayBytesIn")
         bytes_out = request.sentLength
         duration_ms = round(duration * 1000, 3)
         subject = notes.get("metagatewaySubject")
+        if access_log.add_json(
+            time.time(),
+            (
+                request_id,
+                client,
+                method,
+                path,
+                route,
+                status,
+                bytes_in,
+                bytes_out,
+                duration_ms,
+                upstream_status,
+                upstream_error,
+                error,
+                subject,
+            ),
+        ):
+            return None
         # What Logger.emit builds, without its per-call level validation.
         event = {
             "log_logger": access_log.logger,

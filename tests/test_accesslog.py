@@ -340,6 +340,59 @@ class JSONTests(SynchronousTestCase):
         self.assertEqual(len(out.getvalue().splitlines()), 3)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_buffered_same_fields(self) -> None:
+        """
+        A buffered JSON log writes its lines straight from the request's
+        fields, with the same values as the line made from its event.
+        """
+        lines = []
+        for clock in (None, Clock()):
+            out = io.StringIO()
+            harness = ChannelHarness()
+            access_log = AccessLog("json", out, clock=clock)
+            harness.gateway.recorder.access_log = access_log
+            token = harness.gateway.tokens.issue(
+                USERNAME, "BUILD", ["admin"], "production"
+            )
+            harness.send(
+                post_head(
+                    b"/build/a/%2e%2e/b?token=x",
+                    5,
+                    b"Authorization: Bearer " + token.encode() + b"\r\n"
+                    b"X-Request-Id: same-id\r\n",
+                )
+                + b"hello"
+            )
+            harness.agent.calls[0].answer(
+                FakeResponse(201, Headers(), length=0)
+            ).finish()
+            access_log.flush()
+            [line] = out.getvalue().splitlines()
+            document = json.loads(line)
+            self.assertRegex(
+                document.pop("time"), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
+            )
+            self.assertIsInstance(document.pop("durationMs"), float)
+            lines.append(document)
+        self.assertEqual(lines[0], lines[1])
+        self.assertEqual(
+            lines[1],
+            {
+                "requestId": "same-id",
+                "client": "10.0.0.7",
+                "method": "POST",
+                "path": "/build/a/%2e%2e/b",
+                "route": "BUILD",
+                "status": 201,
+                "bytesIn": 5,
+                "bytesOut": 0,
+                "upstreamStatus": 201,
+                "upstreamError": None,
+                "error": None,
+                "subject": USERNAME,
+            },
+        )
+
     def test_bad_form(self) -> None:
         """
         Only ``text`` and ``json`` are forms; JSON needs a stream.
