@@ -216,7 +216,9 @@ class UpstreamAgent:
     ) -> None:
         self.pool = pool
         self.endpoints = endpoints
-        self.fallback = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+        self.fallback: IAgent = Agent.usingEndpointFactory(
+            reactor, endpoints, pool=pool
+        )
         self._origins: dict[bytes, tuple[tuple[bytes, bytes, int], Any]] = {}
 
     def request(
