@@ -35,7 +35,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 
-from metagateway.accesslog import note_subject, note_upstream
+from metagateway.accesslog import note_upstream
 from metagateway.errors import GatewayError, error_response, request_id_of
 from metagateway.routes import Route
 from metagateway.streaming import BodyListener, StreamingBody, when_done
@@ -428,6 +428,7 @@ class _Exchange(BodyListener):
     :param url: the upstream URL.
     :param headers: the headers sent upstream.
     :param body: the body sent upstream, if any.
+    :param request_id: the request's id, as sent upstream.
     """
 
     def __init__(
@@ -437,8 +438,10 @@ class _Exchange(BodyListener):
         url: bytes,
         headers: Headers,
         body: Optional[IBodyProducer],
+        request_id: bytes,
     ) -> None:
         self.proxy = proxy
+        self.request_id = request_id
         # Twisted's Request: more than IRequest declares (notifyFinish...).
         self.request: Any = request
         self.url = url
@@ -498,10 +501,12 @@ class _Exchange(BodyListener):
             route = self.proxy.route.name
             self._answer_error(payload_too_large(route, self.proxy.max_body))
             return
-        note_upstream(request, status=response.code)
-        request.setResponseCode(response.code, response.phrase)
+        code = response.code
+        # note_upstream(request, status=code), without the call.
+        request.metagatewayUpstreamStatus = code
+        request.setResponseCode(code, response.phrase)
         copy_response_headers(response, request)
-        request.setHeader(b"X-Request-Id", request_id_of(request).encode("latin-1"))
+        request.setHeader(b"X-Request-Id", self.request_id)
         self.relay = _BodyRelay(self)
         response.deliverBody(self.relay)
         return None
@@ -554,7 +559,7 @@ class _Exchange(BodyListener):
         if request.startedWriting:
             abort_client(request)
             return
-        request.setHeader(b"X-Request-Id", request_id_of(request).encode("latin-1"))
+        request.setHeader(b"X-Request-Id", self.request_id)
         request.write(error_response(request, error))
         request.finish()
 
@@ -769,7 +774,8 @@ class GatewayProxyResource(ReverseProxyResource):
         try:
             claims = check_token(request, self.route, self.tokens)
             if claims is not None:
-                note_subject(request, claims.project_id)
+                # note_subject(request, ...), without the call.
+                request.metagatewaySubject = claims.project_id  # type: ignore[attr-defined]
             if not self.base_url:
                 raise GatewayError(
                     502,
@@ -803,7 +809,9 @@ class GatewayProxyResource(ReverseProxyResource):
             request, self.route, claims, request_id, self.host_header
         )
         body = stream if stream is not None else self._buffered_body(request)
-        _Exchange(self, request, url, headers, body).start()
+        _Exchange(
+            self, request, url, headers, body, request_id.encode("latin-1")
+        ).start()
         return NOT_DONE_YET
 
     def _buffered_body(self, request: IRequest) -> Optional[FileBodyProducer]:
