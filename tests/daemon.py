@@ -193,3 +193,18 @@ def http_client(case: TestCase) -> Any:
     pool = HTTPConnectionPool(_reactor, persistent=True)
     case.addCleanup(pool.closeCachedConnections)
     return HTTPClient(Agent(_reactor, pool=pool))
+
+
+def refusing_port(case: TestCase) -> int:
+    """
+    A loopback port where connections are refused for the length of the
+    test: a socket is bound to it but never listens, so that no other
+    server of the test run can be given the same port (as one released at
+    once could be) and answer, or hang, in its place.
+    """
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    case.addCleanup(holder.close)
+    return int(holder.getsockname()[1])

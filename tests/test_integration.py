@@ -16,7 +16,7 @@ from twisted.web.server import Site
 
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.passwords import make_record
-from tests.daemon import http_client, start_daemon
+from tests.daemon import http_client, refusing_port, start_daemon
 from tests.helpers import SECRET, RecordingUpstream
 
 USER, PASSWORD = "operator", "s3cret-pass"
@@ -79,17 +79,6 @@ class DaemonTests(TestCase):
         return ensureDeferred(go())
 
 
-def _free_port() -> int:
-    """
-    A loopback port nothing listens on (bound, then released).
-    """
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class DaemonContractTests(TestCase):
     """
     CONTRACT §1, §4, §5 and §6 rows, black-box against the real daemon.
@@ -108,7 +97,7 @@ class DaemonContractTests(TestCase):
         env = {
             "GATEWAY_JWT_SECRET": SECRET,
             "KV_SERVICE_URL": "http://127.0.0.1:%d/" % (port.getHost().port,),
-            "CORE_SERVICE_URL": "http://127.0.0.1:%d" % (_free_port(),),
+            "CORE_SERVICE_URL": "http://127.0.0.1:%d" % (refusing_port(self),),
         }
 
         async def start() -> None:

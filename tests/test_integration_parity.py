@@ -9,7 +9,6 @@ loopback.
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any, Optional
 
 from twisted.internet import reactor
@@ -22,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.passwords import make_record
-from tests.daemon import http_client, start_daemon
+from tests.daemon import http_client, refusing_port, start_daemon
 from tests.helpers import SECRET, RecordingUpstream
 from tests.test_github import ACCESS_TOKEN, CLIENT_SECRET, OCTOCAT, FakeGitHub
 
@@ -31,15 +30,6 @@ NOTION_SECRET = "notion-integration-secret"
 
 #: Seconds the daemon waits for an upstream, GitHub or a webhook target.
 TIMEOUT = 2
-
-
-def free_port() -> int:
-    """
-    A loopback port nothing listens on (bound, then released).
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Hanging(Resource):
@@ -163,7 +153,7 @@ class ConfiguredDaemonTests(ParityTestCase):
             % (self.serve(self.base_service),),
             "CORE_SERVICE_URL": "http://127.0.0.1:%d"
             % (self.serve(self.core_service),),
-            "KV_SERVICE_URL": "http://127.0.0.1:%d" % (free_port(),),
+            "KV_SERVICE_URL": "http://127.0.0.1:%d" % (refusing_port(self),),
             "BUILD_SERVICE_URL": "http://127.0.0.1:%d"
             % (self.serve(self.build_service),),
         }

@@ -13,7 +13,6 @@ import datetime
 import hashlib
 import json
 import platform
-import socket
 from typing import Any, Callable, Optional
 
 from zope.interface import implementer
@@ -31,7 +30,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from tests.daemon import ChildProcess, http_client, start_daemon
+from tests.daemon import ChildProcess, http_client, refusing_port, start_daemon
 from tests.helpers import SECRET, RecordingUpstream
 
 MiB = 1024 * 1024
@@ -76,15 +75,6 @@ def memory(pid: int) -> dict[str, int]:
             if name in ("VmRSS", "VmHWM"):
                 values[name] = int(rest.split()[0]) * 1024
     return values
-
-
-def free_port() -> int:
-    """
-    A loopback port nothing listens on.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @implementer(IBodyProducer)
@@ -547,7 +537,7 @@ class ProxyDaemonTests(TestCase):
         """
 
         async def go() -> None:
-            base = await self.daemon("http://127.0.0.1:%d" % (free_port(),))
+            base = await self.daemon("http://127.0.0.1:%d" % (refusing_port(self),))
             await self.json_error(base + "/kv/x", 502, "UPSTREAM_UNAVAILABLE")
 
         return ensureDeferred(go())
