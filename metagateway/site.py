@@ -10,10 +10,13 @@ from typing import Any, Mapping, Optional
 from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import Request as HTTPRequest
+from twisted.web.http import datetimeToString
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
+from twisted.web.server import version as server_version
 
 from metagateway.accesslog import RequestRecorder, note_route
 from metagateway.drain import InFlight
@@ -284,6 +287,31 @@ class GatewayRequest(StreamingRequest):
     """
 
     defaultContentType = None
+
+    def process(self) -> None:
+        """
+        Twisted's ``process``, without the resource traversal when the
+        site's root is a :class:`GatewayResource`: the gateway reads the raw
+        path itself, so the unquoted ``postpath`` Twisted would build (and
+        the lookup through the root, which is a leaf) are never used.
+        Anything else (another root, the ``*`` target) goes through
+        Twisted's.
+        """
+        site: Any = self.channel.site  # type: ignore[attr-defined]
+        root = site.resource
+        if not isinstance(root, GatewayResource) or self.path == b"*":
+            super().process()
+            return
+        self.site = site
+        self.sitepath: list[bytes] = []
+        self.setHeader(b"Server", server_version)
+        self.setHeader(b"Date", datetimeToString())
+        self.prepath = []
+        self.postpath = []
+        try:
+            self.render(root)
+        except BaseException:
+            self.processingFailed(Failure())
 
 
 class GatewaySite(Site):

@@ -376,7 +376,8 @@ class GatewayChannel(HTTPChannel):
             parts = line.split(b" ")
             if len(parts) == 3:
                 self.request_line = (parts[0], parts[1], parts[2])
-        super().lineReceived(line)
+        # The base class by name: this runs for every line of every head.
+        HTTPChannel.lineReceived(self, line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         if self._head_lines == 0:

@@ -999,3 +999,57 @@ class DoneHookTests(SynchronousTestCase):
         self.assertEqual(results, [])
         request.finish()
         self.assertEqual(results, [(None, 7)])
+
+
+class ProcessTests(SynchronousTestCase):
+    """
+    The gateway's request skips Twisted's resource traversal under a
+    gateway root, and answers exactly as before.
+    """
+
+    def test_default_headers_and_routing(self) -> None:
+        """
+        An answer still carries Twisted's ``Server`` and ``Date`` (the
+        upstream's own replace them on proxied answers), and the gateway
+        routes the request from its raw path.
+        """
+        h = ChannelHarness()
+        h.send(b"GET /health HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        answer = h.response()
+        self.assertEqual(answer.code, 200)
+        self.assertTrue(answer.header(b"server"))
+        self.assertRegex(answer.header(b"date") or b"", rb"^\w{3}, \d\d \w{3} \d{4} ")
+        h.send(b"GET /kv/a%2Fb/./c?x=1 HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        [call] = h.agent.calls
+        self.assertTrue(call.uri.endswith(b"/a%2Fb/c?x=1"), call.uri)
+
+    def test_star_target(self) -> None:
+        """
+        ``OPTIONS *`` still goes through Twisted's own handling.
+        """
+        h = ChannelHarness()
+        h.send(b"OPTIONS * HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        [answer] = h.responses()
+        self.assertLess(answer.code, 500)
+
+    def test_other_root(self) -> None:
+        """
+        Under another root resource the request is Twisted's: traversed,
+        with the unquoted ``postpath``.
+        """
+        seen: list[list[bytes]] = []
+
+        class Leaf(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                seen.append(list(request.postpath))
+                return b"ok"
+
+        site = GatewaySite(Leaf())
+        channel = site.buildProtocol(CLIENT)
+        transport = StringTransport(hostAddress=SERVER, peerAddress=CLIENT)
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /a%20b/c HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(seen, [[b"a b", b"c"]])
+        self.assertIn(b"\r\n\r\nok", transport.value())
