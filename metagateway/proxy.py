@@ -35,7 +35,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 
-from metagateway.accesslog import note_upstream
+from metagateway.accesslog import note_subject, note_upstream
 from metagateway.errors import GatewayError, error_response, request_id_of
 from metagateway.routes import Route
 from metagateway.streaming import BodyListener, StreamingBody, when_done
@@ -188,7 +188,7 @@ def copy_response_headers(response: IResponse, request: IRequest) -> None:
     ``Access-Control-Allow-Origin: *`` unless the upstream set one.
     """
     named = connection_tokens(response.headers)
-    dropped = HOP_BY_HOP | named if named else HOP_BY_HOP
+    dropped = (HOP_BY_HOP | named) if named else HOP_BY_HOP
     out = request.responseHeaders
     for name, values in response.headers.getAllRawHeaders():
         if name.lower() in dropped:
@@ -501,10 +501,8 @@ class _Exchange(BodyListener):
             route = self.proxy.route.name
             self._answer_error(payload_too_large(route, self.proxy.max_body))
             return
-        code = response.code
-        # note_upstream(request, status=code), without the call.
-        request.metagatewayUpstreamStatus = code
-        request.setResponseCode(code, response.phrase)
+        note_upstream(request, status=response.code)
+        request.setResponseCode(response.code, response.phrase)
         copy_response_headers(response, request)
         request.setHeader(b"X-Request-Id", self.request_id)
         self.relay = _BodyRelay(self)
@@ -774,8 +772,7 @@ class GatewayProxyResource(ReverseProxyResource):
         try:
             claims = check_token(request, self.route, self.tokens)
             if claims is not None:
-                # note_subject(request, ...), without the call.
-                request.metagatewaySubject = claims.project_id  # type: ignore[attr-defined]
+                note_subject(request, claims.project_id)
             if not self.base_url:
                 raise GatewayError(
                     502,

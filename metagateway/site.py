@@ -154,7 +154,7 @@ class GatewayResource(Resource):
         if in_flight is not None:
             in_flight.track(request, watch=False)
         if recorder is not None or in_flight is not None:
-            # One Deferred for both, rather than one each.
+            # One hook for both, rather than one each.
             when_done(request, self._finished, request)
         try:
             early = getattr(request, "metagatewayEarlyError", None)

@@ -341,13 +341,17 @@ class GatewayChannel(HTTPChannel):
         super().connectionMade()
         self._secure = bool(super().isSecure())
 
+    #: Whether the connection is TLS, once it is made.
+    _secure: Optional[bool] = None
+
     def isSecure(self) -> bool:
         """
         Whether the connection is TLS: known from its start, rather than
         adapting the transport to ``ISSLTransport`` for every request.
         """
-        secure = getattr(self, "_secure", None)
-        return bool(super().isSecure()) if secure is None else secure
+        if self._secure is None:
+            return bool(super().isSecure())
+        return self._secure
 
     # Reading.
 
