@@ -208,3 +208,31 @@ def refusing_port(case: TestCase) -> int:
     holder.bind(("127.0.0.1", 0))
     case.addCleanup(holder.close)
     return int(holder.getsockname()[1])
+
+
+#: The account :func:`serve_world` stores.
+USER, PASSWORD = "operator", "s3cret-pass"
+
+
+def serve_world(case: TestCase) -> tuple[Any, Any, str]:
+    """
+    What a daemon test needs around the daemon: an accounts directory
+    holding :data:`USER` (an admin), and a recording upstream on loopback
+    answering ``hello from build``, stopped after the test.
+
+    :return: the accounts directory (a ``FilePath``), the upstream, and the
+        upstream's base URL (``http://127.0.0.1:PORT``).
+    """
+    from twisted.python.filepath import FilePath
+    from twisted.web.server import Site
+
+    from metagateway.credentials.directory import DirectoryCredentialStore
+    from metagateway.passwords import make_record
+    from tests.helpers import RecordingUpstream
+
+    accounts = FilePath(case.mktemp())
+    DirectoryCredentialStore(accounts).store(make_record(USER, PASSWORD, "admin"))
+    upstream = RecordingUpstream(b"hello from build")
+    port = _reactor.listenTCP(0, Site(upstream), interface="127.0.0.1")
+    case.addCleanup(port.stopListening)
+    return accounts, upstream, "http://127.0.0.1:%d" % (port.getHost().port,)

@@ -166,6 +166,14 @@ class GatewayHarness:
         """
         d = self.client.request(method, "http://gateway.test" + url, **kw)
         self.flush()
+        return self.finish(case, d)
+
+    def finish(self, case: SynchronousTestCase, d: Any) -> Any:
+        """
+        Deliver what is pending, then return ``(response, body)`` of the
+        request ``d`` (from :attr:`client`), which must be complete.
+        """
+        self.flush()
         response = case.successResultOf(d)
         body_d = response.content()
         self.flush()

@@ -213,11 +213,7 @@ class GitHubSignInTests(SynchronousTestCase):
         return d
 
     def finish(self, d: Any) -> Any:
-        self.harness.flush()
-        response = self.successResultOf(d)
-        body_d = response.content()
-        self.harness.flush()
-        return response, self.successResultOf(body_d)
+        return self.harness.finish(self, d)
 
     def assert_failed(self, response: Any, body: bytes) -> None:
         assert_json_error(self, response, body, 502, "GITHUB_AUTH_FAILED", route="CORE")

@@ -16,10 +16,15 @@ from twisted.web.server import Site
 
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.passwords import make_record
-from tests.daemon import http_client, refusing_port, start_daemon
+from tests.daemon import (
+    PASSWORD,
+    USER,
+    http_client,
+    refusing_port,
+    serve_world,
+    start_daemon,
+)
 from tests.helpers import SECRET, RecordingUpstream
-
-USER, PASSWORD = "operator", "s3cret-pass"
 
 
 class DaemonTests(TestCase):
@@ -30,14 +35,8 @@ class DaemonTests(TestCase):
     timeout = 60
 
     def setUp(self) -> Any:
-        self.accounts = FilePath(self.mktemp())
-        DirectoryCredentialStore(self.accounts).store(
-            make_record(USER, PASSWORD, "admin")
-        )
-        self.upstream = RecordingUpstream(b"hello from build")
-        port = reactor.listenTCP(0, Site(self.upstream), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.upstream_url = "http://127.0.0.1:%d/svc" % (port.getHost().port,)
+        self.accounts, self.upstream, base = serve_world(self)
+        self.upstream_url = base + "/svc"
         return ensureDeferred(self._start())
 
     async def _start(self) -> None:

@@ -11,18 +11,20 @@ import re
 import sys
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
-from twisted.web.server import Site
 
-from metagateway.credentials.directory import DirectoryCredentialStore
-from metagateway.passwords import make_record
-from tests.daemon import ChildProcess, child_environ, http_client, spawn
-from tests.helpers import SECRET, RecordingUpstream
-
-USER, PASSWORD = "operator", "s3cret-pass"
+from tests.daemon import (
+    PASSWORD,
+    USER,
+    ChildProcess,
+    child_environ,
+    http_client,
+    serve_world,
+    spawn,
+)
+from tests.helpers import SECRET
 
 #: The repository root, where ``examples/`` is.
 ROOT = FilePath(__file__).parent().parent()
@@ -70,14 +72,8 @@ class EmbeddedExampleTests(TestCase):
     timeout = 60
 
     def setUp(self) -> Any:
-        self.accounts = FilePath(self.mktemp())
-        DirectoryCredentialStore(self.accounts).store(
-            make_record(USER, PASSWORD, "admin")
-        )
-        self.upstream = RecordingUpstream(b"hello from build")
-        port = reactor.listenTCP(0, Site(self.upstream), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.upstream_url = "http://127.0.0.1:%d/svc" % (port.getHost().port,)
+        self.accounts, self.upstream, base = serve_world(self)
+        self.upstream_url = base + "/svc"
         self.http = http_client(self)
         return ensureDeferred(self._start())
 

@@ -15,16 +15,17 @@ from typing import Any, Optional
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
-from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
-from twisted.web.server import Site
 
-from metagateway.credentials.directory import DirectoryCredentialStore
-from metagateway.passwords import make_record
-from tests.daemon import ChildProcess, http_client, start_daemon
-from tests.helpers import SECRET, RecordingUpstream
-
-USER, PASSWORD = "operator", "s3cret-pass"
+from tests.daemon import (
+    PASSWORD,
+    USER,
+    ChildProcess,
+    http_client,
+    serve_world,
+    start_daemon,
+)
+from tests.helpers import SECRET
 
 WORKER_STARTED = re.compile(rb"Worker (\d+) started \(pid (\d+)\)")
 METRICS_PORT = re.compile(rb"MetricsSite starting on (\d+)")
@@ -75,17 +76,8 @@ class DaemonSetup:
     """
 
     def make_world(self, case: TestCase) -> dict[str, str]:
-        self.accounts = FilePath(case.mktemp())
-        DirectoryCredentialStore(self.accounts).store(
-            make_record(USER, PASSWORD, "admin")
-        )
-        self.upstream = RecordingUpstream(b"hello from build")
-        port = reactor.listenTCP(0, Site(self.upstream), interface="127.0.0.1")
-        case.addCleanup(port.stopListening)
-        return {
-            "GATEWAY_JWT_SECRET": SECRET,
-            "BUILD_SERVICE_URL": "http://127.0.0.1:%d/svc" % (port.getHost().port,),
-        }
+        self.accounts, self.upstream, base = serve_world(case)
+        return {"GATEWAY_JWT_SECRET": SECRET, "BUILD_SERVICE_URL": base + "/svc"}
 
 
 class WorkersTests(DaemonSetup, TestCase):

@@ -162,11 +162,7 @@ class NotionWebhookTests(SynchronousTestCase):
         return d
 
     def finish(self, d: Any) -> Any:
-        self.harness.flush()
-        response = self.successResultOf(d)
-        body_d = response.content()
-        self.harness.flush()
-        return response, self.successResultOf(body_d)
+        return self.harness.finish(self, d)
 
     def assert_forwarded(self, response: Any, body: bytes, expected: list[Any]) -> None:
         self.assertEqual(response.code, 202, body)
