@@ -92,7 +92,7 @@ class ProxiedRequestTests(SynchronousTestCase):
         """
         self.send(
             post_head(
-                b"/build/a/b?token=abc&password=x",
+                b"/build/a/b?token=query-secret&password=query-password",
                 5,
                 b"Authorization: Bearer " + self.token.encode() + b"\r\n",
             )
@@ -124,7 +124,7 @@ class ProxiedRequestTests(SynchronousTestCase):
         text = formatEvent(event)
         self.assertIn('10.0.0.7 "POST /build/a/b" BUILD 201 in=5 out=4', text)
         self.assertIn("subject=%s" % (USERNAME,), text)
-        assert_clean(self, text, self.token, "abc")
+        assert_clean(self, text, self.token, "query-secret", "query-password")
 
     def test_chunked_body_counted(self) -> None:
         """
