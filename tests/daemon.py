@@ -8,8 +8,10 @@ from the ``GatewaySite starting on N`` line it logs.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import re
+import subprocess
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
@@ -143,6 +145,55 @@ def child_environ(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+_install_problem: Optional[str] = None
+_install_checked = False
+
+
+def install_problem() -> Optional[str]:
+    """
+    Why a child would not run the code under test, if it would not: the
+    ``metagateway`` package a child imports (the installed one: a child's
+    working directory is not on its path) differs from the one these
+    tests import. ``None`` when they are the same files.
+    """
+    global _install_problem, _install_checked
+    if _install_checked:
+        return _install_problem
+    _install_checked = True
+    import metagateway
+
+    tested = os.path.dirname(os.path.abspath(metagateway.__file__))
+    found = subprocess.run(
+        [sys.executable, "-c", "import metagateway; print(metagateway.__file__)"],
+        cwd="/",
+        env=child_environ({}),
+        capture_output=True,
+        text=True,
+    )
+    if found.returncode:
+        _install_problem = "metagateway is not installed"
+        return _install_problem
+    installed = os.path.dirname(os.path.abspath(found.stdout.strip()))
+    if installed == tested:
+        return None
+    names = sorted(
+        {
+            os.path.relpath(os.path.join(where, name), directory)
+            for directory in (tested, installed)
+            for where, _, files in os.walk(directory)
+            for name in files
+            if name.endswith(".py")
+        }
+    )
+    _, differ, missing = filecmp.cmpfiles(tested, installed, names, shallow=False)
+    if differ or missing:
+        _install_problem = "the installed metagateway (%s) is not this code: %s" % (
+            installed,
+            ", ".join(sorted(set(differ + missing))),
+        )
+    return _install_problem
+
+
 def spawn(
     case: TestCase,
     argv: Sequence[str],
@@ -152,7 +203,14 @@ def spawn(
 ) -> ChildProcess:
     """
     Start a child process, stopped (TERM, then KILL) in ``case``'s cleanup.
+
+    Fails the test at once if the child would run an installed
+    ``metagateway`` other than the code under test (``pip install .``
+    mends that).
     """
+    problem = install_problem()
+    if problem is not None:
+        case.fail(problem + "; run pip install . first")
     child = protocol or ChildProcess()
     _reactor.spawnProcess(child, argv[0], list(argv), env=dict(env), path=cwd)
 
