@@ -30,7 +30,7 @@ from metagateway.errors import (
     write_json,
 )
 from metagateway.github import GitHubSignIn
-from metagateway.passwords import BadParameters, Decoys, check_login
+from metagateway.passwords import BadParameters, PasswordChecks
 from metagateway.throttle import LoginThrottle, Throttled
 from metagateway.tokens import (
     ROUTES,
@@ -133,8 +133,9 @@ class AuthApp:
     :param trusted_proxies: peers whose ``X-Forwarded-For`` is believed.
     :param github: the GitHub code exchange for ``/core/auth/github``;
         without it that endpoint answers ``500 GITHUB_NOT_CONFIGURED``.
-    :param decoys: what unknown usernames are checked against; this app's
-        own if omitted (so gateways in one process do not share them).
+    :param passwords: checks passwords (and holds the decoys unknown
+        usernames are checked against); this app's own if omitted, checking
+        on the calling thread (so gateways in one process share no decoys).
     """
 
     app = Klein()
@@ -148,7 +149,7 @@ class AuthApp:
         auth_max_body: int = 64 * 1024,
         trusted_proxies: tuple[str, ...] = (),
         github: Optional[GitHubSignIn] = None,
-        decoys: Optional[Decoys] = None,
+        passwords: Optional[PasswordChecks] = None,
     ) -> None:
         self.tokens = tokens
         self.store = store
@@ -157,7 +158,10 @@ class AuthApp:
         self.auth_max_body = auth_max_body
         self.trusted_proxies = trusted_proxies
         self.github = github
-        self.decoys = decoys if decoys is not None else Decoys()
+        if passwords is None:
+            passwords = PasswordChecks()
+        self.passwords = passwords
+        self.decoys = passwords.decoys
 
     @app.handle_errors(GatewayError)
     def _gateway_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -237,7 +241,7 @@ class AuthApp:
                 )
                 raise store_unavailable(route) from None
         try:
-            matched = check_login(record, password, self.decoys)
+            matched = await self.passwords.check(record, password)
         except BadParameters:
             attempt.abandoned()
             log.warn("Unusable password parameters in an account record")

@@ -49,6 +49,7 @@ from metagateway.credentials.interfaces import ICredentialStore
 from metagateway.drain import InFlight
 from metagateway.github import GitHubSignIn
 from metagateway.metrics import MeasuredCredentialStore, Metrics
+from metagateway.passwords import PasswordChecks
 from metagateway.proxy import GatewayProxyResource
 from metagateway.routes import ROUTES
 from metagateway.site import GatewayResource
@@ -273,7 +274,8 @@ class _QuietClientFactory(_HTTP11ClientFactory):
 
 class GatewayService(Service):
     """
-    Owns what a gateway keeps open: the upstream connection pool.
+    Owns what a gateway keeps open: the upstream connection pool and the
+    threads that check scrypt passwords.
 
     Add it to the host program's ``MultiService``. Stopping it drains: the
     requests in flight get up to ``drain_timeout`` seconds to finish (the
@@ -284,6 +286,8 @@ class GatewayService(Service):
     :param in_flight: the requests being answered; no drain if omitted.
     :param clock: times the drain.
     :param drain_timeout: the longest drain, in seconds.
+    :param passwords: the password checks whose thread pool runs while the
+        service does.
     """
 
     def __init__(
@@ -292,11 +296,21 @@ class GatewayService(Service):
         in_flight: Optional[InFlight] = None,
         clock: Optional[Any] = None,
         drain_timeout: float = 30.0,
+        passwords: Optional[PasswordChecks] = None,
     ) -> None:
         self.pool = pool
         self.in_flight = in_flight
         self.clock = clock
         self.drain_timeout = drain_timeout
+        self.passwords = passwords
+
+    def startService(self) -> None:
+        """
+        Start checking scrypt passwords off the reactor thread.
+        """
+        super().startService()
+        if self.passwords is not None:
+            self.passwords.start()
 
     def stopService(self) -> Optional[Deferred[None]]:
         """
@@ -322,6 +336,10 @@ class GatewayService(Service):
                     count=in_flight.count,
                 )
         await self.pool.closeCachedConnections()
+        if self.passwords is not None:
+            # Logins answered during the drain were checked on the pool;
+            # this waits for the check under way, if any.
+            self.passwords.stop()
 
 
 #: The default access log: text events to the global log publisher (it
@@ -352,7 +370,9 @@ class Gateway:
         passed and ``config`` names none.
 
     :ivar resource: the root resource, to serve or mount under any path.
-    :ivar service: the service owning the pool, to add to a ``MultiService``.
+    :ivar service: the service owning the pool and the password-checking
+        threads, to add to a ``MultiService``; until it is started, scrypt
+        passwords are checked on the reactor thread.
     :ivar tokens: the token authority.
     :ivar metrics: the gateway's :class:`~metagateway.metrics.Metrics`,
         for :class:`~metagateway.metrics.MetricsSite`.
@@ -420,6 +440,7 @@ class Gateway:
             reactor.seconds,
         )
         self.metrics = metrics if metrics is not None else Metrics()
+        self.passwords = PasswordChecks(reactor)
         self.auth = AuthApp(
             self.tokens,
             MeasuredCredentialStore(self.store, self.metrics, reactor.seconds),
@@ -434,6 +455,7 @@ class Gateway:
                 self.tokens,
                 config.upstream_timeout or 30.0,
             ),
+            self.passwords,
         )
         self.webhooks = WebhooksResource(
             config.notion_webhook_secret,
@@ -471,5 +493,5 @@ class Gateway:
             own_max_body=config.auth_max_body,
         )
         self.service = GatewayService(
-            self.pool, self.in_flight, reactor, config.drain_timeout
+            self.pool, self.in_flight, reactor, config.drain_timeout, self.passwords
         )

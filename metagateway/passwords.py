@@ -21,6 +21,10 @@ import secrets
 import threading
 from typing import Any, Mapping, Optional
 
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
 from metagateway.credentials.interfaces import AccountRecord
 
 #: scrypt parameters written by default: about 16 MiB and tens of ms.
@@ -235,3 +239,68 @@ def check_login(
     matched = check_password(record, password)
     decoys.learn(record)
     return matched
+
+
+#: Threads of a gateway's password pool: at most this many scrypt checks
+#: run at once (each may hold up to :data:`SCRYPT_MAX_MEMORY`), and the
+#: others wait their turn, leaving the other cores to the reactor.
+PASSWORD_THREADS = 2
+
+
+class PasswordChecks:
+    """
+    Runs :func:`check_login` without holding up the reactor.
+
+    An scrypt check takes tens of milliseconds of CPU; on the reactor
+    thread every other request would wait for it. While this object is
+    started, such checks (a record, or the decoy for an unknown username,
+    of the scrypt scheme) run on a small thread pool of its own, separate
+    from the reactor's, so upstream DNS lookups never queue behind them.
+    SHA-256 checks take microseconds and stay on the calling thread, as
+    does every check while the pool is not started.
+
+    :param reactor: gets the results back from the pool's threads; the
+        pool is never used if ``None``.
+    :param decoys: the decoy records of unknown usernames.
+    :param threads: the most checks run at once.
+    """
+
+    def __init__(
+        self,
+        reactor: Any = None,
+        decoys: Optional[Decoys] = None,
+        threads: int = PASSWORD_THREADS,
+    ) -> None:
+        self.reactor = reactor
+        self.decoys = decoys if decoys is not None else Decoys()
+        self.pool = ThreadPool(0, threads, "metagateway-passwords")
+
+    def start(self) -> None:
+        """
+        Check scrypt passwords on the pool from now on.
+        """
+        if self.reactor is not None and not self.pool.started:
+            self.pool.start()
+
+    def stop(self) -> None:
+        """
+        Wait for the checks running on the pool, then stop it; checks run
+        on the calling thread again.
+        """
+        if self.pool.started:
+            self.pool.stop()
+
+    def check(self, record: Optional[AccountRecord], password: str) -> Deferred[bool]:
+        """
+        :func:`check_login` of ``record`` and ``password`` with this
+        object's decoys.
+
+        :return: a Deferred firing with whether ``password`` opens
+            ``record``, or failing with :class:`BadParameters`.
+        """
+        scheme = (record or self.decoys.record).scheme
+        if scheme == "scrypt" and self.pool.started:
+            return deferToThreadPool(
+                self.reactor, self.pool, check_login, record, password, self.decoys
+            )
+        return maybeDeferred(check_login, record, password, self.decoys)

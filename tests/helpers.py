@@ -9,13 +9,14 @@ import json
 import uuid
 from dataclasses import replace
 from io import BytesIO
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent, StubTreq
 
 from twisted.internet.task import Cooperator
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import IRequest
@@ -236,3 +237,43 @@ def assert_json(case: SynchronousTestCase, response: Any) -> None:
     case.assertEqual(
         response.headers.getRawHeaders(b"access-control-allow-origin"), [b"*"]
     )
+
+
+class FakeThreadPool:
+    """
+    A started thread pool whose work runs when the test says.
+    """
+
+    started = True
+
+    def __init__(self) -> None:
+        self.work: list[
+            tuple[Callable[..., None], Callable[..., Any], tuple[Any, ...]]
+        ] = []
+
+    def callInThreadWithCallback(
+        self, on_result: Callable[..., None], f: Callable[..., Any], *args: Any
+    ) -> None:
+        self.work.append((on_result, f, args))
+
+    def run(self) -> None:
+        """
+        Run the queued work, as the pool's threads would.
+        """
+        work, self.work = self.work, []
+        for on_result, f, args in work:
+            try:
+                result = f(*args)
+            except BaseException:
+                on_result(False, Failure())
+            else:
+                on_result(True, result)
+
+
+class ImmediateReactor:
+    """
+    Takes results back from the pool's threads at once.
+    """
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
+        f(*args)

@@ -149,6 +149,33 @@ class DaemonSecurityTests(TestCase):
 
         return ensureDeferred(go())
 
+    def test_scrypt_check_blocks_nothing(self) -> Deferred[None]:
+        """
+        While a slow scrypt password is being checked, the daemon keeps
+        answering other requests: the check runs off the reactor thread.
+        """
+        slow = {"n": 2**16, "r": 8, "p": 4, "dklen": 32}
+        DirectoryCredentialStore(self.accounts).store(
+            make_record("slow-user", PASSWORD, "admin", scheme="scrypt", params=slow)
+        )
+
+        async def go() -> None:
+            base = await self.start()
+            pending = ensureDeferred(self.login(base, "slow-user"))
+            answered = 0
+            while not pending.called:
+                response = await self.http.get(base + "/health")
+                await response.content()
+                self.assertEqual(response.code, 200)
+                answered += 1
+            response = await pending
+            self.assertEqual(response.code, 200, await response.content())
+            # On the reactor thread, the check would hold up every /health
+            # sent after the login arrived: one or two would get through.
+            self.assertGreater(answered, 10)
+
+        return ensureDeferred(go())
+
     def test_rotation_across_restart(self) -> Deferred[None]:
         """
         A token issued before a restart with a new secret is still accepted

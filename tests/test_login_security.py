@@ -33,7 +33,9 @@ from tests.helpers import (
     PASSWORD,
     SECRET,
     USERNAME,
+    FakeThreadPool,
     GatewayHarness,
+    ImmediateReactor,
     assert_json,
     assert_json_error,
     make_config,
@@ -720,6 +722,33 @@ class ScryptLoginTests(SecurityCase):
         self.assertEqual(decoys.record.scheme, "scrypt")
         self.assertEqual(dict(decoys.record.params), FAST)
         self.assert_denied(*self.login(h, "nobody-at-all", "pw"))
+
+    def test_checked_off_the_reactor(self) -> None:
+        """
+        While the gateway's service runs, an scrypt login is answered only
+        once the password pool has checked it, and other requests are
+        answered meanwhile.
+        """
+        record = make_record("scrypt-user", "pw", scheme="scrypt", params=FAST)
+        h = GatewayHarness(store=MemoryCredentialStore([record]))
+        pool = FakeThreadPool()
+        h.gateway.passwords.pool = pool  # type: ignore[assignment]
+        h.gateway.passwords.reactor = ImmediateReactor()
+        right = h.client.post(
+            "http://gateway.test/auth/login", data=login_body("scrypt-user", "pw")
+        )
+        wrong = h.client.post(
+            "http://gateway.test/auth/login", data=login_body("scrypt-user", "x")
+        )
+        h.flush()
+        self.assertNoResult(right)
+        self.assertNoResult(wrong)
+        self.assertEqual(len(pool.work), 2)
+        self.assertEqual(h.request(self, "GET", "/health")[0].code, 200)
+        pool.run()
+        response, body = h.finish(self, right)
+        self.assertEqual(response.code, 200, body)
+        self.assert_denied(*h.finish(self, wrong))
 
     def test_bad_parameters_fail_closed(self) -> None:
         """

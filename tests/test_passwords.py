@@ -17,6 +17,7 @@ from metagateway.passwords import (
     SCRYPT_DEFAULTS,
     BadParameters,
     Decoys,
+    PasswordChecks,
     check_login,
     check_password,
     make_record,
@@ -25,6 +26,7 @@ from metagateway.passwords import (
     scrypt_hash,
     sha256_hash,
 )
+from tests.helpers import FakeThreadPool, ImmediateReactor
 
 #: Cheap scrypt parameters, so the tests stay fast.
 FAST = {"n": 2**8, "r": 8, "p": 1, "dklen": 32}
@@ -266,3 +268,93 @@ class DecoyTests(SynchronousTestCase):
         record = AccountRecord("alice", "s", "x", scheme="scrypt", params={"n": 3})
         self.assertRaises(BadParameters, check_login, record, "pw", decoys)
         self.assertIs(decoys.record, DECOY_RECORD)
+
+
+class PasswordChecksTests(SynchronousTestCase):
+    """
+    :class:`PasswordChecks` checks scrypt passwords off the reactor thread
+    while started, SHA-256 ones (and everything while stopped) inline.
+    """
+
+    def setUp(self) -> None:
+        self.checks = PasswordChecks(ImmediateReactor())
+        self.pool = FakeThreadPool()
+        self.checks.pool = self.pool  # type: ignore[assignment]
+
+    def test_scrypt_on_pool(self) -> None:
+        """
+        An scrypt record is checked on the pool: nothing is known until
+        the pool has run the check.
+        """
+        record = make_record("alice", "pw", scheme="scrypt", params=FAST)
+        right = self.checks.check(record, "pw")
+        wrong = self.checks.check(record, "nope")
+        self.assertNoResult(right)
+        self.assertNoResult(wrong)
+        self.assertEqual(len(self.pool.work), 2)
+        self.pool.run()
+        self.assertIs(self.successResultOf(right), True)
+        self.assertIs(self.successResultOf(wrong), False)
+        # The decoys learned the record's parameters on the pool's thread.
+        self.assertEqual(self.checks.decoys.record.scheme, "scrypt")
+
+    def test_unknown_user_scrypt_decoy_on_pool(self) -> None:
+        """
+        Once the decoy is an scrypt record, an unknown username's check
+        goes to the pool too, as a known one's would.
+        """
+        self.checks.decoys.learn(make_record("a", "pw", scheme="scrypt", params=FAST))
+        checked = self.checks.check(None, "pw")
+        self.assertNoResult(checked)
+        self.pool.run()
+        self.assertIs(self.successResultOf(checked), False)
+
+    def test_sha256_inline(self) -> None:
+        """
+        SHA-256 records, and unknown usernames against the SHA-256 decoy,
+        are checked at once, without the pool.
+        """
+        record = make_record("alice", "pw")
+        self.assertIs(self.successResultOf(self.checks.check(record, "pw")), True)
+        self.assertIs(self.successResultOf(self.checks.check(record, "x")), False)
+        self.assertIs(self.successResultOf(self.checks.check(None, "pw")), False)
+        self.assertEqual(self.pool.work, [])
+
+    def test_inline_while_stopped(self) -> None:
+        """
+        While the pool is not started, scrypt records are checked at once.
+        """
+        self.pool.started = False
+        record = make_record("alice", "pw", scheme="scrypt", params=FAST)
+        self.assertIs(self.successResultOf(self.checks.check(record, "pw")), True)
+        self.assertEqual(self.pool.work, [])
+
+    def test_bad_parameters_fail(self) -> None:
+        """
+        Unusable parameters fail the Deferred with ``BadParameters``,
+        on the pool and inline alike.
+        """
+        record = AccountRecord("a", "salt", "hash", "admin", "scrypt", {"n": 3})
+        on_pool = self.checks.check(record, "pw")
+        self.pool.run()
+        self.failureResultOf(on_pool, BadParameters)
+        self.pool.started = False
+        self.failureResultOf(self.checks.check(record, "pw"), BadParameters)
+
+    def test_start_stop(self) -> None:
+        """
+        ``start`` and ``stop`` start and stop a real pool of its own (with
+        no thread until there is work); without a reactor it never starts.
+        """
+        checks = PasswordChecks(ImmediateReactor())
+        self.assertFalse(checks.pool.started)
+        checks.start()
+        self.addCleanup(checks.stop)
+        self.assertTrue(checks.pool.started)
+        self.assertEqual(checks.pool.max, 2)
+        checks.stop()
+        self.assertFalse(checks.pool.started)
+        checks.stop()
+        alone = PasswordChecks()
+        alone.start()
+        self.assertFalse(alone.pool.started)

@@ -609,6 +609,25 @@ class DrainTests(SynchronousTestCase):
         h.clock.advance(0.2)
         self.successResultOf(stopped)  # type: ignore[arg-type]
 
+    def test_password_pool_runs_with_service(self) -> None:
+        """
+        The gateway's password pool starts with its service and stops
+        only once the drain is over.
+        """
+        h = ChannelHarness()
+        service = h.gateway.service
+        pool = h.gateway.passwords.pool
+        self.assertFalse(pool.started)
+        service.startService()
+        self.addCleanup(h.gateway.passwords.stop)
+        self.assertTrue(pool.started)
+        h.send(get(b"/kv/a"))
+        stopped = service.stopService()
+        self.assertTrue(pool.started)
+        h.agent.calls[0].answer(FakeResponse(200, length=0)).finish()
+        self.successResultOf(stopped)  # type: ignore[arg-type]
+        self.assertFalse(pool.started)
+
     def test_answers_during_drain_close(self) -> None:
         """
         Answers finished while draining close their connection.
