@@ -5,6 +5,7 @@ command-line options and an environment mapping.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -100,7 +101,8 @@ class GatewayConfig:
     :ivar login_failures_per_user: failures per username per window; 0 = off.
     :ivar login_failures_per_address: failures per address per window; 0 = off.
     :ivar login_window: the sliding window in seconds.
-    :ivar trusted_proxies: peer addresses whose ``X-Forwarded-For`` is believed.
+    :ivar trusted_proxies: peer addresses and networks (CIDR) whose
+        ``X-Forwarded-For`` is believed.
     :ivar max_body: the largest request body proxied, in bytes; 0 = no limit.
     :ivar auth_max_body: the largest body the auth endpoints read.
     :ivar github: GitHub OAuth settings.
@@ -243,6 +245,14 @@ class GatewayConfig:
             ).split(",")
             if part.strip()
         )
+        for entry in trusted:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigurationError(
+                    "--trusted-proxies / METAGATEWAY_TRUSTED_PROXIES: %r is not "
+                    "an IP address or network" % (entry,)
+                ) from None
 
         return cls(
             jwt_secret=secret,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import re
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Container, Optional
 
 from treq.client import HTTPClient
 from zope.interface import implementer
@@ -42,7 +42,7 @@ from twisted.web.iweb import (
 from twisted.web.resource import IResource
 
 from metagateway.accesslog import AccessLog, RequestRecorder
-from metagateway.auth import AuthApp, client_address
+from metagateway.auth import AuthApp, TrustedProxies, client_address
 from metagateway.config import ConfigurationError, GatewayConfig
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.interfaces import ICredentialStore
@@ -366,8 +366,9 @@ class Gateway:
     :param metrics: this gateway's metrics; a fresh :class:`Metrics` if
         omitted (never shared with another gateway unless passed).
 
-    :raises ConfigurationError: when the secret is empty, or no store is
-        passed and ``config`` names none.
+    :raises ConfigurationError: when the secret is empty, a trusted proxy
+        is not an address or network, or no store is passed and ``config``
+        names none.
 
     :ivar resource: the root resource, to serve or mount under any path.
     :ivar service: the service owning the pool and the password-checking
@@ -441,13 +442,20 @@ class Gateway:
         )
         self.metrics = metrics if metrics is not None else Metrics()
         self.passwords = PasswordChecks(reactor)
+        try:
+            trusted: Container[str] = TrustedProxies(config.trusted_proxies)
+        except ValueError as e:
+            raise ConfigurationError("trusted_proxies: %s" % (e,)) from None
+        if not config.trusted_proxies:
+            # The usual case: each request's "in" is then a C-level test.
+            trusted = ()
         self.auth = AuthApp(
             self.tokens,
             MeasuredCredentialStore(self.store, self.metrics, reactor.seconds),
             self.throttle,
             reactor,
             config.auth_max_body,
-            config.trusted_proxies,
+            trusted,
             GitHubSignIn(
                 config.github,
                 http_client,
@@ -481,7 +489,7 @@ class Gateway:
             self.metrics,
             reactor.seconds,
             access_log,
-            partial(client_address, trusted_proxies=config.trusted_proxies),
+            partial(client_address, trusted_proxies=trusted),
         )
         self.in_flight = InFlight()
         self.resource: IResource = GatewayResource(

@@ -65,7 +65,8 @@ class Options(usage.Options):
             "trusted-proxies",
             None,
             None,
-            "Comma list of peer addresses whose X-Forwarded-For is believed.",
+            "Comma list of peer addresses or networks (CIDR) whose "
+            "X-Forwarded-For is believed.",
         ],
         [
             "max-body",

@@ -141,8 +141,22 @@ class FromOptionsTests(SynchronousTestCase):
             dict(BASE_ENV, METAGATEWAY_LOGIN_FAILURES_PER_USER="2.5"),
             dict(BASE_ENV, METAGATEWAY_CLOCK_SKEW="nan"),
             dict(BASE_ENV, KV_SERVICE_URL="ftp://kv"),
+            dict(BASE_ENV, METAGATEWAY_TRUSTED_PROXIES="10.0.0.1, lb.internal"),
+            dict(BASE_ENV, METAGATEWAY_TRUSTED_PROXIES="10.0.0.0/33"),
         ):
             e = self.assertRaises(
                 ConfigurationError, GatewayConfig.from_options, {}, env
             )
             self.assertNotIn("\n", str(e))
+
+    def test_trusted_proxies(self) -> None:
+        """
+        Trusted proxies are a comma list of addresses and CIDR networks,
+        kept as written (less spaces).
+        """
+        config = GatewayConfig.from_options(
+            {"trusted-proxies": " 10.0.0.7, 10.1.0.0/16 ,fd00::/8,"}, BASE_ENV
+        )
+        self.assertEqual(
+            config.trusted_proxies, ("10.0.0.7", "10.1.0.0/16", "fd00::/8")
+        )

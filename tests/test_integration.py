@@ -269,3 +269,18 @@ class RefusalTests(TestCase):
         return ensureDeferred(
             self._check({"GATEWAY_JWT_SECRET": SECRET}, "R2_ENDPOINT_URL")
         )
+
+    def test_bad_trusted_proxy(self) -> Deferred[None]:
+        """
+        A trusted proxy that is neither an address nor a network.
+        """
+        return ensureDeferred(
+            self._check(
+                {"GATEWAY_JWT_SECRET": SECRET},
+                "'lb.internal' is not an IP address or network",
+                "--accounts-dir",
+                self.mktemp(),
+                "--trusted-proxies",
+                "10.0.0.0/8,lb.internal",
+            )
+        )

@@ -18,6 +18,8 @@ from twisted.logger import globalLogPublisher
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
+from metagateway.auth import TrustedProxies
+from metagateway.config import ConfigurationError
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.interfaces import (
     AccountRecord,
@@ -381,6 +383,76 @@ class AddressTests(SecurityCase):
             )
         self.assert_throttled(*self.login(h, forwarded="2001:db8::abcd"), 60)
         self.assertEqual(self.login(h, forwarded="2001:db8:0:1::1")[0].code, 200)
+
+
+class TrustedProxiesTests(SecurityCase):
+    """
+    :class:`TrustedProxies`: which peers are trusted proxies.
+    """
+
+    def test_addresses_and_networks(self) -> None:
+        """
+        An address matches itself, however it is written; a network
+        matches every address in it; nothing else matches.
+        """
+        trusted = TrustedProxies(["10.0.0.7", "172.16.0.0/12", "fd00::/8", "::1"])
+        for host in (
+            "10.0.0.7",
+            "::ffff:10.0.0.7",
+            "172.16.0.1",
+            "172.31.255.254",
+            "::ffff:172.20.1.1",
+            "fd12:3456::1",
+            "FD00::1",
+            "[fd00::2]",
+            "::1",
+            "0:0:0:0:0:0:0:1",
+        ):
+            self.assertIn(host, trusted)
+        for host in (
+            "10.0.0.8",
+            "172.32.0.1",
+            "fe80::1",
+            "unix",
+            "",
+            "10.0.0.7, 10.0.0.8",
+            "not an address",
+        ):
+            self.assertNotIn(host, trusted)
+        self.assertTrue(trusted)
+        self.assertFalse(TrustedProxies([]))
+        self.assertNotIn("10.0.0.7", TrustedProxies([]))
+
+    def test_bad_entry(self) -> None:
+        """
+        An entry that is neither an address nor a network is refused, and
+        a gateway configured with one is not built.
+        """
+        self.assertRaises(ValueError, TrustedProxies, ["lb.internal"])
+        self.assertRaises(
+            ConfigurationError,
+            GatewayHarness,
+            config=make_config(trusted_proxies=("10.0.0.1", "lb.internal")),
+        )
+
+    def test_network_of_proxies(self) -> None:
+        """
+        Behind proxies named by a network, every hop in it is skipped and
+        the nearest address outside counts against the limit.
+        """
+        h = GatewayHarness(
+            config=make_config(trusted_proxies=("127.0.0.0/8", "10.0.0.0/24"))
+        )
+        for i in range(20):
+            self.assertEqual(
+                self.login(
+                    h, "user-%d" % (i,), "x", forwarded="203.0.113.5, 10.0.0.%d" % (i,)
+                )[0].code,
+                401,
+            )
+        response = self.login(h, forwarded="203.0.113.5, 10.0.0.200, 10.0.0.9")[0]
+        self.assertEqual(response.code, 429)
+        self.assertEqual(self.login(h, forwarded="203.0.113.6, 10.0.0.1")[0].code, 200)
 
 
 class BoundedStateTests(SecurityCase):
