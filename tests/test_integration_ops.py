@@ -70,32 +70,42 @@ def alive(pid: int) -> bool:
         return True
 
 
-class DaemonSetup:
+class DaemonCase(TestCase):
     """
-    An accounts directory and an upstream for the daemon.
-    """
-
-    def make_world(self, case: TestCase) -> dict[str, str]:
-        self.accounts, self.upstream, base = serve_world(case)
-        return {"GATEWAY_JWT_SECRET": SECRET, "BUILD_SERVICE_URL": base + "/svc"}
-
-
-class WorkersTests(DaemonSetup, TestCase):
-    """
-    ``--workers 2`` through the real daemon.
+    The daemon on an accounts directory and an upstream, started with
+    :attr:`options` before each test.
     """
 
-    timeout = 90
+    #: Daemon options after ``--accounts-dir``.
+    options: tuple[str, ...] = ()
 
     def setUp(self) -> Any:
         return ensureDeferred(self._start())
 
     async def _start(self) -> None:
         self.http = http_client(self)
-        env = self.make_world(self)
+        self.accounts, self.upstream, base = serve_world(self)
+        env = {"GATEWAY_JWT_SECRET": SECRET, "BUILD_SERVICE_URL": base + "/svc"}
         self.child, self.base = await start_daemon(
-            self, env, "--accounts-dir", self.accounts.path, "--workers", "2"
+            self, env, "--accounts-dir", self.accounts.path, *self.options
         )
+        await self.started()
+
+    async def started(self) -> None:
+        """
+        Called once the daemon listens.
+        """
+
+
+class WorkersTests(DaemonCase):
+    """
+    ``--workers 2`` through the real daemon.
+    """
+
+    timeout = 90
+    options = ("--workers", "2")
+
+    async def started(self) -> None:
         started = await wait_for(self.child, WORKER_STARTED, 2)
         self.pids = {int(m.group(1)): int(m.group(2)) for m in started}
         # Both workers listen (each logs the shared port).
@@ -171,29 +181,15 @@ class WorkersTests(DaemonSetup, TestCase):
         return ensureDeferred(go())
 
 
-class MetricsTests(DaemonSetup, TestCase):
+class MetricsTests(DaemonCase):
     """
     ``--metrics-listen`` and ``--access-log json`` through the real daemon.
     """
 
     timeout = 60
+    options = ("--metrics-listen", "tcp:0:interface=127.0.0.1", "--access-log", "json")
 
-    def setUp(self) -> Any:
-        return ensureDeferred(self._start())
-
-    async def _start(self) -> None:
-        self.http = http_client(self)
-        env = self.make_world(self)
-        self.child, self.base = await start_daemon(
-            self,
-            env,
-            "--accounts-dir",
-            self.accounts.path,
-            "--metrics-listen",
-            "tcp:0:interface=127.0.0.1",
-            "--access-log",
-            "json",
-        )
+    async def started(self) -> None:
         [match] = await wait_for(self.child, METRICS_PORT)
         self.metrics = "http://127.0.0.1:%d" % (int(match.group(1)),)
 
