@@ -180,6 +180,17 @@ class GatewayHarness:
         self.flush()
         return response, case.successResultOf(body_d)
 
+    def run_to_timeout(self, case: SynchronousTestCase, d: Any) -> None:
+        """
+        Let the upstream timeout pass, asserting that request ``d`` is not
+        answered a second before it.
+        """
+        timeout = self.gateway.config.upstream_timeout
+        self.clock.advance(timeout - 1)
+        self.flush()
+        case.assertNoResult(d)
+        self.clock.advance(1)
+
     def login(self, case: SynchronousTestCase, path: str = "/auth/login") -> str:
         """
         Log in as :data:`USERNAME` and return the token.

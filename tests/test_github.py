@@ -456,11 +456,7 @@ class GitHubSignInTests(SynchronousTestCase):
         """
         self.github.token.hang = True
         d = self.start()
-        timeout = self.harness.gateway.config.upstream_timeout
-        self.harness.clock.advance(timeout - 1)
-        self.harness.flush()
-        self.assertNoResult(d)
-        self.harness.clock.advance(1)
+        self.harness.run_to_timeout(self, d)
         response, body = self.finish(d)
         self.assert_failed(response, body)
         self.assertEqual(self.github.user.requests, [])
