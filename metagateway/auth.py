@@ -18,6 +18,7 @@ from twisted.web.iweb import IRequest
 
 from metagateway.accesslog import note_subject
 from metagateway.credentials.interfaces import (
+    MIN_USERNAME_CHARS,
     ICredentialStore,
     StoreUnavailable,
     UnknownAccount,
@@ -65,7 +66,9 @@ def read_json_body(request: IRequest, limit: int, route: str) -> Optional[Any]:
         raise too_large(route, limit)
     try:
         return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: nesting deeper than the parser goes (such as
+        # 64 KiB of "["), unreadable like any other bad JSON.
         return None
 
 
@@ -236,7 +239,12 @@ class AuthApp:
             failure,
             path=request.path.decode("latin-1"),
         )
-        return error_response(request, internal_error())
+        # Klein has moved the matched segments to the end of prepath:
+        # ``auth/login`` and ``auth/guest`` report under AUTH, the rest
+        # (``core/auth/login`` included) under CORE.
+        matched = request.prepath
+        auth = matched[-2:-1] == [b"auth"] and matched[-3:-2] != [b"core"]
+        return error_response(request, internal_error("AUTH" if auth else "CORE"))
 
     @app.route("/health", methods=["GET", "HEAD"])
     def health(self, request: IRequest) -> bytes:
@@ -306,7 +314,13 @@ class AuthApp:
             attempt.abandoned()
             log.warn("Unusable password parameters in an account record")
             raise store_unavailable(route) from None
-        if record is None or not matched:
+        if (
+            record is None
+            or not matched
+            # The record's own name becomes projectId, which needs as many
+            # characters as a login name does.
+            or len(record.username) < MIN_USERNAME_CHARS
+        ):
             raise GatewayError(401, "INVALID_CREDENTIALS", "Invalid credentials", route)
         attempt.succeeded()
         note_subject(request, record.username)

@@ -172,7 +172,7 @@ def _describe(error: BaseException) -> str:
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         document = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise GitHubFailure(f"{what} is not JSON") from None
     if not isinstance(document, dict):
         raise GitHubFailure(f"{what} is not a JSON object")

@@ -11,7 +11,7 @@ from typing import Any
 import jwt
 from zope.interface import implementer
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from metagateway.credentials.interfaces import (
@@ -46,6 +46,19 @@ class BrokenStore:
     def lookup(self, username: str) -> Deferred[AccountRecord]:
         self.lookups += 1
         return fail(self.error)
+
+
+@implementer(ICredentialStore)
+class OneRecordStore:
+    """
+    A store answering every lookup with ``record``.
+    """
+
+    def __init__(self, record: AccountRecord) -> None:
+        self.record = record
+
+    def lookup(self, username: str) -> Deferred[AccountRecord]:
+        return succeed(self.record)
 
 
 def login_body(username: Any = USERNAME, password: Any = PASSWORD) -> bytes:
@@ -192,10 +205,53 @@ class LoginTests(SynchronousTestCase):
         traceback in the answer.
         """
         h = GatewayHarness(store=BrokenStore(ZeroDivisionError("boom")))
-        response, body = h.request(self, "POST", "/auth/login", data=login_body())
-        assert_json_error(self, response, body, 500, "INTERNAL_ERROR")
-        self.assertNotIn(b"boom", body)
-        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        for path, route in (("/auth/login", "AUTH"), ("/core/auth/login", "CORE")):
+            response, body = h.request(self, "POST", path, data=login_body())
+            assert_json_error(self, response, body, 500, "INTERNAL_ERROR", route)
+            self.assertNotIn(b"boom", body)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
+
+    def test_deeply_nested_json(self) -> None:
+        """
+        JSON nested deeper than the parser goes (64 KiB of ``[``, or of
+        ``{"a":``) is unreadable JSON like any other: ``400
+        INVALID_REQUEST`` under the endpoint's route, not a 500.
+        """
+        for data in (b"[" * 60000, b'{"a":' * 12000):
+            for path, route in (("/auth/login", "AUTH"), ("/core/auth/login", "CORE")):
+                response, body = self.h.request(self, "POST", path, data=data)
+                assert_json_error(
+                    self,
+                    response,
+                    body,
+                    400,
+                    "INVALID_REQUEST",
+                    route,
+                    "Username and password are required",
+                )
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_record_username_too_short(self) -> None:
+        """
+        A record whose own ``username`` is shorter than a token's
+        ``projectId`` may be (4 characters) cannot log in: ``401
+        INVALID_CREDENTIALS``, as for a short login name, never a token
+        the gateway would then refuse.
+        """
+        record = make_record("ab", "pw")
+        h = GatewayHarness(store=OneRecordStore(record))
+        response, body = h.request(
+            self, "POST", "/auth/login", data=login_body("shortname", "pw")
+        )
+        assert_json_error(
+            self,
+            response,
+            body,
+            401,
+            "INVALID_CREDENTIALS",
+            "AUTH",
+            "Invalid credentials",
+        )
 
     def test_body_too_large(self) -> None:
         """
@@ -253,7 +309,14 @@ class GuestTests(SynchronousTestCase):
         No route, an unknown one, a non-string or unreadable JSON gives
         ``BUILD``.
         """
-        for data in (b"{}", b"", b"garbage", b'{"route":"nope"}', b'{"route":3}'):
+        for data in (
+            b"{}",
+            b"",
+            b"garbage",
+            b'{"route":"nope"}',
+            b'{"route":3}',
+            b"[" * 60000,
+        ):
             self.assertEqual(self.guest(data)["route"], "BUILD")
 
 

@@ -358,6 +358,7 @@ class GitHubSignInTests(SynchronousTestCase):
             b"not json",
             b"[]",
             b"",
+            b"[" * 60000,
         ):
             response, answer = self.sign_in(body)
             assert_json_error(
@@ -411,6 +412,7 @@ class GitHubSignInTests(SynchronousTestCase):
             (401, b"{}"),
             (200, b"<html>"),
             (200, b"[1]"),
+            (200, b"[" * 60000),
             (200, b'{"access_token":""}'),
             (200, b'{"access_token":5}'),
             (302, b'{"access_token":"x"}'),
