@@ -272,6 +272,35 @@ class RotationTests(AuthorityCase):
         authority = self.make(SECRET, previous_secrets=[OLD])
         self.refused(sign(claims(), OLD, key_id(SECRET)), authority)
 
+    def test_unknown_kid(self) -> None:
+        """
+        A token whose ``kid`` names no secret the gateway holds is tried
+        against every secret, like one without ``kid``: it verifies when
+        signed with the current or a listed previous secret, and is refused
+        otherwise.
+        """
+        authority = self.make(SECRET, previous_secrets=[OLD])
+        for kid in ("deadbeef", "", key_id(OLDER)):
+            for secret in (SECRET, OLD):
+                token = sign(claims(), secret, kid)
+                self.assertEqual(authority.verify(token).project_id, "alice")
+            self.refused(sign(claims(), OLDER, kid), authority)
+            self.refused(sign(claims(), STRANGER, kid), authority)
+
+    def test_unknown_kid_cached(self) -> None:
+        """
+        A verified token with an unknown ``kid`` is cached by its whole
+        text: the same header and claims under another secret are still
+        refused, and revoking the token holds for later checks.
+        """
+        token = sign(claims(), SECRET, "deadbeef")
+        self.authority.verify(token)
+        self.authority.verify(token)
+        self.refused(sign(claims(), STRANGER, "deadbeef"))
+        self.authority.revoke(self.authority.verify(token))
+        self.refused(token)
+        self.refused(sign(claims(), SECRET, kid=None))
+
     def test_kid_not_a_string(self) -> None:
         """
         A ``kid`` that is not a string is refused, not an error.
@@ -316,6 +345,17 @@ class AlgorithmTests(AuthorityCase):
                 {"alg": alg, "typ": "JWT", "kid": key_id(SECRET)},
             ):
                 self.refused(unsigned(claims(), header))
+
+    def test_unknown_kid_other_algorithms(self) -> None:
+        """
+        An unknown ``kid`` does not open the door to ``alg: none`` or to
+        another HMAC signed with the right secret.
+        """
+        for alg in ("none", "None"):
+            header = {"alg": alg, "typ": "JWT", "kid": "deadbeef"}
+            self.refused(unsigned(claims(), header))
+        for alg in ("HS384", "HS512"):
+            self.refused(sign(claims(), SECRET, "deadbeef", algorithm=alg))
 
     def test_other_hmac_refused(self) -> None:
         """
@@ -413,8 +453,8 @@ class TimeTests(AuthorityCase):
         """
         for overrides in (
             {"exp": None},
-            {"iat": None},
             {"exp": "9999999999"},
+            {"iat": str(NOW)},
             {"exp": True},
             {"iat": [NOW]},
             {"nbf": "0"},
@@ -426,6 +466,24 @@ class TimeTests(AuthorityCase):
             {"exp": 10**400},
         ):
             self.refused(sign(claims(**overrides)))
+        for name in ("exp", "iat"):
+            payload = claims()
+            payload[name] = None
+            self.refused(raw_sign({"alg": "HS256", "typ": "JWT"}, payload))
+
+    def test_without_iat(self) -> None:
+        """
+        ``iat`` is optional: a token without it verifies, and its ``exp``
+        and ``nbf`` are checked as for any other token.
+        """
+        self.authority.verify(sign(claims(iat=None)))
+        self.authority.verify(sign(claims(iat=None, jti=None), kid=None))
+        self.refused(sign(claims(iat=None, exp=NOW)))
+        self.refused(sign(claims(iat=None, nbf=NOW + 5)))
+        token = sign(claims(iat=None, jti="without-iat"))
+        self.authority.verify(token)
+        self.clock.advance(LIFETIME)
+        self.refused(token)
 
     def test_float_times(self) -> None:
         """
