@@ -29,7 +29,7 @@ from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import URI, FileBodyProducer, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
 from twisted.web.proxy import ReverseProxyResource
@@ -185,7 +185,8 @@ def upstream_headers(
 def copy_response_headers(response: IResponse, request: IRequest) -> None:
     """
     Copy an upstream's end-to-end response headers onto ``request``, and add
-    ``Access-Control-Allow-Origin: *`` unless the upstream set one.
+    ``Access-Control-Allow-Origin: *`` unless the upstream set one: the one
+    addition CONTRACT §5 allows.
     """
     named = connection_tokens(response.headers)
     dropped = (HOP_BY_HOP | named) if named else HOP_BY_HOP
@@ -196,8 +197,14 @@ def copy_response_headers(response: IResponse, request: IRequest) -> None:
         out.setRawHeaders(name, values)
     if not out.hasHeader(b"access-control-allow-origin"):
         out.setRawHeaders(b"Access-Control-Allow-Origin", [b"*"])
-    # The client parser keeps Content-Length out of ``headers``.
-    if isinstance(response.length, int) and request.method != b"HEAD":
+    # The client parser keeps Content-Length out of ``headers``. A 204 must
+    # not carry one, and a 304's would describe another answer's body, not
+    # the empty one Twisted's client reports.
+    if (
+        isinstance(response.length, int)
+        and request.method != b"HEAD"
+        and response.code not in NO_BODY_CODES
+    ):
         out.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])
 
 
@@ -504,7 +511,6 @@ class _Exchange(BodyListener):
         note_upstream(request, status=response.code)
         request.setResponseCode(response.code, response.phrase)
         copy_response_headers(response, request)
-        request.setHeader(b"X-Request-Id", self.request_id)
         self.relay = _BodyRelay(self)
         response.deliverBody(self.relay)
         return None

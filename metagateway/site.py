@@ -15,7 +15,7 @@ from twisted.web.http import Request as HTTPRequest
 from twisted.web.http import datetimeToString
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.server import version as server_version
 
 from metagateway.accesslog import RequestRecorder, note_route
@@ -251,7 +251,10 @@ class GatewayResource(Resource):
             request.setResponseCode(204)
             for name, value in PREFLIGHT_HEADERS:
                 request.setHeader(name, value)
-            return b""
+            # Finished here: returning b"" would have Twisted add the
+            # Content-Length a 204 must not carry.
+            request.finish()
+            return NOT_DONE_YET
         mount, segments = target.mount, target.segments
         if target.kind == "own":
             return self._delegate(self.auth, request, mount, segments, decode=True)

@@ -166,24 +166,25 @@ class RequestHeaderTests(SynchronousTestCase):
 
     def test_request_id_kept(self) -> None:
         """
-        An incoming ``X-Request-Id`` goes upstream and comes back.
+        An incoming ``X-Request-Id`` goes upstream. The answer's headers are
+        the upstream's: the gateway adds no ``X-Request-Id`` of its own.
         """
         headers = self.sent(b"X-Request-Id: abc-123\r\n")
         self.assertEqual(headers.getRawHeaders(b"x-request-id"), [b"abc-123"])
         self.h.agent.calls[0].answer(FakeResponse(200, length=0)).finish()
-        self.assertEqual(self.h.response().header(b"x-request-id"), b"abc-123")
+        self.assertIsNone(self.h.response().header(b"x-request-id"))
 
     def test_request_id_generated(self) -> None:
         """
-        Without one, an id is made, sent upstream and returned, even over
-        the upstream's own.
+        Without one, an id is made and sent upstream; an ``X-Request-Id``
+        the upstream answers with comes back unchanged.
         """
         headers = self.sent(b"")
         [sent_id] = headers.getRawHeaders(b"x-request-id")
         self.assertEqual(len(sent_id), 36)
         answer = Headers({b"X-Request-Id": [b"upstream-id"]})
         self.h.agent.calls[0].answer(FakeResponse(200, answer, length=0)).finish()
-        self.assertEqual(self.h.response().header(b"x-request-id"), sent_id)
+        self.assertEqual(self.h.response().header(b"x-request-id"), b"upstream-id")
 
     def test_gateway_headers(self) -> None:
         """
@@ -243,6 +244,26 @@ class ResponseHeaderTests(SynchronousTestCase):
         self.assertEqual((answer.code, answer.body), (418, b"body"))
         self.assertEqual(answer.header(b"content-length"), b"4")
         self.assertIn(b"418 Teapot", self.h.transport.value())
+
+    def test_no_body_codes_without_length(self) -> None:
+        """
+        A ``204`` or ``304`` comes back without a ``Content-Length`` (a 204
+        may not carry one; a 304's would describe another body) and without
+        a body, as the upstream sent it.
+        """
+        for code in (204, 304):
+            self.setUp()
+            headers = Headers({b"ETag": [b'"v1"']})
+            self.h.agent.calls[0].answer(
+                FakeResponse(code, headers=headers, length=0)
+            ).finish()
+            wire = self.h.transport.value()
+            self.assertTrue(wire.startswith(b"HTTP/1.1 %d " % (code,)), wire)
+            head, _, body = wire.partition(b"\r\n\r\n")
+            self.assertNotIn(b"content-length", head.lower())
+            self.assertNotIn(b"transfer-encoding", head.lower())
+            self.assertIn(b'ETag: "v1"', head)
+            self.assertEqual(body, b"")
 
     def test_cors_added_or_kept(self) -> None:
         """

@@ -330,6 +330,8 @@ class DispatchTests(SynchronousTestCase):
             self.assertEqual(
                 headers.getRawHeaders(b"access-control-max-age"), [b"86400"]
             )
+            # A 204 carries no Content-Length.
+            self.assertIsNone(headers.getRawHeaders(b"content-length"))
         self.assertEqual(h.upstream.requests, [])  # type: ignore[attr-defined]
 
     def test_not_found(self) -> None:

@@ -1024,6 +1024,21 @@ class ProcessTests(SynchronousTestCase):
         [call] = h.agent.calls
         self.assertTrue(call.uri.endswith(b"/a%2Fb/c?x=1"), call.uri)
 
+    def test_preflight_bytes(self) -> None:
+        """
+        A preflight's ``204`` on the wire: the CORS headers, no
+        ``Content-Length`` (a 204 may not carry one), no body.
+        """
+        h = ChannelHarness()
+        h.send(b"OPTIONS /build/x HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        wire = h.transport.value()
+        head, _, body = wire.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 204 "), head)
+        self.assertIn(b"Access-Control-Max-Age: 86400", head)
+        self.assertNotIn(b"content-length", head.lower())
+        self.assertEqual(body, b"")
+        self.assertEqual(h.agent.calls, [])
+
     def test_star_target(self) -> None:
         """
         ``OPTIONS *`` still goes through Twisted's own handling: an empty
