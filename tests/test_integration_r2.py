@@ -312,13 +312,20 @@ class R2DaemonTests(TestCase):
         """
         Start a daemon reading from moto; return its base URL.
         """
+        _, base = await self.start_child(**overrides)
+        return base
+
+    async def start_child(self, **overrides: str) -> tuple[Any, str]:
+        """
+        Start a daemon reading from moto; return the child (its output
+        collected) and its base URL.
+        """
         from tests.daemon import start_daemon
 
         environ = self.server.environ()
         environ.update(overrides)
         environ["GATEWAY_JWT_SECRET"] = SECRET
-        _, base = await start_daemon(self, environ)
-        return base
+        return await start_daemon(self, environ)
 
     async def login(self, base: str, username: str, password: str) -> tuple[int, Any]:
         response = await self.client.post(
@@ -360,6 +367,32 @@ class R2DaemonTests(TestCase):
             self.assertEqual(body["code"], "CREDENTIAL_STORE_UNAVAILABLE")
             self.assertNotIn("token", body)
             self.assertNotIn("wrong-secret-key", json.dumps(body))
+
+        return ensureDeferred(go())
+
+    def test_missing_bucket(self) -> Deferred[None]:
+        """
+        A daemon whose ``R2_BUCKET`` names a bucket moto does not have
+        (``404 NoSuchBucket``) answers a login ``503
+        CREDENTIAL_STORE_UNAVAILABLE`` (route ``AUTH``), not ``401``: a
+        misconfigured store must not look like wrong passwords. Its output
+        names the bucket and never the secret key.
+        """
+
+        async def go() -> None:
+            child, base = await self.start_child(R2_BUCKET="no-such-bucket-here")
+            for username in ("operator", "nobody"):
+                status, body = await self.login(base, username, "op pass")
+                self.assertEqual(status, 503, body)
+                self.assertEqual(body["code"], "CREDENTIAL_STORE_UNAVAILABLE")
+                self.assertEqual(body["route"], "AUTH")
+                self.assertNotIn("token", body)
+            secret = self.server.secret_access_key.encode("utf-8")
+            self.assertTrue(secret)
+            self.assertIn(b"no-such-bucket-here", child.output)
+            self.assertIn(b"NoSuchBucket", child.output)
+            self.assertNotIn(secret, child.output)
+            self.assertNotIn(b"Traceback", child.output)
 
         return ensureDeferred(go())
 

@@ -16,7 +16,7 @@ from zope.interface.verify import verifyObject
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseNeverReceived
@@ -37,6 +37,7 @@ from metagateway.credentials.r2 import (
 )
 from metagateway.passwords import check_password, make_record
 from tests.fakes3 import HANG, SETTINGS, FakeS3, RefusingClient
+from tests.helpers import GatewayHarness, assert_json_error
 
 # The examples in AWS's "Signature Calculations for the Authorization
 # Header: Transferring Payload in a Single Chunk (AWS Signature Version 4)"
@@ -282,6 +283,129 @@ class R2StoreTests(SynchronousTestCase):
         self.failureResultOf(self.store.lookup("nobody"), UnknownAccount)
         self.assertEqual(self.s3.methods(), ["GET"])
 
+    def missing_bucket_store(self) -> R2CredentialStore:
+        """
+        A store whose bucket the fake does not have (it answers ``404
+        NoSuchBucket``, as S3 and R2 do).
+        """
+        settings = R2Settings(
+            SETTINGS.endpoint_url,
+            SETTINGS.access_key_id,
+            SETTINGS.secret_access_key,
+            "no-such-bucket",
+            SETTINGS.region,
+        )
+        return self.make_store(settings)
+
+    def assertBucketNamed(self, failure: Failure) -> None:
+        """
+        ``failure``'s message and one logged error name the missing bucket
+        and its S3 error code; no secret is shown anywhere.
+        """
+        self.assertIn("no-such-bucket", str(failure.value))
+        self.assertIn("404 NoSuchBucket", str(failure.value))
+        logged = [
+            event
+            for event in self.events
+            if event.get("bucket") == "no-such-bucket"
+            and event["log_level"] == LogLevel.error
+        ]
+        self.assertTrue(logged, self.events)
+        self.assertIn("no-such-bucket", formatEvent(logged[-1]))
+        self.assertNoSecretShown(str(failure.value), repr(failure.value))
+
+    def test_lookup_no_such_bucket(self) -> None:
+        """
+        A ``404 NoSuchBucket`` (a bucket name that is wrong) is
+        :class:`StoreUnavailable` naming the bucket, never
+        :class:`UnknownAccount`: a misconfigured store must not look like
+        wrong passwords. It is not retried.
+        """
+        store = self.missing_bucket_store()
+        self.put("alice", make_record("alice", "pw").to_json())
+        failure = self.failureResultOf(store.lookup("alice"), StoreUnavailable)
+        self.assertNotIsInstance(failure.value, UnreadableRecord)
+        self.assertBucketNamed(failure)
+        self.assertEqual(self.s3.methods(), ["GET"])
+
+    def test_no_such_bucket_every_operation(self) -> None:
+        """
+        Writing, removing and listing in a bucket that does not exist are
+        :class:`StoreUnavailable` naming the bucket too; removing asks a
+        GET after the HEAD's bodiless 404, and sends no DELETE.
+        """
+        store = self.missing_bucket_store()
+        self.failureResultOf(store.store(make_record("alice", "pw")), StoreUnavailable)
+        failure = self.failureResultOf(store.remove("alice"), StoreUnavailable)
+        self.assertBucketNamed(failure)
+        failure = self.failureResultOf(store.usernames(), StoreUnavailable)
+        self.assertBucketNamed(failure)
+        self.assertEqual(self.s3.methods(), ["PUT", "HEAD", "GET", "GET"])
+
+    def test_lookup_not_found_without_no_such_key(self) -> None:
+        """
+        Only a ``404`` whose S3 error document says ``NoSuchKey`` is an
+        unknown account. A ``404`` with no body, a body that is not an S3
+        error document (an endpoint that is not S3), another code, or a
+        ``NoSuchKey`` smuggled in through an entity or a DOCTYPE is
+        :class:`StoreUnavailable`.
+        """
+        doctype = (
+            b'<?xml version="1.0"?><!DOCTYPE Error [<!ENTITY c "NoSuchKey">]>'
+            b"<Error><Code>&c;</Code></Error>"
+        )
+        for body in (
+            b"",
+            b"<html><body>404 Not Found</body></html>",
+            b"Not Found",
+            b"<Error><Code>NoSuchUpload</Code></Error>",
+            b"<Error><Code>NoSuchBucket</Code></Error>",
+            b"<NotAnError><Code>NoSuchKey</Code></NotAnError>",
+            b"<Error><Code>NoSuchKey</Code>",
+            doctype,
+            doctype.replace(b"DOCTYPE", b"doctype"),
+            b"\xff\xfe" + doctype.decode("ascii").encode("utf-16-le"),
+            '<?xml version="1.0" encoding="UTF-16"?>'
+            "<Error><Code>NoSuchKey</Code></Error>".encode("utf-16"),
+        ):
+            self.s3.faults.append((404, body))
+            self.failureResultOf(self.store.lookup("alice"), StoreUnavailable)
+
+    def test_lookup_no_such_key_forms(self) -> None:
+        """
+        ``NoSuchKey`` is recognised in the forms S3 and R2 send it: with or
+        without an XML declaration, with a message, request id or the S3
+        namespace.
+        """
+        for body in (
+            b"<Error><Code>NoSuchKey</Code></Error>",
+            b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</Code>'
+            b"<Message>The specified key does not exist.</Message>"
+            b"<Key>auth/admins/alice.json</Key><RequestId>1</RequestId></Error>",
+            b'<Error xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            b"<Code>NoSuchKey</Code></Error>",
+        ):
+            self.s3.faults.append((404, body))
+            self.failureResultOf(self.store.lookup("alice"), UnknownAccount)
+
+    def test_login_no_such_bucket(self) -> None:
+        """
+        Through the gateway, a login against a bucket that does not exist
+        is ``503 CREDENTIAL_STORE_UNAVAILABLE`` (route ``AUTH``), not
+        ``401 INVALID_CREDENTIALS``.
+        """
+        h = GatewayHarness(store=self.missing_bucket_store())
+        response, body = h.request(
+            self,
+            "POST",
+            "/auth/login",
+            data=json.dumps({"username": "alice", "password": "pw"}).encode(),
+        )
+        assert_json_error(
+            self, response, body, 503, "CREDENTIAL_STORE_UNAVAILABLE", "AUTH"
+        )
+        self.assertNoSecretShown(body.decode("utf-8"))
+
     def test_lookup_invalid_name(self) -> None:
         """
         A name that could escape its key is never looked up.
@@ -321,10 +445,11 @@ class R2StoreTests(SynchronousTestCase):
     def test_remove_unknown(self) -> None:
         """
         Removing a missing record is :class:`UnknownAccount` and sends no
-        DELETE (S3's DELETE succeeds for missing keys).
+        DELETE (S3's DELETE succeeds for missing keys): the HEAD's 404 is
+        confirmed by a GET answering ``NoSuchKey``.
         """
         self.failureResultOf(self.store.remove("nobody"), UnknownAccount)
-        self.assertEqual(self.s3.methods(), ["HEAD"])
+        self.assertEqual(self.s3.methods(), ["HEAD", "GET"])
 
     def test_usernames_paginated(self) -> None:
         """
@@ -364,6 +489,38 @@ class R2StoreTests(SynchronousTestCase):
             (200, b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>')
         )
         self.failureResultOf(self.store.usernames(), StoreUnavailable)
+
+    def test_usernames_doctype_in_other_encoding(self) -> None:
+        """
+        A listing in UTF-16 cannot hide a DOCTYPE from the check: anything
+        but UTF-8 is :class:`StoreUnavailable`.
+        """
+        listing = (
+            '<?xml version="1.0" encoding="UTF-16"?>'
+            '<!DOCTYPE x [<!ENTITY a "auth/admins/mallory.json">]>'
+            '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            "<IsTruncated>false</IsTruncated>"
+            "<Contents><Key>&a;</Key></Contents></ListBucketResult>"
+        )
+        self.s3.faults.append((200, listing.encode("utf-16")))
+        self.failureResultOf(self.store.usernames(), StoreUnavailable)
+
+    def test_usernames_deeply_nested(self) -> None:
+        """
+        A listing nested deeply (within its size cap) is searched along
+        ``ListBucketResult/Contents/Key`` only: no names, and no
+        ``RecursionError`` (a recursive search overflows on PyPy).
+        """
+        depth = 100000
+        listing = (
+            b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            + b"<Contents>" * depth
+            + b"<Key>auth/admins/deep.json</Key>"
+            + b"</Contents>" * depth
+            + b"<IsTruncated>false</IsTruncated></ListBucketResult>"
+        )
+        self.s3.faults.append((200, listing))
+        self.assertEqual(self.successResultOf(self.store.usernames()), [])
 
     def test_wrong_secret(self) -> None:
         """
@@ -563,6 +720,21 @@ class R2StoreTests(SynchronousTestCase):
             b"[1, 2]",
             b'{"salt": "x"}',
             b'{"salt": "x", "hash": "y", "role": 7}',
+        ):
+            self.put("alice", data)
+            self.failureResultOf(self.store.lookup("alice"), UnreadableRecord)
+
+    def test_deeply_nested_record(self) -> None:
+        """
+        A record of JSON nested deeper than the parser goes is
+        :class:`UnreadableRecord` (``503`` at login), not a
+        ``RecursionError`` (a ``500``).
+        """
+        for data in (
+            b"[" * 1000,
+            b"[" * 60000 + b"]" * 60000,
+            b'{"a":' + b"[" * 60000,
+            b'{"salt": "s", "hash": "h", "params": ' + b'{"a":' * 12000,
         ):
             self.put("alice", data)
             self.failureResultOf(self.store.lookup("alice"), UnreadableRecord)

@@ -5,6 +5,7 @@ The credential-store interface, the account record, and its failures.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -75,6 +76,41 @@ def record_key(username: str) -> str:
     return "auth/admins/%s.json" % (username,)
 
 
+def _refuse_constant(name: str) -> Any:
+    """
+    Refuse ``NaN``, ``Infinity`` and ``-Infinity``, which Python's JSON
+    parser accepts but JSON does not have.
+
+    :raises ValueError: always.
+    """
+    raise ValueError("not JSON: %s" % (name,))
+
+
+def _finite_float(text: str) -> float:
+    """
+    A JSON number with a fraction or exponent, refused when it is too large
+    to be finite (``1e400``).
+
+    :raises ValueError: for a number that is not finite.
+    """
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _is_utf8(value: str) -> bool:
+    """
+    Whether ``value`` can be encoded as UTF-8 (JSON's ``\\ud800`` escapes
+    give lone surrogates, which cannot).
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class AccountRecord:
     """
@@ -100,14 +136,28 @@ class AccountRecord:
         """
         Parse a stored record.
 
+        Everything that can go wrong with stored bytes is
+        :class:`UnreadableRecord`, never another exception: bytes that are
+        not UTF-8, not JSON (``NaN`` and ``Infinity`` included, and numbers
+        too large to be finite), JSON nested too deeply for the parser
+        (``RecursionError``), a document that is not an object, and fields
+        of the wrong type or holding strings that cannot be encoded as
+        UTF-8 (lone surrogates, which would fail later, mid-login).
+
         :param data: the stored bytes.
         :param username: the name the record was looked up under.
         :raises UnreadableRecord: if ``data`` is not a well-formed record.
         """
         try:
-            document = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+            document = json.loads(
+                data.decode("utf-8"),
+                parse_constant=_refuse_constant,
+                parse_float=_finite_float,
+            )
+        except (UnicodeDecodeError, ValueError, TypeError):
             raise UnreadableRecord("record is not JSON") from None
+        except RecursionError:
+            raise UnreadableRecord("record is JSON nested too deeply") from None
         if not isinstance(document, dict):
             raise UnreadableRecord("record is not a JSON object")
         salt = document.get("salt")
@@ -126,6 +176,8 @@ class AccountRecord:
             raise UnreadableRecord("record has a bad role")
         if scheme not in ("sha256", "scrypt") or not isinstance(params, dict):
             raise UnreadableRecord("record has an unknown scheme")
+        if not all(_is_utf8(text) for text in (name, salt, stored_hash, role)):
+            raise UnreadableRecord("record holds text that is not UTF-8")
         return cls(name, salt, stored_hash, role, scheme, dict(params))
 
     def to_json(self) -> bytes:

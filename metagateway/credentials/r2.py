@@ -9,9 +9,11 @@ every call is a :class:`Deferred` driven by the injected reactor.
 
 Faults map onto the two failures of
 :class:`~metagateway.credentials.interfaces.ICredentialStore`: a missing
-object is :class:`UnknownAccount`; anything else that stops the store from
-answering (refused signature, timeouts, connection errors and 5xx after a
-few retries, unreadable records) is :class:`StoreUnavailable`.
+object (a ``404`` whose error document says ``NoSuchKey``) is
+:class:`UnknownAccount`; anything else that stops the store from answering
+(a missing bucket or any other ``404``, refused signature, timeouts,
+connection errors and 5xx after a few retries, unreadable records) is
+:class:`StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ MAX_LISTING_PAGES = 10000
 SIGV4_TIMESTAMP = "%Y%m%dT%H%M%SZ"
 
 _S3_NAMESPACE = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+#: Where ListObjectsV2 puts each key, below its ListBucketResult.
+_CONTENTS_KEY = "%sContents/%sKey" % (_S3_NAMESPACE, _S3_NAMESPACE)
 
 #: Failures of the connection (not of the store's answer) that are retried.
 _CONNECTION_ERRORS = (
@@ -205,11 +210,17 @@ def _is_cancellation(error: BaseException) -> bool:
 
 def _error_code(body: bytes) -> str:
     """
-    The ``<Code>`` of an S3 error document, or ``""``.
+    The ``<Code>`` of an S3 error document (``<Error><Code>NoSuchKey</Code>
+    ...</Error>``), letters and digits only, or ``""`` when ``body`` is not
+    such a document.
+
+    :param body: the answer's body, already read up to its cap.
     """
     try:
         root = _parse_xml(body)
     except StoreUnavailable:
+        return ""
+    if root.tag not in ("Error", _S3_NAMESPACE + "Error"):
         return ""
     code = root.findtext("Code") or root.findtext(_S3_NAMESPACE + "Code") or ""
     return "".join(c for c in code[:64] if c.isalnum())
@@ -217,15 +228,27 @@ def _error_code(body: bytes) -> str:
 
 def _parse_xml(body: bytes) -> ElementTree.Element:
     """
-    Parse an XML document from the store, refusing document type
-    declarations (no entity expansion).
+    Parse an XML document from the store.
 
-    :raises StoreUnavailable: if it is not well-formed or has a DOCTYPE.
+    The body has already been read up to a cap (see :meth:`R2CredentialStore
+    ._call`). It must be UTF-8, as S3 and R2 send it: the text is checked,
+    then parsed as text, so an encoding declaration or byte-order mark
+    cannot hide a document type declaration from the check. Without one, a
+    document cannot declare entities, so nothing is expanded or fetched.
+
+    :param body: the bytes of the answer.
+    :raises StoreUnavailable: if it is not UTF-8, not well-formed, or has
+        a DOCTYPE or ENTITY declaration.
     """
-    if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StoreUnavailable("R2 answered XML that is not UTF-8") from None
+    upper = text.upper()
+    if "<!DOCTYPE" in upper or "<!ENTITY" in upper:
         raise StoreUnavailable("R2 answered an XML document with a DOCTYPE")
     try:
-        return ElementTree.fromstring(body)  # noqa: S314 (DOCTYPE refused above)
+        return ElementTree.fromstring(text)  # noqa: S314 (DOCTYPE refused above)
     except ElementTree.ParseError:
         raise StoreUnavailable("R2 answered XML that cannot be parsed") from None
 
@@ -280,9 +303,9 @@ class R2CredentialStore:
         Read ``username``'s record with a ``GET``.
 
         :return: a Deferred firing with the :class:`AccountRecord`, failing
-            with :class:`UnknownAccount` (no such object, or a name that
-            is never looked up) or :class:`StoreUnavailable` (including
-            :class:`UnreadableRecord`).
+            with :class:`UnknownAccount` (a ``404`` ``NoSuchKey``, or a name
+            that is never looked up) or :class:`StoreUnavailable` (any other
+            ``404``, such as ``NoSuchBucket``; :class:`UnreadableRecord`).
         """
         return self._bounded(self._lookup(username))
 
@@ -299,7 +322,9 @@ class R2CredentialStore:
     def remove(self, username: str) -> Deferred[None]:
         """
         Delete ``username``'s record: a ``HEAD`` (S3's ``DELETE`` succeeds
-        for missing keys too), then a ``DELETE``.
+        for missing keys too), then a ``DELETE``. A ``404`` to the ``HEAD``
+        is asked again with a ``GET``, whose error document tells a missing
+        record (``NoSuchKey``) from a missing bucket.
 
         :return: a Deferred firing with ``None``, failing with
             :class:`UnknownAccount` or :class:`StoreUnavailable`.
@@ -325,6 +350,7 @@ class R2CredentialStore:
             "GET", self._object_path(username), cap=MAX_RECORD_BYTES
         )
         if answer.status == 404:
+            self._expect_no_such_key(answer, "GET")
             raise UnknownAccount(username)
         self._expect(answer, "GET", 200)
         return AccountRecord.from_json(answer.body, username)
@@ -344,12 +370,19 @@ class R2CredentialStore:
         if not is_valid_username(username):
             raise UnknownAccount(username)
         path = self._object_path(username)
-        answer = await self._call("HEAD", path)
+        what = "HEAD"
+        answer = await self._call(what, path)
         if answer.status == 404:
-            raise UnknownAccount(username)
-        self._expect(answer, "HEAD", 200)
+            # A HEAD answer has no body to say why; a GET's does.
+            what = "GET"
+            answer = await self._call(what, path, cap=MAX_RECORD_BYTES)
+            if answer.status == 404:
+                self._expect_no_such_key(answer, what)
+                raise UnknownAccount(username)
+        self._expect(answer, what, 200)
         answer = await self._call("DELETE", path)
         if answer.status == 404:
+            self._expect_no_such_key(answer, "DELETE")
             raise UnknownAccount(username)
         self._expect(answer, "DELETE", 200, 204)
 
@@ -366,7 +399,10 @@ class R2CredentialStore:
             )
             self._expect(answer, "LIST", 200)
             root = _parse_xml(answer.body)
-            for key in root.iter(_S3_NAMESPACE + "Key"):
+            # Only ListBucketResult/Contents/Key: a path, not a recursive
+            # search, so a deeply nested answer cannot exhaust the stack
+            # (ElementTree's pure-Python iter() recurses, as on PyPy).
+            for key in root.iterfind(_CONTENTS_KEY):
                 name = (key.text or "")[len(RECORD_PREFIX) :]
                 if (key.text or "").startswith(RECORD_PREFIX) and name.endswith(
                     ".json"
@@ -416,17 +452,43 @@ class R2CredentialStore:
         """
         Raise :class:`StoreUnavailable` unless ``answer`` has one of
         ``statuses``.
+
+        The message names the status and the S3 error code (never a key or
+        secret); a bucket that does not exist is named, and logged, since
+        that is a mistake in the configuration rather than an outage.
         """
         if answer.status in statuses:
             return
         code = _error_code(answer.body) if answer.body else ""
         if answer.status == 403:
             reason = "R2 refused our credentials or clock"
+        elif code == "NoSuchBucket":
+            self.log.error(
+                "R2 bucket {bucket!r} does not exist at the configured endpoint"
+                " (R2_BUCKET): every lookup fails until it does",
+                bucket=self._settings.bucket,
+            )
+            reason = "R2 has no bucket %r" % (self._settings.bucket,)
         else:
             reason = "R2 answered an unexpected status"
         raise StoreUnavailable(
             "%s (%s %d%s)" % (reason, what, answer.status, " " + code if code else "")
         )
+
+    def _expect_no_such_key(self, answer: _Answer, what: str) -> None:
+        """
+        Check that a ``404`` answer says the object is missing.
+
+        Only S3's ``NoSuchKey`` error document means that: a ``404`` for a
+        bucket that does not exist (``NoSuchBucket``), with another code, or
+        with no error document at all (an endpoint that is not S3) is not
+        evidence that an account is absent, so it is never
+        :class:`UnknownAccount`.
+
+        :raises StoreUnavailable: unless the answer's code is ``NoSuchKey``.
+        """
+        if _error_code(answer.body) != "NoSuchKey":
+            self._expect(answer, what)
 
     async def _call(
         self,
