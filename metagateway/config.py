@@ -18,6 +18,13 @@ SERVICE_VARIABLES = {
 }
 
 
+#: The refusal when neither credential store is configured.
+NO_STORE = (
+    "no credential store: give --accounts-dir (or METAGATEWAY_ACCOUNTS_DIR) "
+    "or set R2_ENDPOINT_URL"
+)
+
+
 class ConfigurationError(Exception):
     """
     The configuration cannot run a gateway; the message names what is
@@ -195,8 +202,13 @@ class GatewayConfig:
             return int(value)
 
         secret = environ.get("GATEWAY_JWT_SECRET", "")
+        accounts_dir = pick("accounts-dir", "METAGATEWAY_ACCOUNTS_DIR", None)
+        no_store = not accounts_dir and not environ.get("R2_ENDPOINT_URL")
         if not secret:
-            raise ConfigurationError("GATEWAY_JWT_SECRET is not set")
+            # One line naming everything missing, not just the first.
+            raise ConfigurationError(
+                "GATEWAY_JWT_SECRET is not set" + ("; " + NO_STORE if no_store else "")
+            )
         previous = tuple(
             s.strip()
             for s in environ.get("GATEWAY_JWT_PREVIOUS_SECRETS", "").split(",")
@@ -215,17 +227,12 @@ class GatewayConfig:
                 part.strip() for part in listen_env.split(",") if part.strip()
             ) or ("tcp:8080",)
 
-        accounts_dir = pick("accounts-dir", "METAGATEWAY_ACCOUNTS_DIR", None)
         r2 = None
+        if no_store:
+            raise ConfigurationError(NO_STORE)
         if not accounts_dir:
             accounts_dir = None
-            if environ.get("R2_ENDPOINT_URL"):
-                r2 = R2Settings.from_environ(environ)
-            else:
-                raise ConfigurationError(
-                    "no credential store: give --accounts-dir "
-                    "(or METAGATEWAY_ACCOUNTS_DIR) or set R2_ENDPOINT_URL"
-                )
+            r2 = R2Settings.from_environ(environ)
 
         services = {}
         for route, variable in SERVICE_VARIABLES.items():

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, NoReturn, Optional, TypeVar
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
+from twisted.internet.error import CannotListenError
+from twisted.logger import LoggingFile
 from twisted.python import usage
 
 from metagateway.config import ConfigurationError, GatewayConfig
@@ -111,10 +113,42 @@ class Options(usage.Options):
         self["listen"].append(description)
 
 
-def _fail(message: str) -> None:
-    sys.stderr.write("metagateway: %s\n" % (message,))
+def _fail(message: str) -> NoReturn:
+    line = "metagateway: %s\n" % (message,)
+    sys.stderr.write(line)
     sys.stderr.flush()
+    original = sys.__stderr__
+    if original is not None and isinstance(sys.stderr, LoggingFile):
+        # Once twistd has started logging, sys.stderr feeds its log: the
+        # line is in the log, and goes to the real stderr as well.
+        original.write(line)
+        original.flush()
     raise SystemExit(1)
+
+
+_T = TypeVar("_T")
+
+
+def _bound(bind: Callable[[], _T]) -> _T:
+    """
+    ``bind()``; a port that cannot be bound (in use, not permitted) ends the
+    start with one line on stderr instead of ``twistd``'s traceback.
+    """
+    try:
+        return bind()
+    except CannotListenError as e:
+        _fail(str(e).rstrip("."))
+
+
+class _Daemon(MultiService):
+    """
+    The single-process daemon's services: its ports are bound when
+    ``twistd`` starts it (before dropping privileges), through
+    :func:`_bound`.
+    """
+
+    def privilegedStartService(self) -> None:
+        _bound(super().privilegedStartService)
 
 
 def _stop_on_sigint() -> None:
@@ -186,7 +220,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
         access_log=access_log,
         metrics=Metrics(worker=process.worker_index),
     )
-    top = MultiService()
+    top = _Daemon()
     gateway.service.setServiceParent(top)
     site = GatewaySite(gateway.resource)
     site.max_header_bytes = config.max_header_bytes
@@ -257,6 +291,6 @@ def _supervisor(
         partial(worker_argv, options, flags, parameters, process.metrics_listen),
         worker_environ(environ),
         process.workers,
-        partial(bind_sockets, reactor, config.listen),
+        partial(_bound, partial(bind_sockets, reactor, config.listen)),
         config.drain_timeout + KILL_MARGIN,
     )

@@ -104,6 +104,28 @@ class FromOptionsTests(SynchronousTestCase):
         self.assertIn("--accounts-dir", str(e))
         self.assertIn("R2_ENDPOINT_URL", str(e))
 
+    def test_missing_secret_and_store(self) -> None:
+        """
+        With neither the secret nor a store, the one line names both.
+        """
+        e = self.assertRaises(ConfigurationError, GatewayConfig.from_options, {}, {})
+        self.assertEqual(
+            str(e),
+            "GATEWAY_JWT_SECRET is not set; no credential store: give "
+            "--accounts-dir (or METAGATEWAY_ACCOUNTS_DIR) or set R2_ENDPOINT_URL",
+        )
+        self.assertNotIn(
+            "no credential store",
+            str(
+                self.assertRaises(
+                    ConfigurationError,
+                    GatewayConfig.from_options,
+                    {},
+                    {"R2_ENDPOINT_URL": "https://r2.test"},
+                )
+            ),
+        )
+
     def test_r2_selected_and_incomplete(self) -> None:
         """
         R2 is used when ``R2_ENDPOINT_URL`` is set and no directory is given;

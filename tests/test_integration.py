@@ -284,3 +284,42 @@ class RefusalTests(TestCase):
                 "10.0.0.0/8,lb.internal",
             )
         )
+
+    def test_no_secret_no_store(self) -> Deferred[None]:
+        """
+        Neither: the one line names both.
+        """
+
+        async def go() -> None:
+            await self._start_refused({})
+            self.assertIn("GATEWAY_JWT_SECRET", self.last_line)
+            self.assertIn("R2_ENDPOINT_URL", self.last_line)
+
+        return ensureDeferred(go())
+
+    def test_port_in_use(self) -> Deferred[None]:
+        """
+        A ``--listen`` port another process holds, one process or
+        ``--workers 2``.
+        """
+        import socket
+
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+
+        async def go() -> None:
+            for extra in ((), ("--workers", "2")):
+                await self._check(
+                    {"GATEWAY_JWT_SECRET": SECRET},
+                    "Couldn't listen on 127.0.0.1:%d" % (port,),
+                    "--accounts-dir",
+                    self.mktemp(),
+                    *extra,
+                    "--listen",
+                    "tcp:%d:interface=127.0.0.1" % (port,),
+                )
+
+        return ensureDeferred(go())

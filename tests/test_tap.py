@@ -7,9 +7,10 @@ from __future__ import annotations
 import io
 import os
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
@@ -160,6 +161,32 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
             lines = stderr.getvalue().splitlines()
             self.assertEqual(len(lines), 1, lines)
             self.assertIn(missing, lines[0])
+
+    def test_port_in_use(self) -> None:
+        """
+        A ``--listen`` port that cannot be bound ends the start (``twistd``
+        starts services before running the reactor) with status 1 after
+        one line on stderr, not a traceback; with ``--workers`` too.
+        """
+
+        class Busy(MemoryReactorClock):
+            def listenTCP(self, port: int, *args: Any, **kw: Any) -> Any:
+                raise CannotListenError("127.0.0.1", port, OSError(98, "in use"))
+
+        self.use_environ(
+            {"GATEWAY_JWT_SECRET": "x" * 40, "METAGATEWAY_ACCOUNTS_DIR": self.mktemp()}
+        )
+        for extra in ([], ["--workers", "2"]):
+            stderr = self.capture_stderr()
+            options = Options()
+            options.parseOptions(["--listen", "tcp:8125:interface=127.0.0.1", *extra])
+            service = makeService(options, Busy())
+            e = self.assertRaises(SystemExit, service.privilegedStartService)
+            self.assertEqual(e.code, 1)
+            self.assertEqual(
+                stderr.getvalue(),
+                "metagateway: Couldn't listen on 127.0.0.1:8125: [Errno 98] in use\n",
+            )
 
     def test_short_secret_warns(self) -> None:
         """
