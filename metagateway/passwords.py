@@ -9,7 +9,8 @@ what a known one costs. The decoy follows the most expensive scheme and
 parameters seen on any real record since it was made (see :class:`Decoys`;
 each gateway keeps its own): in a store of original SHA-256 records it is a SHA-256
 record, in a store of scrypt records it becomes an scrypt record with the
-same parameters as soon as the first real record has been read.
+same parameters as soon as the first real record has been read. A record
+cheaper than the decoy is checked and then padded with the decoy's work.
 """
 
 from __future__ import annotations
@@ -187,9 +188,10 @@ class Decoys:
     and parameters of the most expensive real record checked so far. An
     unknown username then costs what the store's strongest records cost.
 
-    In a store that mixes schemes, logins of accounts with cheaper records
-    stay distinguishable by timing from unknown names; converting every
-    record to one scheme closes that.
+    In a store that mixes schemes, :func:`check_login` pads the check of a
+    cheaper record with the decoy's, so that those accounts are not told
+    apart from unknown names by timing either (at the price of their
+    logins costing what the strongest records cost).
     """
 
     def __init__(self) -> None:
@@ -197,19 +199,24 @@ class Decoys:
         self._cost = 0
         self.record = DECOY_RECORD
 
+    @property
+    def cost(self) -> int:
+        """
+        The work of checking the decoy (0 for the SHA-256 one).
+        """
+        return self._cost
+
     def learn(self, record: AccountRecord) -> None:
         """
         Take note of a real record's scheme and parameters.
 
         :raises BadParameters: if the record's parameters are unusable.
         """
-        if record.scheme != "scrypt":
+        cost = _cost(record)
+        if cost <= self._cost:
             return
         params = dict(SCRYPT_DEFAULTS)
         params.update(record.params)
-        cost = scrypt_cost(params)
-        if cost <= self._cost:
-            return
         decoy = _decoy("scrypt", params)
         with self._lock:
             if cost > self._cost:
@@ -238,7 +245,24 @@ def check_login(
         return False
     matched = check_password(record, password)
     decoys.learn(record)
+    if _cost(record) < decoys.cost:
+        # A record cheaper than the strongest seen (a SHA-256 one in a
+        # store moving to scrypt) is padded with the decoy's work, so that
+        # its logins take as long as an unknown username's.
+        check_password(decoys.record, password)
     return matched
+
+
+def _cost(record: AccountRecord) -> int:
+    """
+    The work of checking ``record``: ``n * r * p`` for scrypt, 0 for the
+    (microsecond) SHA-256 scheme.
+    """
+    if record.scheme != "scrypt":
+        return 0
+    params = dict(SCRYPT_DEFAULTS)
+    params.update(record.params)
+    return scrypt_cost(params)
 
 
 #: Threads of a gateway's password pool: at most this many scrypt checks
@@ -298,8 +322,10 @@ class PasswordChecks:
         :return: a Deferred firing with whether ``password`` opens
             ``record``, or failing with :class:`BadParameters`.
         """
-        scheme = (record or self.decoys.record).scheme
-        if scheme == "scrypt" and self.pool.started:
+        slow = self.decoys.record.scheme == "scrypt" or (
+            record is not None and record.scheme == "scrypt"
+        )
+        if slow and self.pool.started:
             return deferToThreadPool(
                 self.reactor, self.pool, check_login, record, password, self.decoys
             )

@@ -11,6 +11,7 @@ import json
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from metagateway import passwords
 from metagateway.credentials.interfaces import AccountRecord
 from metagateway.passwords import (
     DECOY_RECORD,
@@ -239,6 +240,36 @@ class DecoyTests(SynchronousTestCase):
         self.assertNotEqual(decoys.record.salt, record.salt)
         self.assertFalse(check_login(None, "pw", decoys))
 
+    def test_cheaper_record_padded(self) -> None:
+        """
+        Once the decoy is an scrypt record, a SHA-256 record's check is
+        followed by the decoy's, so that it costs what an unknown name
+        costs; a record as strong as the decoy, and every check while the
+        decoy is SHA-256, is checked once.
+        """
+        checked: list[str] = []
+
+        def counting(record: AccountRecord, password: str) -> bool:
+            checked.append(record.scheme)
+            return check_password(record, password)
+
+        self.patch(passwords, "check_password", counting)
+        decoys = Decoys()
+        cheap = make_record("alice", "pw")
+        strong = make_record("bob", "pw", scheme="scrypt", params=FAST)
+        self.assertTrue(check_login(cheap, "pw", decoys))
+        self.assertEqual(checked, ["sha256"])
+        del checked[:]
+        self.assertFalse(check_login(strong, "wrong", decoys))
+        self.assertEqual(checked, ["scrypt"])
+        for record, password, expected in ((cheap, "pw", True), (cheap, "x", False)):
+            del checked[:]
+            self.assertIs(check_login(record, password, decoys), expected)
+            self.assertEqual(checked, ["sha256", "scrypt"])
+        del checked[:]
+        self.assertFalse(check_login(None, "pw", decoys))
+        self.assertEqual(checked, ["scrypt"])
+
     def test_keeps_strongest(self) -> None:
         """
         The decoy follows the most expensive parameters seen, never going
@@ -308,6 +339,17 @@ class PasswordChecksTests(SynchronousTestCase):
         self.assertNoResult(checked)
         self.pool.run()
         self.assertIs(self.successResultOf(checked), False)
+
+    def test_sha256_padded_on_pool(self) -> None:
+        """
+        A SHA-256 record padded with an scrypt decoy's work is checked on
+        the pool too.
+        """
+        self.checks.decoys.learn(make_record("a", "pw", scheme="scrypt", params=FAST))
+        checked = self.checks.check(make_record("alice", "pw"), "pw")
+        self.assertNoResult(checked)
+        self.pool.run()
+        self.assertIs(self.successResultOf(checked), True)
 
     def test_sha256_inline(self) -> None:
         """
