@@ -365,6 +365,12 @@ class Gateway:
         By default, text events to the global log publisher.
     :param metrics: this gateway's metrics; a fresh :class:`Metrics` if
         omitted (never shared with another gateway unless passed).
+    :param webhook_agent: the ``IAgent`` Notion webhooks are posted to their
+        targets with; if omitted, a plain ``Agent`` on the gateway's pool,
+        whether ``http_client`` is passed or not (webhooks never go through
+        ``http_client``: treq's client adds ``Accept-Encoding: gzip`` and
+        cookies to what the client sent). Pass an agent that sends the
+        headers it is given unchanged and follows no redirects.
 
     :raises ConfigurationError: when the secret is empty, a trusted proxy
         is not an address or network, or no store is passed and ``config``
@@ -389,6 +395,7 @@ class Gateway:
         cooperator: Optional[Cooperator] = None,
         access_log: Optional[AccessLog] = TEXT_ACCESS_LOG,
         metrics: Optional[Metrics] = None,
+        webhook_agent: Optional[IAgent] = None,
     ) -> None:
         if not config.jwt_secret:
             raise ConfigurationError("the JWT secret is empty")
@@ -465,11 +472,16 @@ class Gateway:
             ),
             self.passwords,
         )
+        if webhook_agent is None:
+            webhook_agent = Agent(
+                reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool
+            )
         self.webhooks = WebhooksResource(
             config.notion_webhook_secret,
             config.services,
-            http_client,
+            webhook_agent,
             reactor,
+            self.cooperator,
             config.upstream_timeout or 30.0,
         )
         proxies = {

@@ -20,15 +20,18 @@ Every error is reported under route ``WEBHOOK``.
 from __future__ import annotations
 
 import hmac
+from io import BytesIO
 from typing import Any, Iterable, Mapping, Sequence
 
-from treq.client import HTTPClient
+from hyperlink import EncodedURL
 
 from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Cooperator
 from twisted.logger import Logger
+from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IRequest
+from twisted.web.iweb import IAgent, IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -61,13 +64,13 @@ MAX_BODY = 1024 * 1024
 #: How much of a target's answer body is read (then discarded).
 MAX_TARGET_ANSWER = 64 * 1024
 
-#: Request headers never forwarded to a target. ``Accept-Encoding`` is the
-#: gateway's own business: the target answers the gateway, not the client.
+#: Request headers never forwarded to a target: ``Authorization`` (CONTRACT
+#: §4), and the framing of the client's connection, which the gateway's own
+#: request to the target sets anew.
 _DROPPED = HOP_BY_HOP | {
     b"authorization",
     b"host",
     b"content-length",
-    b"accept-encoding",
 }
 
 
@@ -115,10 +118,14 @@ def select_targets(
 
 def forwarded_headers(incoming: Headers, source: bytes) -> Headers:
     """
-    The headers sent to each target: the request's end-to-end headers less
-    ``Authorization``, ``Host``, ``Content-Length``, ``Accept-Encoding`` and
-    any ``X-Gateway-*`` (a client cannot speak for the gateway), plus
-    ``X-Gateway-Source``.
+    The headers sent to each target: the request's end-to-end headers
+    (``Accept-Encoding`` included, as sent) less ``Authorization``,
+    ``Host``, ``Content-Length`` and any ``X-Gateway-*`` (a client cannot
+    speak for the gateway), plus ``X-Gateway-Source``.
+
+    The agent that sends them adds only the framing of its own request
+    (``Host``, ``Content-Length``, and ``Connection`` if it does not keep
+    connections alive).
     """
     dropped = _DROPPED | connection_tokens(incoming)
     outgoing = Headers()
@@ -142,8 +149,13 @@ class WebhooksResource(Resource):
     :param secret: the ``NOTION_WEBHOOK_SECRET``; ``None`` answers every
         Notion webhook ``500 NOTION_SECRET_MISSING``.
     :param services: route name to service URL.
-    :param client: the HTTP client targets are called with.
+    :param agent: the agent targets are called with. It should be a plain
+        ``IAgent`` that sends the headers it is given and adds none but
+        its own framing: no treq ``HTTPClient``, whose agent adds
+        ``Accept-Encoding: gzip`` and cookies from earlier answers, or
+        follows redirects (targets' redirects are reported, not followed).
     :param clock: the clock for each target's timeout.
+    :param cooperator: writes the body to each target.
     :param timeout: seconds each target has to answer.
     :param max_body: the largest webhook body accepted, in bytes.
     """
@@ -154,16 +166,18 @@ class WebhooksResource(Resource):
         self,
         secret: str | None,
         services: Mapping[str, str],
-        client: HTTPClient,
+        agent: IAgent,
         clock: IReactorTime,
+        cooperator: Cooperator,
         timeout: float = 30.0,
         max_body: int = MAX_BODY,
     ) -> None:
         super().__init__()
         self.secret = secret.encode("utf-8") if secret else None
         self.services = dict(services)
-        self.client = client
+        self.agent = agent
         self.clock = clock
+        self.cooperator = cooperator
         self.timeout = timeout
         self.max_body = max_body
 
@@ -305,18 +319,20 @@ class WebhooksResource(Resource):
         """
         Send one webhook.
 
-        The answer body is read and dropped in the background, within the
-        same timeout, so that the connection can be reused; the status is
-        what is reported.
+        The answer body is read (never decoded) and dropped in the
+        background, within the same timeout, so that the connection can be
+        reused; the status is what is reported. A redirect is not followed.
 
+        :param url: the target's URL, encoded as treq encodes URLs (the
+            service URL's host through IDNA, other characters
+            percent-encoded).
         :return: the target's status code.
         """
-        response = await self.client.post(
-            url,
-            data=body,
-            headers=headers,
-            allow_redirects=False,
-            unbuffered=True,
+        response = await self.agent.request(
+            b"POST",
+            EncodedURL.from_text(url).to_uri().to_text().encode("ascii"),
+            headers,
+            FileBodyProducer(BytesIO(body), cooperator=self.cooperator),
         )
         drained = read_limited(response, MAX_TARGET_ANSWER)
         drained.addTimeout(self.timeout, self.clock, timed_out)

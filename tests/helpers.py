@@ -122,9 +122,9 @@ class GatewayHarness:
             if store is not None
             else MemoryCredentialStore([make_record(USERNAME, PASSWORD, "admin")])
         )
-        # ``outside``: what the gateway's treq client reaches (GitHub,
-        # webhook targets), a resource routing by host, such as a
-        # ``NameVirtualHost``.
+        # ``outside``: what the gateway's treq client (GitHub) and its
+        # webhook agent (webhook targets) reach, a resource routing by
+        # host, such as a ``NameVirtualHost``.
         self.outside_agent = RequestTraversalAgent(
             outside if outside is not None else Resource()
         )
@@ -143,6 +143,7 @@ class GatewayHarness:
                     cooperator=outside_bodies,
                 ),
             ),
+            webhook_agent=self.outside_agent,
         )
         self.client = StubTreq(self.gateway.resource)
 

@@ -789,7 +789,7 @@ class ServiceTests(SynchronousTestCase):
 
     def test_http_client_uses_given_reactor(self) -> None:
         """
-        The default treq client (R2, GitHub, webhooks) connects through the
+        The default treq client (R2, GitHub) connects through the
         given reactor and writes request bodies with the gateway's own
         cooperator: nothing is written until that reactor turns.
         """

@@ -9,12 +9,15 @@ loopback.
 from __future__ import annotations
 
 import json
+from io import BytesIO
 from typing import Any, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -450,6 +453,88 @@ class ConfiguredDaemonTests(ParityTestCase):
             )
             self.assertEqual(len(self.core_service.requests), 1)
             self.assertNotIn(NOTION_SECRET.encode(), self.child.output)
+
+        return ensureDeferred(go())
+
+    def test_webhook_headers(self) -> Deferred[None]:
+        """
+        Each target gets exactly the client's end-to-end headers less
+        ``Authorization`` (and ``X-Gateway-*``), plus ``X-Gateway-Source:
+        notion`` and the framing of the daemon's own request (its ``Host``
+        and ``Content-Length``; its connections are kept alive, so no
+        ``Connection``): the client's ``Accept-Encoding`` as sent, none
+        when it sent none, and never a cookie a target set.
+        """
+        # A plain Agent: treq's client would add Accept-Encoding: gzip.
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        client = Agent(reactor, pool=pool)
+        self.base_service.headers[b"Set-Cookie"] = [b"target=1; Path=/"]
+        body = b'{"type":"page.updated"}'
+        signature = NOTION_SECRET.encode("ascii")
+        targets = [b"BASE_SERVICE, CORE_SERVICE"]
+
+        async def send(headers: dict[bytes, list[bytes]]) -> None:
+            response = await client.request(
+                b"POST",
+                (self.base + "/webhooks/notion").encode("ascii"),
+                Headers(headers),
+                FileBodyProducer(BytesIO(body)),
+            )
+            answer = await readBody(response)
+            self.assertEqual(response.code, 202, answer)
+            self.assertEqual(
+                json.loads(answer)["forwarded"],
+                [
+                    {"target": "BASE_SERVICE", "status": 200},
+                    {"target": "CORE_SERVICE", "status": 200},
+                ],
+            )
+
+        def assert_received(expected: dict[bytes, list[bytes]]) -> None:
+            for service in (self.base_service, self.core_service):
+                _, _, headers, sent = service.requests[-1]
+                self.assertEqual(sent, body)
+                received = {
+                    name.lower(): values for name, values in headers.getAllRawHeaders()
+                }
+                [host] = received.pop(b"host")
+                self.assertRegex(host, rb"\A127\.0\.0\.1:[0-9]+\Z")
+                self.assertEqual(
+                    received,
+                    {
+                        **expected,
+                        b"content-length": [b"%d" % (len(body),)],
+                        b"x-gateway-source": [b"notion"],
+                    },
+                )
+
+        async def go() -> None:
+            await send(
+                {
+                    b"X-Notion-Signature": [signature],
+                    b"Content-Type": [b"application/json"],
+                    b"Authorization": [b"Bearer not-for-targets"],
+                    b"Accept-Encoding": [b"br"],
+                    b"X-Trace": [b"one", b"two"],
+                    b"X-Gateway-Webhook-Targets": targets,
+                }
+            )
+            assert_received(
+                {
+                    b"x-notion-signature": [signature],
+                    b"content-type": [b"application/json"],
+                    b"accept-encoding": [b"br"],
+                    b"x-trace": [b"one", b"two"],
+                }
+            )
+            await send(
+                {
+                    b"X-Notion-Signature": [signature],
+                    b"X-Gateway-Webhook-Targets": targets,
+                }
+            )
+            assert_received({b"x-notion-signature": [signature]})
 
         return ensureDeferred(go())
 

@@ -7,19 +7,26 @@ signature errors.
 from __future__ import annotations
 
 import json
+from io import BytesIO
 from typing import Any, Optional
 
-from treq.testing import StubTreq
+from treq.client import HTTPClient
+from treq.testing import RequestTraversalAgent, StubTreq
 
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Cooperator
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
+from twisted.web.iweb import IRequest, IResponse
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.vhost import NameVirtualHost
 
+from metagateway.credentials.memory import MemoryCredentialStore
+from metagateway.gateway import Gateway
 from metagateway.webhooks import (
     DEFAULT_TARGETS,
     WebhooksResource,
@@ -52,6 +59,7 @@ class Target(Resource):
 
     :ivar requests: ``(method, path, headers, body)`` of each request.
     :ivar pending: the requests left unanswered while :attr:`hang` is set.
+    :ivar headers: response headers it answers with.
     """
 
     isLeaf = True
@@ -63,6 +71,7 @@ class Target(Resource):
         self.drop = False
         self.requests: list[tuple[bytes, bytes, Headers, bytes]] = []
         self.pending: list[IRequest] = []
+        self.headers: dict[bytes, list[bytes]] = {}
 
     def render(self, request: IRequest) -> Any:
         """
@@ -83,6 +92,8 @@ class Target(Resource):
             self.pending.append(request)
             return NOT_DONE_YET
         request.setResponseCode(self.code)
+        for name, values in self.headers.items():
+            request.responseHeaders.setRawHeaders(name, values)
         return b'{"ok":true}'
 
 
@@ -107,6 +118,41 @@ class Targets:
 
     def __getitem__(self, name: str) -> Target:
         return self.by_name[name]
+
+
+def header_map(headers: Headers) -> dict[bytes, list[bytes]]:
+    """
+    ``headers`` as lower-cased name to values, for comparing whole sets.
+    """
+    return {name.lower(): list(values) for name, values in headers.getAllRawHeaders()}
+
+
+def send_exactly(
+    resource: IResource,
+    clock: MemoryReactorClock,
+    headers: dict[bytes, list[bytes]],
+    body: bytes,
+) -> tuple[RequestTraversalAgent, Deferred[IResponse]]:
+    """
+    Start a ``POST /webhooks/notion`` to ``resource`` carrying exactly
+    ``headers`` and the framing the client's ``Agent`` adds (``Host``,
+    ``Content-Length``, ``Connection: close``): not through treq, whose
+    client adds ``Accept-Encoding: gzip`` to every request.
+
+    :param clock: turns the cooperator writing the body.
+    :return: the client, to flush, and its response Deferred.
+    """
+    client = RequestTraversalAgent(resource)
+    bodies = Cooperator(
+        scheduler=lambda work: clock.callLater(0, work)  # type: ignore[no-any-return]
+    )
+    d = client.request(
+        b"POST",
+        b"http://gateway.test/webhooks/notion",
+        Headers(headers),
+        FileBodyProducer(BytesIO(body), cooperator=bodies),
+    )
+    return client, d
 
 
 def notion_config(**overrides: Any) -> Any:
@@ -164,6 +210,25 @@ class NotionWebhookTests(SynchronousTestCase):
     def finish(self, d: Any) -> Any:
         return self.harness.finish(self, d)
 
+    def post_exactly(
+        self, headers: dict[bytes, list[bytes]], body: bytes = b'{"type":"x"}'
+    ) -> Any:
+        """
+        POST a webhook with :func:`send_exactly`.
+
+        :return: ``(response, body)``.
+        """
+        client, d = send_exactly(
+            self.harness.gateway.resource, self.harness.clock, headers, body
+        )
+        for _ in range(3):
+            self.harness.flush()
+            client.flush()
+        response = self.successResultOf(d)
+        read = readBody(response)
+        client.flush()
+        return response, self.successResultOf(read)
+
     def assert_forwarded(self, response: Any, body: bytes, expected: list[Any]) -> None:
         self.assertEqual(response.code, 202, body)
         assert_json(self, response)
@@ -174,6 +239,120 @@ class NotionWebhookTests(SynchronousTestCase):
                 "forwarded": [{"target": t, "status": s} for t, s in expected],
             },
         )
+
+    def test_accept_encoding_passed_on(self) -> None:
+        """
+        The client's ``Accept-Encoding`` reaches every target as sent, with
+        nothing added beside it (the gateway never decodes a target's
+        answer: it discards it).
+        """
+        response, body = self.post_exactly(
+            {
+                b"X-Notion-Signature": [NOTION_SECRET.encode()],
+                b"Accept-Encoding": [b"br"],
+            }
+        )
+        self.assert_forwarded(
+            response,
+            body,
+            [("BASE_SERVICE", 204), ("KV_SERVICE", 201), ("CORE_SERVICE", 200)],
+        )
+        for name in DEFAULT_TARGETS:
+            [(_, _, headers, _)] = self.targets[name].requests
+            self.assertEqual(headers.getRawHeaders(b"accept-encoding"), [b"br"], name)
+
+    def test_no_accept_encoding(self) -> None:
+        """
+        A client that sends no ``Accept-Encoding`` has none sent for it.
+        """
+        response, body = self.post_exactly(
+            {b"X-Notion-Signature": [NOTION_SECRET.encode()]}
+        )
+        self.assertEqual(response.code, 202, body)
+        for name in DEFAULT_TARGETS:
+            [(_, _, headers, _)] = self.targets[name].requests
+            self.assertIsNone(headers.getRawHeaders(b"accept-encoding"), name)
+
+    def test_exact_headers(self) -> None:
+        """
+        A target gets exactly the request's end-to-end headers (repeated
+        ones as sent) less ``Authorization`` and any ``X-Gateway-*``, plus
+        ``X-Gateway-Source: notion``, and the framing of the gateway's own
+        request to it: its ``Host`` and ``Content-Length`` (and, here,
+        ``Connection: close`` from the in-memory agent, whose connections
+        are not kept alive). Hop-by-hop headers, those named in
+        ``Connection``, and the client's ``Host`` and ``Content-Length``
+        are not passed on.
+        """
+        body = b'{"type":"page.created"}'
+        response, answer = self.post_exactly(
+            {
+                b"X-Notion-Signature": [NOTION_SECRET.encode()],
+                b"Content-Type": [b"application/json"],
+                b"Authorization": [b"Bearer not-for-targets"],
+                b"Accept-Encoding": [b"gzip, br"],
+                b"User-Agent": [b"Notion-Webhooks/1"],
+                b"Cookie": [b"client=1"],
+                b"X-Trace": [b"one", b"two"],
+                b"X-Gateway-Webhook-Targets": [b"KV_SERVICE"],
+                b"X-Gateway-User": [b"forged"],
+                b"Connection": [b"X-Hop"],
+                b"X-Hop": [b"dropped"],
+                b"TE": [b"trailers"],
+            },
+            body,
+        )
+        self.assert_forwarded(response, answer, [("KV_SERVICE", 201)])
+        [(method, path, headers, sent)] = self.targets["KV_SERVICE"].requests
+        self.assertEqual((method, path, sent), (b"POST", b"/webhooks/notion", body))
+        self.assertEqual(
+            header_map(headers),
+            {
+                b"x-notion-signature": [NOTION_SECRET.encode()],
+                b"content-type": [b"application/json"],
+                b"accept-encoding": [b"gzip, br"],
+                b"user-agent": [b"Notion-Webhooks/1"],
+                b"cookie": [b"client=1"],
+                b"x-trace": [b"one", b"two"],
+                b"x-gateway-source": [b"notion"],
+                b"host": [b"kv.test"],
+                b"content-length": [str(len(body)).encode()],
+                b"connection": [b"close"],
+            },
+        )
+
+    def test_no_cookies_kept(self) -> None:
+        """
+        A cookie a target sets is never sent back, to it or to another
+        target: a target gets only the cookies the client sent.
+        """
+        self.targets["KV_SERVICE"].headers = {
+            b"Set-Cookie": [b"target=1; Path=/"],
+        }
+        for _ in range(2):
+            response, body = self.post(
+                headers={"X-Gateway-Webhook-Targets": "KV_SERVICE, BUILD_SERVICE"}
+            )
+            self.assertEqual(response.code, 202, body)
+        for name in ("KV_SERVICE", "BUILD_SERVICE"):
+            for _, _, headers, _ in self.targets[name].requests:
+                self.assertIsNone(headers.getRawHeaders(b"cookie"), name)
+
+    def test_redirect_not_followed(self) -> None:
+        """
+        A target's redirect is reported with its status, not followed, and
+        its compressed answer is discarded without being decoded.
+        """
+        self.targets["KV_SERVICE"].code = 302
+        self.targets["KV_SERVICE"].headers = {
+            b"Location": [b"http://core.test/elsewhere"],
+            b"Content-Encoding": [b"gzip"],
+        }
+        response, body = self.post(headers={"X-Gateway-Webhook-Targets": "KV_SERVICE"})
+        self.assert_forwarded(response, body, [("KV_SERVICE", 302)])
+        self.assertEqual(len(self.targets["KV_SERVICE"].requests), 1)
+        self.assertEqual(self.targets["CORE_SERVICE"].requests, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_default_targets(self) -> None:
         """
@@ -561,10 +740,19 @@ class WebhooksResourceTests(SynchronousTestCase):
         through the client it is given, with its own body limit.
         """
         targets = Targets()
-        outside = StubTreq(targets.hosts)
+        outside = RequestTraversalAgent(targets.hosts)
         clock = MemoryReactorClock()
+        bodies = Cooperator(
+            scheduler=lambda work: clock.callLater(0, work)  # type: ignore[no-any-return]
+        )
         resource = WebhooksResource(
-            NOTION_SECRET, {"KV": "http://kv.test"}, outside, clock, 5, max_body=10
+            NOTION_SECRET,
+            {"KV": "http://kv.test"},
+            outside,
+            clock,
+            bodies,
+            5,
+            max_body=10,
         )
         client = StubTreq(resource)
         d = client.post(
@@ -573,6 +761,7 @@ class WebhooksResourceTests(SynchronousTestCase):
             headers={"X-Notion-Signature": NOTION_SECRET},
         )
         for _ in range(5):
+            clock.advance(0)
             client.flush()
             outside.flush()
         response = self.successResultOf(d)
@@ -592,6 +781,82 @@ class WebhooksResourceTests(SynchronousTestCase):
         assert_json_error(
             self, response, body, 413, "PAYLOAD_TOO_LARGE", route="WEBHOOK"
         )
+
+
+class DefaultAgentTests(SynchronousTestCase):
+    """
+    A :class:`~metagateway.gateway.Gateway` given no ``webhook_agent``.
+    """
+
+    def test_http_client_only(self) -> None:
+        """
+        An embedder that passes only ``http_client`` still has its webhooks
+        sent: by a plain ``Agent`` on the gateway's own reactor and pool,
+        never through that treq client. On the wire the target gets the
+        client's end-to-end headers, ``X-Gateway-Source``, and the
+        ``Agent``'s ``Host`` and ``Content-Length``: no ``Accept-Encoding``
+        but the client's, no ``Connection`` (the pool keeps connections
+        alive).
+        """
+        reactor = MemoryReactorClock()
+        outside = RecordingUpstream()
+        gateway = Gateway(
+            notion_config(services={"KV": "http://127.0.0.1:9003/kv/"}),
+            reactor,
+            store=MemoryCredentialStore([]),
+            http_client=HTTPClient(RequestTraversalAgent(outside)),
+        )
+        body = b'{"type":"page.deleted"}'
+        client, d = send_exactly(
+            gateway.resource,
+            reactor,
+            {
+                b"X-Notion-Signature": [NOTION_SECRET.encode()],
+                b"Accept-Encoding": [b"br"],
+                b"X-Trace": [b"one"],
+            },
+            body,
+        )
+        for _ in range(3):
+            reactor.advance(0)
+            client.flush()
+        self.assertEqual(len(reactor.tcpClients), 1)
+        host, port, factory, _, _ = reactor.tcpClients[0]
+        self.assertEqual((host, port), ("127.0.0.1", 9003))
+        protocol = factory.buildProtocol(None)
+        assert protocol is not None
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        reactor.advance(0)
+        head, _, sent = transport.value().partition(b"\r\n\r\n")
+        request_line, *lines = head.split(b"\r\n")
+        fields = [line.split(b": ", 1) for line in lines]
+        self.assertEqual(
+            (request_line, sent), (b"POST /kv/webhooks/notion HTTP/1.1", body)
+        )
+        self.assertEqual(
+            sorted((name.lower(), value) for name, value in fields),
+            [
+                (b"accept-encoding", b"br"),
+                (b"content-length", b"%d" % (len(body),)),
+                (b"host", b"127.0.0.1:9003"),
+                (b"x-gateway-source", b"notion"),
+                (b"x-notion-signature", NOTION_SECRET.encode()),
+                (b"x-trace", b"one"),
+            ],
+        )
+        protocol.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        for _ in range(3):
+            reactor.advance(0)
+            client.flush()
+        response = self.successResultOf(d)
+        answer = readBody(response)
+        client.flush()
+        self.assertEqual(
+            json.loads(self.successResultOf(answer)),
+            {"success": True, "forwarded": [{"target": "KV_SERVICE", "status": 204}]},
+        )
+        self.assertEqual(outside.requests, [])
 
 
 class SelectTargetsTests(SynchronousTestCase):
@@ -639,8 +904,9 @@ class ForwardedHeadersTests(SynchronousTestCase):
 
     def test_drops(self) -> None:
         """
-        ``Content-Length``, ``Host``, ``Accept-Encoding`` and
-        ``Transfer-Encoding`` are the gateway's own business.
+        ``Content-Length``, ``Host`` and ``Transfer-Encoding`` are the
+        gateway's own business; ``Accept-Encoding`` is the client's, passed
+        on as sent.
         """
         headers = forwarded_headers(
             Headers(
@@ -655,6 +921,10 @@ class ForwardedHeadersTests(SynchronousTestCase):
             b"notion",
         )
         self.assertEqual(
-            sorted(name for name, _ in headers.getAllRawHeaders()),
-            [b"X-Gateway-Source", b"X-Keep"],
+            sorted(headers.getAllRawHeaders()),
+            [
+                (b"Accept-Encoding", [b"gzip"]),
+                (b"X-Gateway-Source", [b"notion"]),
+                (b"X-Keep", [b"1"]),
+            ],
         )
