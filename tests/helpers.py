@@ -239,6 +239,18 @@ def assert_json_error(
     return dict(document)
 
 
+def assert_invalid_credentials(
+    case: SynchronousTestCase, response: Any, body: bytes, route: str = "AUTH"
+) -> None:
+    """
+    Assert a login's ``401 INVALID_CREDENTIALS`` "Invalid credentials"
+    under ``route``.
+    """
+    assert_json_error(
+        case, response, body, 401, "INVALID_CREDENTIALS", route, "Invalid credentials"
+    )
+
+
 def assert_json(case: SynchronousTestCase, response: Any) -> None:
     """
     Assert ``response`` is JSON with the contract's CORS header, never HTML.

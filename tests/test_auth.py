@@ -28,6 +28,7 @@ from tests.helpers import (
     SECRET,
     USERNAME,
     GatewayHarness,
+    assert_invalid_credentials,
     assert_json,
     assert_json_error,
 )
@@ -162,15 +163,7 @@ class LoginTests(SynchronousTestCase):
         """
         for data in (login_body(USERNAME, "wrong"), login_body("nobody-here", "x")):
             response, body = self.h.request(self, "POST", "/auth/login", data=data)
-            assert_json_error(
-                self,
-                response,
-                body,
-                401,
-                "INVALID_CREDENTIALS",
-                "AUTH",
-                "Invalid credentials",
-            )
+            assert_invalid_credentials(self, response, body)
 
     def test_bad_usernames_never_looked_up(self) -> None:
         """
@@ -243,15 +236,7 @@ class LoginTests(SynchronousTestCase):
         response, body = h.request(
             self, "POST", "/auth/login", data=login_body("shortname", "pw")
         )
-        assert_json_error(
-            self,
-            response,
-            body,
-            401,
-            "INVALID_CREDENTIALS",
-            "AUTH",
-            "Invalid credentials",
-        )
+        assert_invalid_credentials(self, response, body)
 
     def test_body_too_large(self) -> None:
         """

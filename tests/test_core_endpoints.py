@@ -19,6 +19,7 @@ from tests.helpers import (
     USERNAME,
     GatewayHarness,
     RecordingUpstream,
+    assert_invalid_credentials,
     assert_json,
     assert_json_error,
 )
@@ -117,15 +118,7 @@ class CoreLoginTests(CoreTestCase):
         """
         for username, password in ((USERNAME, "wrong"), ("nobody", PASSWORD)):
             response, body = self.core_login(username, password)
-            assert_json_error(
-                self,
-                response,
-                body,
-                401,
-                "INVALID_CREDENTIALS",
-                route="CORE",
-                message="Invalid credentials",
-            )
+            assert_invalid_credentials(self, response, body, "CORE")
 
     def test_token_reaches_every_route(self) -> None:
         """

@@ -38,6 +38,7 @@ from tests.helpers import (
     FakeThreadPool,
     GatewayHarness,
     ImmediateReactor,
+    assert_invalid_credentials,
     assert_json,
     assert_json_error,
     make_config,
@@ -128,7 +129,7 @@ class SecurityCase(SynchronousTestCase):
         self.assertEqual(document["details"], {"retryAfter": retry_after})
 
     def assert_denied(self, response: Any, body: bytes, route: str = "AUTH") -> None:
-        assert_json_error(self, response, body, 401, "INVALID_CREDENTIALS", route)
+        assert_invalid_credentials(self, response, body, route)
         self.assertIsNone(response.headers.getRawHeaders(b"retry-after"))
 
     def bearer(self, token: str) -> dict[str, str]:
