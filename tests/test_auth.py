@@ -144,6 +144,9 @@ class LoginTests(SynchronousTestCase):
             b"[1,2]",
             b"\xff\xfe",
             b"",
+            # Nested deeper than the parser goes: unreadable, not a 500.
+            b"[" * 60000,
+            b'{"a":' * 12000,
         ):
             response, body = self.h.request(self, "POST", "/auth/login", data=data)
             assert_json_error(
@@ -203,26 +206,6 @@ class LoginTests(SynchronousTestCase):
             assert_json_error(self, response, body, 500, "INTERNAL_ERROR", route)
             self.assertNotIn(b"boom", body)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
-
-    def test_deeply_nested_json(self) -> None:
-        """
-        JSON nested deeper than the parser goes (64 KiB of ``[``, or of
-        ``{"a":``) is unreadable JSON like any other: ``400
-        INVALID_REQUEST`` under the endpoint's route, not a 500.
-        """
-        for data in (b"[" * 60000, b'{"a":' * 12000):
-            for path, route in (("/auth/login", "AUTH"), ("/core/auth/login", "CORE")):
-                response, body = self.h.request(self, "POST", path, data=data)
-                assert_json_error(
-                    self,
-                    response,
-                    body,
-                    400,
-                    "INVALID_REQUEST",
-                    route,
-                    "Username and password are required",
-                )
-        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_record_username_too_short(self) -> None:
         """

@@ -99,6 +99,7 @@ class CoreLoginTests(CoreTestCase):
             b'{"username":"","password":"x"}',
             b"nope",
             b"",
+            b"[" * 60000,
         ):
             response, answer = self.request("POST", "/core/auth/login", data=body)
             assert_json_error(
