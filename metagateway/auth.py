@@ -39,7 +39,7 @@ from metagateway.tokens import (
     Claims,
     InvalidToken,
     TokenAuthority,
-    bearer_token,
+    request_token,
 )
 
 log = Logger()
@@ -356,7 +356,7 @@ class AuthApp:
         )
 
     def _session_claims(self, request: IRequest, code: str, message: str) -> Claims:
-        token = bearer_token(request.getHeader(b"authorization"))
+        token = request_token(request.requestHeaders)
         if token is None:
             raise GatewayError(401, code, message, "CORE")
         try:
@@ -371,7 +371,7 @@ class AuthApp:
         claims = self._session_claims(
             request, "INVALID_SESSION", "Session invalid or expired"
         )
-        token = bearer_token(request.getHeader(b"authorization"))
+        token = request_token(request.requestHeaders)
         assert token is not None
         return session_answer(request, claims, token)
 
@@ -387,7 +387,7 @@ class AuthApp:
 
     @app.route("/core/logout", methods=["POST"])
     def logout(self, request: IRequest) -> bytes:
-        token = bearer_token(request.getHeader(b"authorization"))
+        token = request_token(request.requestHeaders)
         if token is not None:
             try:
                 claims = self.tokens.verify(token)

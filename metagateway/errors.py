@@ -174,13 +174,20 @@ def write_json(
     return body
 
 
+#: Reason phrases Twisted's table lacks (it would send "Unknown Status").
+_PHRASES = {
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+}
+
+
 def set_json_headers(
     request: IRequest, status: int, headers: Optional[Mapping[bytes, bytes]] = None
 ) -> None:
     """
     Set the status code and the JSON and CORS headers on ``request``.
     """
-    request.setResponseCode(status)
+    request.setResponseCode(status, _PHRASES.get(status))
     for name, value in JSON_HEADERS:
         request.setHeader(name, value)
     for name, value in (headers or {}).items():
@@ -205,7 +212,8 @@ def error_request_id(request: IRequest) -> str:
 
 def error_response(request: IRequest, error: GatewayError) -> bytes:
     """
-    Prepare ``request`` to answer with ``error`` and return the body.
+    Prepare ``request`` to answer with ``error`` and return the body. The
+    answer carries the request's ``X-Request-Id``.
 
     :param request: the request to answer.
     :param error: the failure.
@@ -215,6 +223,7 @@ def error_response(request: IRequest, error: GatewayError) -> bytes:
     # For the access log and metrics (metagateway.accesslog).
     request.metagatewayError = error.code  # type: ignore[attr-defined]
     set_json_headers(request, error.status, error.headers)
+    request.setHeader(b"X-Request-Id", request_id_of(request).encode("latin-1"))
     request.setHeader(b"Content-Length", b"%d" % (len(body),))
     return body
 

@@ -39,7 +39,7 @@ from metagateway.accesslog import note_subject, note_upstream
 from metagateway.errors import GatewayError, error_response, request_id_of
 from metagateway.routes import Route
 from metagateway.streaming import BodyListener, StreamingBody, when_done
-from metagateway.tokens import Claims, InvalidToken, TokenAuthority, bearer_token
+from metagateway.tokens import Claims, InvalidToken, TokenAuthority, request_token
 
 log = Logger()
 
@@ -102,10 +102,10 @@ def check_token(
         none was sent.
     :raises GatewayError: ``401 MISSING_TOKEN`` or ``403 INVALID_TOKEN``.
     """
-    authorization = request.getHeader(b"authorization")
-    if authorization is None and not route.token_required:
+    headers = request.requestHeaders
+    if not route.token_required and not headers.hasHeader(b"authorization"):
         return None
-    token = bearer_token(authorization)
+    token = request_token(headers)
     if token is None:
         raise unauthorized(401, "MISSING_TOKEN", route.name)
     try:
@@ -435,7 +435,6 @@ class _Exchange(BodyListener):
     :param url: the upstream URL.
     :param headers: the headers sent upstream.
     :param body: the body sent upstream, if any.
-    :param request_id: the request's id, as sent upstream.
     """
 
     def __init__(
@@ -445,10 +444,8 @@ class _Exchange(BodyListener):
         url: bytes,
         headers: Headers,
         body: Optional[IBodyProducer],
-        request_id: bytes,
     ) -> None:
         self.proxy = proxy
-        self.request_id = request_id
         # Twisted's Request: more than IRequest declares (notifyFinish...).
         self.request: Any = request
         self.url = url
@@ -563,7 +560,6 @@ class _Exchange(BodyListener):
         if request.startedWriting:
             abort_client(request)
             return
-        request.setHeader(b"X-Request-Id", self.request_id)
         request.write(error_response(request, error))
         request.finish()
 
@@ -807,14 +803,11 @@ class GatewayProxyResource(ReverseProxyResource):
                 )
         except GatewayError as e:
             return error_response(request, e)
-        request_id = request_id_of(request)
         headers = upstream_headers(
-            request, self.route, claims, request_id, self.host_header
+            request, self.route, claims, request_id_of(request), self.host_header
         )
         body = stream if stream is not None else self._buffered_body(request)
-        _Exchange(
-            self, request, url, headers, body, request_id.encode("latin-1")
-        ).start()
+        _Exchange(self, request, url, headers, body).start()
         return NOT_DONE_YET
 
     def _buffered_body(self, request: IRequest) -> Optional[FileBodyProducer]:

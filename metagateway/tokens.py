@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable, Optional
 import jwt
 from zope.interface import Interface, implementer
 
+from twisted.web.http_headers import Headers
+
 #: The route names a token may carry.
 ROUTES = ("AUTH", "KV", "BUILD", "CORE", "BASE", "WEBHOOK")
 
@@ -462,6 +464,19 @@ class TokenAuthority:
             jti=jti,
             token_id=token_id,
         )
+
+
+def request_token(headers: Headers) -> Optional[str]:
+    """
+    The bearer token of a request: that of its one ``Authorization``
+    header. ``None`` when there is none, when it is not a usable Bearer
+    value, or when there are several (ambiguous credentials are no
+    credentials, whichever of them is a good token).
+    """
+    values = headers.getRawHeaders(b"authorization")
+    if values is None or len(values) != 1:
+        return None
+    return bearer_token(values[0])
 
 
 def bearer_token(authorization: Optional[bytes]) -> Optional[str]:

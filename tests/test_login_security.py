@@ -123,6 +123,7 @@ class SecurityCase(SynchronousTestCase):
         document = assert_json_error(
             self, response, body, 429, "TOO_MANY_ATTEMPTS", route
         )
+        self.assertEqual(response.phrase, b"Too Many Requests")
         self.assertEqual(
             response.headers.getRawHeaders(b"retry-after"), [b"%d" % (retry_after,)]
         )

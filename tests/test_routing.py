@@ -125,6 +125,21 @@ class ProxyTests(SynchronousTestCase):
             )
         self.assertEqual(len(self.h.upstream.requests), 0)  # type: ignore[attr-defined]
 
+    def test_two_authorization_headers(self) -> None:
+        """
+        Two ``Authorization`` headers are ambiguous credentials: ``401
+        MISSING_TOKEN`` whichever of them is a good token, on a route that
+        requires one and on one that checks one when present.
+        """
+        good = "Bearer " + self.token
+        for path, route in (("/build/x", "BUILD"), ("/kv/x", "KV")):
+            for values in ([good, "Basic eA=="], ["Basic eA==", good], [good, good]):
+                response, body = self.h.request(
+                    self, "GET", path, headers={"Authorization": values}
+                )
+                assert_json_error(self, response, body, 401, "MISSING_TOKEN", route)
+        self.assertEqual(len(self.h.upstream.requests), 0)  # type: ignore[attr-defined]
+
     def test_optional_routes_check_present_token(self) -> None:
         """
         On ``/kv``, ``/core`` and ``/hq`` an ``Authorization`` header is
@@ -242,11 +257,34 @@ class ErrorRequestIdTests(SynchronousTestCase):
         )
         document = assert_json_error(self, response, body, 401, "MISSING_TOKEN")
         self.assertEqual(document["requestId"], given)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"x-request-id"), [given.encode()]
+        )
         response, body = h.request(
             self, "GET", "/build/x", headers={"X-Request-Id": "req-123"}
         )
         document = assert_json_error(self, response, body, 401, "MISSING_TOKEN")
         self.assertNotEqual(document["requestId"], "req-123")
+        self.assertEqual(response.headers.getRawHeaders(b"x-request-id"), [b"req-123"])
+
+    def test_header_on_every_error(self) -> None:
+        """
+        Every error the gateway answers itself carries the request's
+        ``X-Request-Id`` header, the body's ``requestId`` when it is a
+        UUID: 401, 403, 404, 400 and 413 here.
+        """
+        h = GatewayHarness(make_config(auth_max_body=10))
+        for method, path, headers, data, status in (
+            ("GET", "/build/x", {}, None, 401),
+            ("GET", "/kv/x", {"Authorization": "Bearer nope"}, None, 403),
+            ("GET", "/nowhere", {}, None, 404),
+            ("POST", "/auth/login", {}, b"{}", 400),
+            ("POST", "/auth/login", {}, b"x" * 11, 413),
+        ):
+            response, body = h.request(self, method, path, headers=headers, data=data)
+            self.assertEqual(response.code, status, body)
+            [value] = response.headers.getRawHeaders(b"x-request-id")
+            self.assertEqual(value.decode(), json.loads(body)["requestId"])
 
 
 class UpstreamAnswerTests(SynchronousTestCase):

@@ -17,6 +17,7 @@ from zope.interface.verify import verifyObject
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 
 from metagateway.tokens import (
     AUDIENCE,
@@ -28,6 +29,7 @@ from metagateway.tokens import (
     TokenAuthority,
     bearer_token,
     key_id,
+    request_token,
 )
 
 SECRET = "current-secret-that-is-at-least-32-bytes"
@@ -826,3 +828,15 @@ class BearerTokenTests(SynchronousTestCase):
             b"Bearer \xff\xfe",
         ):
             self.assertIsNone(bearer_token(value))
+
+    def test_request_token(self) -> None:
+        """
+        :func:`request_token` reads a request's one ``Authorization``
+        header; none, or more than one, is no token.
+        """
+        self.assertEqual(
+            request_token(Headers({b"Authorization": [b"Bearer abc"]})), "abc"
+        )
+        for values in ([], [b"Bearer abc", b"Bearer abc"], [b"Basic x", b"Bearer abc"]):
+            headers = Headers({b"Authorization": values} if values else {})
+            self.assertIsNone(request_token(headers))
