@@ -95,10 +95,28 @@ class AccessLine:
         self.values = values
 
     def __str__(self) -> str:
-        return TEXT_LINE % tuple("-" if v is None else v for v in self.values)
+        values = ["-" if v is None else v for v in self.values]
+        # The values a client can choose freely: the forwarded address, the
+        # subject (a username) and the request id (the path is escaped
+        # already, and cannot hold a space).
+        for index in (0, 10, 11):
+            values[index] = _one_word(str(values[index]))
+        return TEXT_LINE % tuple(values)
 
     def __repr__(self) -> str:
         return "<AccessLine %s>" % (self,)
+
+
+def _one_word(text: str) -> str:
+    """
+    ``text`` as one word of the text line: a space (possible in a client's
+    ``X-Request-Id``, a username or a forwarded address) is written
+    ``%20`` and ``%`` itself ``%25``, so that no value can pass for
+    another field (``id=x subject=root``).
+    """
+    if " " not in text and "%" not in text:
+        return text
+    return text.replace("%", "%25").replace(" ", "%20")
 
 
 def note_route(request: IRequest, route: str, login: Optional[str] = None) -> None:

@@ -364,3 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
 
     react(_main)
     raise SystemExit(0)  # react always exits; this satisfies NoReturn
+
+
+if __name__ == "__main__":
+    main()

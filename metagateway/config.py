@@ -55,16 +55,16 @@ class R2Settings:
         """
         Read the ``R2_*`` variables.
 
-        :raises ConfigurationError: naming the first missing variable.
+        :raises ConfigurationError: naming every missing variable.
         """
-        values = {}
-        for name in ("R2_ENDPOINT_URL", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"):
-            value = environ.get(name, "")
-            if not value:
-                raise ConfigurationError(
-                    "%s is not set (needed for the R2 credential store)" % (name,)
-                )
-            values[name] = value
+        names = ("R2_ENDPOINT_URL", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY")
+        values = {name: environ.get(name, "") for name in names}
+        missing = [name for name in names if not values[name]]
+        if missing:
+            raise ConfigurationError(
+                "%s %s not set (needed for the R2 credential store)"
+                % (" and ".join(missing), "is" if len(missing) == 1 else "are")
+            )
         endpoint = values["R2_ENDPOINT_URL"]
         if not endpoint.startswith(("http://", "https://")):
             raise ConfigurationError(

@@ -515,6 +515,36 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(TEXT_LINE.count("%"), len(TEXT_FIELDS))
         self.assertEqual(formatEvent(event), str(line))
 
+    def test_text_values_one_word(self) -> None:
+        """
+        A request id, subject or forwarded address holding spaces cannot
+        pass for other fields of the text line: spaces are written ``%20``
+        (and ``%`` as ``%25``); the path is left as it is.
+        """
+        values = list(TEXT_FIELDS)
+        line = AccessLine(
+            (
+                "1.2.3.4 x",
+                "GET",
+                "/kv/a%2Fb",
+                "KV",
+                200,
+                0,
+                2,
+                1.0,
+                200,
+                None,
+                "eve subject=root",
+                "abc def id=forged 100%",
+            )
+        )
+        self.assertEqual(len(line.values), len(values))
+        self.assertEqual(
+            str(line),
+            '1.2.3.4%20x "GET /kv/a%2Fb" KV 200 in=0 out=2 1.0ms upstream=200 '
+            "error=- subject=eve%20subject=root id=abc%20def%20id=forged%20100%25",
+        )
+
     def test_json_form_has_no_line(self) -> None:
         """
         JSON events carry the fields only.

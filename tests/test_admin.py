@@ -464,3 +464,17 @@ class MainTests(SynchronousTestCase):
         done = self.main("list-users")
         self.assertEqual(done.returncode, 1)
         self.assertIn(b"R2_ENDPOINT_URL", done.stderr)
+
+    def test_module(self) -> None:
+        """
+        ``python -m metagateway.admin`` is the same command.
+        """
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        done = subprocess.run(
+            [sys.executable, "-m", "metagateway.admin", "--help"],
+            capture_output=True,
+            env=dict(os.environ, PYTHONPATH=root),
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn(b"add-user", done.stdout)

@@ -149,6 +149,15 @@ class FromOptionsTests(SynchronousTestCase):
             ConfigurationError, GatewayConfig.from_options, {}, incomplete
         )
         self.assertIn("R2_SECRET_ACCESS_KEY", str(e))
+        del incomplete["R2_ACCESS_KEY_ID"]
+        e = self.assertRaises(
+            ConfigurationError, GatewayConfig.from_options, {}, incomplete
+        )
+        self.assertEqual(
+            str(e),
+            "R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY are not set (needed for "
+            "the R2 credential store)",
+        )
         config = GatewayConfig.from_options({"accounts-dir": "/d"}, env)
         self.assertIsNone(config.r2)
         self.assertEqual(config.accounts_dir, "/d")
