@@ -22,7 +22,12 @@ from metagateway.accesslog import RequestRecorder, note_route
 from metagateway.drain import InFlight
 from metagateway.errors import GatewayError, error_response, internal_error
 from metagateway.routes import Route, normalise_path, route_for
-from metagateway.streaming import GatewayChannel, StreamingRequest, when_done
+from metagateway.streaming import (
+    GatewayChannel,
+    StreamingRequest,
+    bad_request,
+    when_done,
+)
 
 log = Logger()
 
@@ -89,7 +94,8 @@ class Target:
     Where a request goes.
 
     :ivar kind: ``preflight``, ``own`` (the auth app), ``webhooks``,
-        ``proxy`` or ``not_found``.
+        ``proxy``, ``not_found``, or ``star`` (the ``*`` target, which only
+        ``OPTIONS`` may use).
     :ivar route: the route errors about the request are reported under.
     :ivar mount: the path segments the gateway is mounted under.
     :ivar segments: the normalised (still percent-encoded) segments below.
@@ -210,7 +216,10 @@ class GatewayResource(Resource):
     def _classify(self, request: IRequest) -> Target:
         mount = list(request.prepath)
         if request.method == b"OPTIONS":
+            # ``OPTIONS *`` too: the server's options are the preflight's.
             return Target("preflight", "CORE", mount, [], self.own_max_body)
+        if request.path == b"*":
+            return Target("star", "CORE", mount, [], self.own_max_body)
         raw_segments = request_path(request).split(b"/")[1:]
         below = b"/" + b"/".join(raw_segments[len(mount) :])
         segments = normalise_path(below)
@@ -255,6 +264,8 @@ class GatewayResource(Resource):
             # Content-Length a 204 must not carry.
             request.finish()
             return NOT_DONE_YET
+        if target.kind == "star":
+            raise bad_request("Request target * is only for OPTIONS")
         mount, segments = target.mount, target.segments
         if target.kind == "own":
             return self._delegate(self.auth, request, mount, segments, decode=True)
@@ -296,13 +307,14 @@ class GatewayRequest(StreamingRequest):
         Twisted's ``process``, without the resource traversal when the
         site's root is a :class:`GatewayResource`: the gateway reads the raw
         path itself, so the unquoted ``postpath`` Twisted would build (and
-        the lookup through the root, which is a leaf) are never used.
-        Anything else (another root, the ``*`` target) goes through
-        Twisted's.
+        the lookup through the root, which is a leaf) are never used. The
+        ``*`` target goes to the gateway too (``OPTIONS *`` is a preflight,
+        any other method a JSON ``400``). Under another root, the request
+        is Twisted's.
         """
         site: Any = self.channel.site  # type: ignore[attr-defined]
         root = site.resource
-        if not isinstance(root, GatewayResource) or self.path == b"*":
+        if not isinstance(root, GatewayResource):
             super().process()
             return
         self.site = site
@@ -332,14 +344,19 @@ class GatewaySite(Site):
     max_header_bytes = GatewayChannel.max_header_bytes
     #: The most header lines in a request.
     max_headers = GatewayChannel.max_headers
+    #: Seconds to send a whole request head, from its first byte (``408``
+    #: past it); ``0`` for no limit.
+    head_timeout = GatewayChannel.head_timeout
 
     def buildProtocol(self, addr: Any) -> Any:
         """
-        A :class:`GatewayChannel` (HTTP/1.1) with this site's header limits.
+        A :class:`GatewayChannel` (HTTP/1.1) with this site's header limits
+        and head timeout.
         """
         channel = super().buildProtocol(addr)
         channel.max_header_bytes = self.max_header_bytes
         channel.max_headers = self.max_headers
+        channel.head_timeout = self.head_timeout
         return channel
 
     def log(self, request: HTTPRequest) -> None:

@@ -31,6 +31,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
 )
 from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.http_headers import Headers
@@ -290,8 +291,12 @@ def bad_request(message: str = "Malformed request") -> GatewayError:
     return GatewayError(400, "BAD_REQUEST", message, "CORE")
 
 
-#: Reason phrases Twisted's table lacks.
-_REASONS = {431: b"Request Header Fields Too Large"}
+#: Reason phrases Twisted's table lacks or spells the old way.
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+#: Seconds a client has to send a whole request head (request line and
+#: headers, up to the blank line), from its first byte; ``0`` for no limit.
+HEAD_TIMEOUT = 30.0
 
 
 class GatewayChannel(HTTPChannel):
@@ -304,8 +309,17 @@ class GatewayChannel(HTTPChannel):
     - limits the request head to :attr:`max_header_bytes` (request line,
       headers and line ends) and :attr:`max_headers` header lines:
       ``431 HEADERS_TOO_LARGE`` (``414 URI_TOO_LONG`` for the request line);
+    - gives a client :attr:`head_timeout` seconds to send a request head,
+      from its first byte (for bytes sent behind an earlier request, from
+      the end of that request) to the blank line ending it, however it
+      trickles in: past that, ``408 REQUEST_TIMEOUT``. A kept-alive
+      connection with nothing of a next request is left to the idle
+      timeout, and bodies are not covered;
     - answers every request Twisted refuses as malformed with a JSON
-      ``400 BAD_REQUEST`` instead of a bare one;
+      ``400 BAD_REQUEST`` instead of a bare one, and so a request head
+      whose lines end in a bare LF or CR (which Twisted's parser would wait
+      on forever), and an HTTP/1.1 request without a ``Host`` header or any
+      request with more than one (RFC 9112, section 3.2);
     - after a refusal, or an answer given before the request's body was all
       in, closes the connection gracefully: the answer is flushed, the
       sending side shut, and what the client still sends is read and dropped
@@ -321,6 +335,7 @@ class GatewayChannel(HTTPChannel):
     max_header_bytes = 16384
     max_headers = 100
     linger_seconds = 5.0
+    head_timeout = HEAD_TIMEOUT
 
     def __init__(self) -> None:
         super().__init__()
@@ -328,6 +343,13 @@ class GatewayChannel(HTTPChannel):
         self.receiving_body = False
         self._head_bytes = 0
         self._head_lines = 0
+        # Whether the head being read is timed: _head_call is due when its
+        # time is up. One call per connection, pushed back for each head
+        # that takes more than one read; never touched by a head that
+        # arrives whole.
+        self._head_timed = False
+        self._head_call: Optional[IDelayedCall] = None
+        self._reading = False
         self._discarding = False
         self._linger_on_close = False
         self._linger_call: Optional[IDelayedCall] = None
@@ -358,7 +380,60 @@ class GatewayChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._discarding:
             return
-        super().dataReceived(data)
+        if self._reading:
+            # Twisted replaying bytes that came behind a request answered
+            # during this read: the outer call's loop parses them.
+            super().dataReceived(data)
+            return
+        self._reading = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._reading = False
+        if self.line_mode:
+            # Between requests, or part-way through a head.
+            self._head_read()
+
+    def _head_read(self) -> None:
+        """
+        After a read that leaves the channel reading request heads: time a
+        head that has begun and is not complete, or refuse it at once if its
+        line ends can never be parsed.
+
+        Twisted's parser holds an incomplete line back; it is looked at
+        (``clearLineBuffer``) and handed back as it was.
+        """
+        transport = self.transport
+        if (
+            self._discarding
+            or transport is None
+            or getattr(transport, "disconnecting", False)
+        ):
+            return
+        rest = self.clearLineBuffer()
+        if rest:
+            # Lines end only at CRLF: a CR or LF alone (a CR last may be
+            # followed by its LF) would hold the head back forever, and a
+            # line holding one is refused once complete anyway.
+            if b"\n" in rest or rest.find(b"\r", 0, -1) >= 0:
+                self.reject(bad_request("Request head lines must end with CRLF"))
+                return
+            LineReceiver.dataReceived(self, rest)
+        elif not self._head_lines:
+            # Nothing of a next request: the idle timeout's business.
+            return
+        if not self._head_timed and self.head_timeout:
+            self._head_timed = True
+            call = self._head_call
+            if call is not None and call.active():
+                call.reset(self.head_timeout)
+            else:
+                self._head_call = self.callLater(self.head_timeout, self._head_late)
+
+    def _head_late(self) -> None:
+        self._head_call = None
+        if self._head_timed and not self._discarding:
+            self.reject(head_too_slow())
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._discarding:
@@ -390,6 +465,15 @@ class GatewayChannel(HTTPChannel):
             self.reject(headers_too_large())
 
     def allHeadersReceived(self) -> None:
+        self._head_timed = False
+        line = self.request_line
+        if line is not None and self.requests:
+            hosts = self.requests[-1].requestHeaders.getRawHeaders(b"host")
+            if (hosts is None and line[2] == b"HTTP/1.1") or (
+                hosts is not None and len(hosts) > 1
+            ):
+                self.reject(bad_request("Missing or repeated Host header"))
+                return
         self.receiving_body = self.length != 0
         super().allHeadersReceived()
         self._head_bytes = self._head_lines = 0
@@ -531,9 +615,10 @@ class GatewayChannel(HTTPChannel):
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
-        if self._linger_call is not None and self._linger_call.active():
-            self._linger_call.cancel()
-        self._linger_call = None
+        for call in (self._linger_call, self._head_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._linger_call = self._head_call = None
         super().connectionLost(reason)
 
 
@@ -565,6 +650,15 @@ def headers_too_large() -> GatewayError:
     """
     return GatewayError(
         431, "HEADERS_TOO_LARGE", "Request header fields too large", "CORE"
+    )
+
+
+def head_too_slow() -> GatewayError:
+    """
+    The answer to a request head not received within the head timeout.
+    """
+    return GatewayError(
+        408, "REQUEST_TIMEOUT", "Request head not received in time", "CORE"
     )
 
 

@@ -838,3 +838,86 @@ class ProxyDaemonTests(TestCase):
             self.assertIn(b"Drain period over", self.child.output)
 
         return ensureDeferred(go())
+
+    # The request head.
+
+    def test_slow_head(self) -> Deferred[None]:
+        """
+        A request head sent a byte a second (slowloris), which the idle
+        timeout alone never ends, is answered ``408 REQUEST_TIMEOUT`` in
+        JSON thirty seconds after its first byte, and the connection is
+        closed; the upstream never hears of it.
+        """
+
+        async def go() -> None:
+            server, url = self.raw(
+                lambda upstream: upstream.transport.write(  # type: ignore[union-attr]
+                    b"HTTP/1.1 204 No Content\r\n\r\n"
+                )
+            )
+            await self.daemon(url)
+            client = await self.connect()
+            closed_at: list[float] = []
+            client.closed.addCallback(
+                lambda data: closed_at.append(reactor.seconds()) or data
+            )
+            head = b"GET /kv/x HTTP/1.1\r\nHost: gw\r\nX-Slow: " + b"y" * 100
+            started = reactor.seconds()
+            for i in range(len(head)):
+                if closed_at or reactor.seconds() - started > 45:
+                    break
+                client.transport.write(head[i : i + 1])  # type: ignore[union-attr]
+                await deferLater(reactor, 1)
+            self.assertTrue(closed_at, "still open after 45 seconds")
+            self.assertGreaterEqual(closed_at[0] - started, 29.5)
+            self.assertLess(closed_at[0] - started, 36)
+            code, headers, body = parse(await client.closed)
+            self.assertEqual(code, 408)
+            self.assertEqual(headers[b"content-type"], b"application/json")
+            self.assertEqual(headers[b"connection"], b"close")
+            document = json.loads(body)
+            self.assertEqual(
+                (document["code"], document["route"], document["message"]),
+                ("REQUEST_TIMEOUT", "CORE", "Request head not received in time"),
+            )
+            self.assertEqual(server.heads, [])
+
+        return ensureDeferred(go())
+
+    def test_head_rules(self) -> Deferred[None]:
+        """
+        A bare-LF head is refused at once, and a missing or repeated
+        ``Host`` too, in JSON; ``OPTIONS *`` is a preflight and ``GET *`` a
+        JSON ``400``; none reaches the upstream.
+        """
+
+        async def go() -> None:
+            server, url = self.raw(
+                lambda upstream: upstream.transport.write(  # type: ignore[union-attr]
+                    b"HTTP/1.1 204 No Content\r\n\r\n"
+                )
+            )
+            await self.daemon(url)
+            for data in (
+                b"GET /kv/x HTTP/1.1\nHost: gw\n\n",
+                b"GET /kv/x HTTP/1.1\r\nAccept: */*\r\n\r\n",
+                b"GET /kv/x HTTP/1.1\r\nHost: gw\r\nHost: gw\r\n\r\n",
+                b"GET * HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+            ):
+                code, headers, body = parse(await self.exchange(data))
+                self.assertEqual(code, 400, data)
+                self.assertEqual(headers[b"content-type"], b"application/json")
+                self.assertEqual(json.loads(body)["code"], "BAD_REQUEST")
+            code, headers, body = parse(
+                await self.exchange(
+                    b"OPTIONS * HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+                )
+            )
+            self.assertEqual((code, body), (204, b""))
+            self.assertEqual(headers[b"access-control-allow-origin"], b"*")
+            self.assertEqual(
+                headers[b"access-control-allow-methods"], b"GET,POST,PUT,DELETE,OPTIONS"
+            )
+            self.assertEqual(server.heads, [])
+
+        return ensureDeferred(go())

@@ -914,6 +914,89 @@ class HostileInputTests(SynchronousTestCase):
             "HEADERS_TOO_LARGE",
         )
 
+    def test_missing_host(self) -> None:
+        """
+        An HTTP/1.1 request without ``Host``: ``400`` (RFC 9112, 3.2).
+        """
+        self.refused(b"GET /kv/a HTTP/1.1\r\nAccept: */*\r\n\r\n", 400, "BAD_REQUEST")
+
+    def test_two_hosts(self) -> None:
+        """
+        Two ``Host`` headers: ``400``, whatever the version.
+        """
+        self.refused(
+            b"GET /kv/a HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+            400,
+            "BAD_REQUEST",
+        )
+        self.h.transport, self.h.channel = self.h.connect()
+        self.refused(
+            b"GET /kv/a HTTP/1.0\r\nHost: a.test\r\nHost: a.test\r\n\r\n",
+            400,
+            "BAD_REQUEST",
+        )
+
+    def test_missing_host_before_continue(self) -> None:
+        """
+        A body's request without ``Host`` is refused before the gateway
+        asks for the body (no ``100 Continue``) or routes it.
+        """
+        self.refused(
+            b"POST /kv/a HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+            400,
+            "BAD_REQUEST",
+        )
+        self.assertNotIn(b"100 Continue", self.h.transport.value())
+
+    def test_http10_without_host(self) -> None:
+        """
+        An HTTP/1.0 request may leave ``Host`` out.
+        """
+        self.h.send(b"GET /kv/a HTTP/1.0\r\n\r\n")
+        [call] = self.h.agent.calls
+        self.assertEqual(call.uri, b"http://kv.test/a")
+
+    def test_bare_lf_head(self) -> None:
+        """
+        A head whose lines end in a bare LF (which Twisted's parser never
+        completes) is refused at once with ``400``, in one read or several.
+        """
+        self.refused(
+            b"GET /kv/x HTTP/1.1\nHost: x\n\n",
+            400,
+            "BAD_REQUEST",
+        )
+        self.h.transport, self.h.channel = self.h.connect()
+        self.h.send(b"GET /kv/x HTTP/1.1\r\n")
+        self.assertEqual(self.h.transport.value(), b"")
+        self.refused(b"Host: x\n", 400, "BAD_REQUEST")
+
+    def test_bare_cr_head(self) -> None:
+        """
+        So is a head whose lines end in a bare CR.
+        """
+        self.refused(b"GET /kv/x HTTP/1.1\rHost: x\r\r", 400, "BAD_REQUEST")
+
+    def test_crlf_split_across_reads(self) -> None:
+        """
+        A CRLF split between two reads is a line end like any other.
+        """
+        for piece in (b"GET /kv/x HTTP/1.1\r", b"\nHost: x\r", b"\n\r", b"\n"):
+            self.h.send(piece)
+        self.assertEqual(self.h.transport.value(), b"")
+        [call] = self.h.agent.calls
+        self.assertEqual(call.uri, b"http://kv.test/x")
+
+    def test_lf_in_bodies(self) -> None:
+        """
+        Line feeds in bodies, including a pipelined request's, are body.
+        """
+        self.h.send(
+            post_head(b"/nowhere", 2) + b"a\n" + post_head(b"/nowhere", 3) + b"\nb\n"
+        )
+        self.assertEqual([r.code for r in self.h.responses()], [404, 404])
+        self.assertFalse(self.h.transport.disconnecting)
+
     def test_within_limits(self) -> None:
         """
         A request at the limits is served.
@@ -921,6 +1004,221 @@ class HostileInputTests(SynchronousTestCase):
         headers = b"".join(b"X-H%d: v\r\n" % (i,) for i in range(99))
         self.h.send(b"GET /kv/a HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
         self.assertEqual(len(self.h.agent.calls), 1)
+
+
+#: The head timeout's default, in seconds.
+HEAD_SECONDS = 30
+
+#: A request head that never ends.
+ENDLESS_HEAD = b"GET /kv/a HTTP/1.1\r\nHost: gateway.test\r\nX-Slow: " + b"y" * 200
+
+
+class HeadTimeoutTests(SynchronousTestCase):
+    """
+    A request head must arrive whole within the head timeout of its first
+    byte, however it trickles in (slowloris); idle connections and bodies
+    are left to the other timeouts.
+    """
+
+    def setUp(self) -> None:
+        self.h = ChannelHarness()
+
+    def trickle(self, seconds: int, data: bytes = ENDLESS_HEAD) -> bytes:
+        """
+        Send one byte of ``data`` a second for ``seconds`` seconds, the
+        first at once; return the rest.
+        """
+        for i in range(seconds):
+            self.h.send(data[i : i + 1])
+            self.h.clock.advance(1)
+        return data[seconds:]
+
+    def assert_timed_out(self, calls: int = 0) -> None:
+        """
+        The client got the JSON ``408`` and its connection closes; the
+        upstream saw nothing beyond ``calls`` earlier requests.
+        """
+        answer = self.h.response()
+        self.assertEqual(answer.code, 408, answer.body)
+        self.assertEqual(answer.header(b"content-type"), b"application/json")
+        self.assertEqual(answer.header(b"connection"), b"close")
+        body = answer.json()
+        self.assertEqual(
+            {k: body[k] for k in ("route", "status", "code", "message")},
+            {
+                "route": "CORE",
+                "status": 408,
+                "code": "REQUEST_TIMEOUT",
+                "message": "Request head not received in time",
+            },
+        )
+        self.assertEqual(body["requestId"].encode(), answer.header(b"x-request-id"))
+        self.assertIn("timestamp", body)
+        self.h.send(b"\r\n\r\n")
+        self.assertEqual(len(self.h.agent.calls), calls)
+        self.h.clock.advance(GatewayChannel.linger_seconds)
+        self.assertTrue(self.h.transport.disconnecting)
+        self.h.channel.connectionLost(Failure(ConnectionDone()))
+
+    def test_default(self) -> None:
+        """
+        The limit is 30 seconds, on the channel and the site.
+        """
+        self.assertEqual(GatewayChannel.head_timeout, HEAD_SECONDS)
+        self.assertEqual(GatewaySite.head_timeout, HEAD_SECONDS)
+        self.assertEqual(self.h.channel.head_timeout, HEAD_SECONDS)
+
+    def test_slow_head(self) -> None:
+        """
+        A head sent a byte a second is answered ``408`` thirty seconds
+        after its first byte, although the idle timeout never fires.
+        """
+        self.trickle(HEAD_SECONDS - 1)
+        self.assertEqual(self.h.transport.value(), b"")
+        self.assertFalse(self.h.transport.disconnecting)
+        self.h.clock.advance(1)
+        self.assert_timed_out()
+
+    def test_silent_after_first_bytes(self) -> None:
+        """
+        A head that stops part-way is timed out by the head timeout, before
+        the idle timeout would close the connection without a word.
+        """
+        self.h.send(b"GET /kv/a HTTP/1.1\r\nHost: gateway.test\r\n")
+        self.h.clock.advance(HEAD_SECONDS - 0.5)
+        self.assertEqual(self.h.transport.value(), b"")
+        self.h.clock.advance(0.5)
+        self.assert_timed_out()
+
+    def test_from_first_byte(self) -> None:
+        """
+        The time counts from the head's first byte, not from the connection:
+        a connection idle a while, then sending slowly, gets its full 30
+        seconds.
+        """
+        self.h.clock.advance(50)
+        self.trickle(HEAD_SECONDS - 1)
+        self.assertEqual(self.h.transport.value(), b"")
+        self.h.clock.advance(1)
+        self.assert_timed_out()
+
+    def test_slow_head_in_time(self) -> None:
+        """
+        A head that arrives slowly but whole within the limit is served,
+        and leaves no timeout behind it.
+        """
+        head = b"GET /kv HTTP/1.1\r\nHost: g\r\n\r\n"
+        self.assertLess(len(head), HEAD_SECONDS)
+        self.trickle(len(head), head)
+        [call] = self.h.agent.calls
+        call.answer(FakeResponse(200, length=0)).finish()
+        self.h.clock.advance(HEAD_SECONDS)
+        self.assertEqual([r.code for r in self.h.responses()], [200])
+        self.assertFalse(self.h.transport.disconnecting)
+
+    def test_idle_keep_alive(self) -> None:
+        """
+        A kept-alive connection with nothing of a next request is left to
+        the idle timeout (60 seconds): no ``408``, closed without a word.
+        """
+        self.h.send(b"GET /kv/a HTTP/1.1\r\nHost: g\r\n\r\n")
+        [call] = self.h.agent.calls
+        call.answer(FakeResponse(200, length=0)).finish()
+        self.h.clock.advance(59)
+        self.assertFalse(self.h.transport.disconnecting)
+        self.h.clock.advance(1)
+        self.assertTrue(self.h.transport.disconnecting)
+        self.assertEqual([r.code for r in self.h.responses()], [200])
+
+    def test_next_head_on_kept_alive_connection(self) -> None:
+        """
+        On a kept-alive connection, each head has its own 30 seconds from
+        its first byte, whenever it comes.
+        """
+        self.h.send(b"GET /kv/a HTTP/1.1\r\nHost: g\r\n\r\n")
+        [call] = self.h.agent.calls
+        call.answer(FakeResponse(200, length=0)).finish()
+        self.h.clock.advance(20)
+        self.trickle(HEAD_SECONDS - 1)
+        self.assertEqual([r.code for r in self.h.responses()], [200])
+        self.h.transport.clear()
+        self.h.clock.advance(1)
+        self.assert_timed_out(calls=1)
+
+    def test_head_behind_answered_request(self) -> None:
+        """
+        Bytes of a next head sent with a request answered at once (no
+        complete line of it yet) are timed from then.
+        """
+        self.h.send(b"GET /nowhere HTTP/1.1\r\nHost: g\r\n\r\nGET /kv/b HT")
+        self.assertEqual([r.code for r in self.h.responses()], [404])
+        self.h.transport.clear()
+        self.trickle(HEAD_SECONDS - 1, b"TP/1.1\r\nHost: g\r\nX-Slow: " + b"y" * 50)
+        self.assertEqual(self.h.transport.value(), b"")
+        self.h.clock.advance(1)
+        self.assert_timed_out()
+
+    def test_pipelined_head(self) -> None:
+        """
+        Bytes of a next head sent while a request is being answered are
+        timed from the end of that request.
+        """
+        self.h.send(b"GET /kv/a HTTP/1.1\r\nHost: g\r\n\r\nGET /kv/b HT")
+        [call] = self.h.agent.calls
+        self.h.clock.advance(20)
+        call.answer(FakeResponse(200, length=0)).finish()
+        self.h.transport.clear()
+        self.trickle(HEAD_SECONDS - 1, b"TP/1.1\r\nHost: g\r\nX-Slow: " + b"y" * 50)
+        self.assertEqual(self.h.transport.value(), b"")
+        self.h.clock.advance(1)
+        self.assert_timed_out(calls=1)
+
+    def test_bodies_not_covered(self) -> None:
+        """
+        A body may take longer than the head timeout, a byte at a time.
+        """
+        self.h.send(post_head(b"/kv/items", 10))
+        [call] = self.h.agent.calls
+        producing = call.start_body()
+        for byte in b"0123456789":
+            self.h.clock.advance(10)
+            self.h.send(bytes([byte]))
+        self.successResultOf(producing)
+        self.assertEqual(call.consumer.body(), b"0123456789")
+        self.assertEqual(self.h.transport.value(), b"")
+
+    def test_configured(self) -> None:
+        """
+        The site's ``head_timeout`` applies to its channels; ``0`` turns
+        the limit off.
+        """
+        self.h.site.head_timeout = 5
+        self.h.transport, self.h.channel = self.h.connect()
+        self.trickle(4)
+        self.assertEqual(self.h.transport.value(), b"")
+        self.h.clock.advance(1)
+        self.assert_timed_out()
+        self.h.site.head_timeout = 0
+        self.h.transport, self.h.channel = self.h.connect()
+        self.trickle(150)
+        self.assertEqual(self.h.transport.value(), b"")
+        self.assertFalse(self.h.transport.disconnecting)
+
+    def test_one_timer_per_connection(self) -> None:
+        """
+        A head that arrives in one read arms no timer; heads that take
+        several reads on a kept-alive connection share one.
+        """
+        before = len(self.h.clock.getDelayedCalls())
+        for _ in range(3):
+            self.h.send(b"GET /nowhere HTTP/1.1\r\nHost: g\r\n\r\n")
+        self.assertEqual(len(self.h.clock.getDelayedCalls()), before)
+        for _ in range(3):
+            self.h.send(b"GET /nowhere HTTP/1.1\r\n")
+            self.h.clock.advance(1)
+            self.h.send(b"Host: g\r\n\r\n")
+            self.assertEqual(len(self.h.clock.getDelayedCalls()), before + 1)
+        self.assertEqual([r.code for r in self.h.responses()], [404] * 6)
 
 
 class DoneHookTests(SynchronousTestCase):
@@ -1041,16 +1339,68 @@ class ProcessTests(SynchronousTestCase):
 
     def test_star_target(self) -> None:
         """
-        ``OPTIONS *`` still goes through Twisted's own handling: an empty
-        ``200``, no gateway routing.
+        ``OPTIONS *`` is answered as a preflight on a path is: ``204`` with
+        the same CORS headers, no body; no upstream is called.
         """
         h = ChannelHarness()
+        h.send(b"OPTIONS /build/x HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        [path] = h.responses()
+        h.transport.clear()
         h.send(b"OPTIONS * HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
-        [answer] = h.responses()
-        self.assertEqual((answer.code, answer.body), (200, b""))
-        self.assertEqual(answer.header(b"content-length"), b"0")
-        self.assertIsNone(answer.header(b"x-request-id"))
+        [star] = h.responses()
+        self.assertEqual((star.code, star.body), (204, b""))
+        self.assertIsNone(star.header(b"content-length"))
+        for name in (
+            b"Access-Control-Allow-Origin",
+            b"Access-Control-Allow-Headers",
+            b"Access-Control-Allow-Methods",
+            b"Access-Control-Max-Age",
+        ):
+            self.assertIsNotNone(star.header(name), name)
+        names = sorted(name for name, _ in path.headers.getAllRawHeaders())
+        self.assertEqual(
+            sorted(name for name, _ in star.headers.getAllRawHeaders()), names
+        )
+        for name in names:
+            if name != b"Date":
+                self.assertEqual(star.header(name), path.header(name), name)
         self.assertEqual(h.agent.calls, [])
+
+    def test_star_other_methods(self) -> None:
+        """
+        ``*`` with any other method is the gateway's JSON ``400``; the
+        connection serves on.
+        """
+        h = ChannelHarness()
+        h.send(b"GET * HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        h.send(post_head(b"*", 2) + b"{}")
+        h.send(b"GET /nowhere HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        get, post, after = h.responses()
+        for answer in (get, post):
+            self.assertEqual(answer.code, 400, answer.body)
+            self.assertEqual(answer.header(b"content-type"), b"application/json")
+            body = answer.json()
+            self.assertEqual(
+                (body["status"], body["code"], body["route"]),
+                (400, "BAD_REQUEST", "CORE"),
+            )
+            self.assertIsNone(answer.header(b"connection"))
+        self.assertEqual(after.code, 404)
+        self.assertEqual(h.agent.calls, [])
+
+    def test_star_other_root(self) -> None:
+        """
+        Under another root resource the ``*`` target stays Twisted's.
+        """
+        site = GatewaySite(Resource(), reactor=MemoryReactorClock())
+        channel = site.buildProtocol(CLIENT)
+        transport = StringTransport(hostAddress=SERVER, peerAddress=CLIENT)
+        channel.makeConnection(transport)
+        channel.dataReceived(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        channel.dataReceived(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n")
+        options, get = parse_responses(transport.value())
+        self.assertEqual((options.code, options.body), (200, b""))
+        self.assertEqual(get.code, 405)
 
     def test_other_root(self) -> None:
         """
