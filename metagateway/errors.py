@@ -174,8 +174,10 @@ def write_json(
     return body
 
 
-#: Reason phrases Twisted's table lacks (it would send "Unknown Status").
-_PHRASES = {
+#: Reason phrases Twisted's table lacks (it would send "Unknown Status")
+#: or spells the old way.
+REASON_PHRASES = {
+    408: b"Request Timeout",
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
 }
@@ -187,7 +189,7 @@ def set_json_headers(
     """
     Set the status code and the JSON and CORS headers on ``request``.
     """
-    request.setResponseCode(status, _PHRASES.get(status))
+    request.setResponseCode(status, REASON_PHRASES.get(status))
     for name, value in JSON_HEADERS:
         request.setHeader(name, value)
     for name, value in (headers or {}).items():

@@ -42,6 +42,7 @@ from metagateway.auth import too_large
 from metagateway.drain import is_draining
 from metagateway.errors import (
     JSON_HEADERS,
+    REASON_PHRASES,
     GatewayError,
     error_response,
     internal_error,
@@ -290,9 +291,6 @@ def bad_request(message: str = "Malformed request") -> GatewayError:
     """
     return GatewayError(400, "BAD_REQUEST", message, "CORE")
 
-
-#: Reason phrases Twisted's table lacks or spells the old way.
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 #: Seconds a client has to send a whole request head (request line and
 #: headers, up to the blank line), from its first byte; ``0`` for no limit.
@@ -565,7 +563,9 @@ class GatewayChannel(HTTPChannel):
             return
         request_id = str(uuid.uuid4())
         body = error.body(request_id)
-        reason = _REASONS.get(error.status) or RESPONSES.get(error.status, b"Error")
+        reason = REASON_PHRASES.get(error.status) or RESPONSES.get(
+            error.status, b"Error"
+        )
         head = [b"HTTP/1.1 %d %s\r\n" % (error.status, reason)]
         for name, value in JSON_HEADERS:
             head.append(name + b": " + value + b"\r\n")
