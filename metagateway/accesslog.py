@@ -19,6 +19,7 @@ attribute                meaning                              set by
 ``metagatewayUpstreamStatus`` the upstream's status           :func:`note_upstream`
 ``metagatewayUpstreamError``  how the upstream failed         :func:`note_upstream`
 ``metagatewayError``     code of the gateway's JSON error     ``errors.error_response``
+``metagatewayRefused``   status the connection refused with   :func:`note_refused`
 ``metagatewayRequestId`` the request id                       ``errors.request_id_of``
 ``metagatewayBytesIn``   request body bytes                   the recorder
 ======================== ==================================== ================
@@ -155,6 +156,16 @@ def note_upstream(
         request.metagatewayUpstreamStatus = status  # type: ignore[attr-defined]
     if error is not None:
         request.metagatewayUpstreamError = error  # type: ignore[attr-defined]
+
+
+def note_refused(request: IRequest, status: int, code: str) -> None:
+    """
+    Record that the connection refused ``request`` part-way through its
+    body (a malformed chunk, say), answering ``status`` and ``code`` on the
+    connection itself: its line shows them, not a client that went away.
+    """
+    request.metagatewayRefused = status  # type: ignore[attr-defined]
+    request.metagatewayError = code  # type: ignore[attr-defined]
 
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -516,7 +527,7 @@ class RequestRecorder:
         if result is not None:
             # The connection was lost before the answer was complete.
             if not request.startedWriting:
-                status = 499
+                status = notes.get("metagatewayRefused", 499)
             if error is None and upstream_error is None:
                 error = "CLIENT_CLOSED"
         route = notes.get("metagatewayRoute", "NONE")

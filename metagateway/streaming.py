@@ -38,6 +38,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from twisted.web.server import Request
 
+from metagateway.accesslog import note_refused
 from metagateway.auth import too_large
 from metagateway.drain import is_draining
 from metagateway.errors import (
@@ -585,6 +586,7 @@ class GatewayChannel(HTTPChannel):
         # its upstream call is cancelled, and its answer never written.
         for request in list(self.requests):
             if not request.finished:
+                note_refused(request, error.status, error.code)
                 request.connectionLost(Failure(ConnectionAborted("request refused")))
 
     def _respondToBadRequestAndDisconnect(self) -> None:

@@ -137,6 +137,17 @@ class ProxiedRequestTests(SynchronousTestCase):
         call.answer(FakeResponse(200, Headers(), length=0)).finish()
         self.assertEqual(self.events.one(self)["bytes_in"], 5)
 
+    def test_refused_mid_body(self) -> None:
+        """
+        A body refused part-way (a malformed chunk) is logged with the
+        ``400 BAD_REQUEST`` the client was answered, not as a client that
+        went away.
+        """
+        self.send(post_head(b"/kv/x", None) + chunk(b"abc") + b"zz\r\n")
+        event = self.events.one(self)
+        self.assertEqual((event["status"], event["error"]), (400, "BAD_REQUEST"))
+        self.assertIn(b"400", self.harness.transport.value().split(b"\r\n")[0])
+
     def test_token_refused(self) -> None:
         """
         A refused token: the error code, no subject, no upstream.
