@@ -695,6 +695,8 @@ class StreamingRequest(Request):
     _body_seen = 0
     _cap_route = "CORE"
     _body_length: Optional[int] = None
+    #: Whether the client waits for "100 Continue" before its body.
+    _continue_pending = False
     _done_hooks: Optional[list[tuple[DoneHook, tuple[Any, ...]]]] = None
     #: ``None`` until the request is over; then the hooks' result.
     _done: Optional[tuple[Optional[Failure]]] = None
@@ -754,6 +756,13 @@ class StreamingRequest(Request):
             self._plan = "stream"
             self.content = BytesIO()
             self._body_length = length
+            expect = self.requestHeaders.getRawHeaders(b"expect")
+            if expect and expect[0].lower() == b"100-continue":
+                # "100 Continue" once the upstream takes the body, not now:
+                # a request refused on its head (a bad token) is answered
+                # without inviting the body first (RFC 9110, 10.1.1).
+                self.requestHeaders.removeHeader(b"expect")
+                self._continue_pending = line[2] == b"HTTP/1.1"
         elif length is not None and target.max_body and length > target.max_body:
             self._refuse_early(too_large(target.route, target.max_body))
         else:
@@ -794,11 +803,28 @@ class StreamingRequest(Request):
             self.args = {}
             channel: Any = self.channel
             self.body_stream = StreamingBody(
-                self._body_length, channel.pause_reading, channel.resume_reading
+                self._body_length,
+                channel.pause_reading,
+                self._continue_then_resume
+                if self._continue_pending
+                else channel.resume_reading,
             )
             self.process()
         elif plan == "refuse":
             self._dispatch_refusal()
+
+    def _continue_then_resume(self) -> None:
+        """
+        Read the body on, after telling a client that waits for it that it
+        may send it (the first time, and only if no answer has begun).
+        """
+        channel: Any = self.channel
+        if self._continue_pending:
+            self._continue_pending = False
+            transport = getattr(channel, "transport", None)
+            if transport is not None and not self.startedWriting and not self.finished:
+                transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        channel.resume_reading()
 
     def _dispatch_refusal(self) -> None:
         # Through the resource, so that the answer is counted and logged

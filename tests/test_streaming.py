@@ -627,13 +627,42 @@ class EarlyRoutingTests(SynchronousTestCase):
 
     def test_expect_continue(self) -> None:
         """
-        ``Expect: 100-continue`` is answered by the gateway and never sent
-        upstream.
+        ``Expect: 100-continue`` is answered by the gateway once the
+        upstream takes the body (not before), and never sent upstream.
         """
         self.h.send(post_head(b"/kv/a", 3, b"Expect: 100-continue\r\n"))
-        self.assertTrue(self.h.transport.value().startswith(b"HTTP/1.1 100 Continue"))
         [call] = self.h.agent.calls
         self.assertFalse(call.headers.hasHeader(b"expect"))
+        self.assertEqual(self.h.transport.value(), b"")
+        call.start_body()
+        self.assertEqual(self.h.transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.h.send(b"abc")
+        call.answer(FakeResponse(200, Headers(), length=0)).finish()
+        self.assertEqual(call.consumer.body(), b"abc")
+        self.assertEqual(self.h.transport.value().count(b"100 Continue"), 1)
+
+    def test_expect_continue_refused_head(self) -> None:
+        """
+        A request refused on its head (no token on ``/build``) is answered
+        at once, without a "100 Continue" that would invite its body.
+        """
+        self.h.send(post_head(b"/build/x", 3, b"Expect: 100-continue\r\n"))
+        wire = self.h.transport.value()
+        self.assertTrue(wire.startswith(b"HTTP/1.1 401 "), wire)
+        self.assertNotIn(b"100 Continue", wire)
+        self.assertEqual(self.h.agent.calls, [])
+
+    def test_expect_continue_http10(self) -> None:
+        """
+        An HTTP/1.0 client is never sent "100 Continue".
+        """
+        self.h.send(
+            b"POST /kv/a HTTP/1.0\r\nHost: gateway.test\r\nContent-Length: 3\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        [call] = self.h.agent.calls
+        call.start_body()
+        self.assertNotIn(b"100 Continue", self.h.transport.value())
 
     def test_answer_before_body_closes(self) -> None:
         """
