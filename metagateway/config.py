@@ -5,9 +5,10 @@ command-line options and an environment mapping.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
+
+from metagateway.addresses import TrustedProxies
 
 #: Route name -> the environment variable naming its upstream.
 SERVICE_VARIABLES = {
@@ -252,14 +253,12 @@ class GatewayConfig:
             ).split(",")
             if part.strip()
         )
-        for entry in trusted:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ConfigurationError(
-                    "--trusted-proxies / METAGATEWAY_TRUSTED_PROXIES: %r is not "
-                    "an IP address or network" % (entry,)
-                ) from None
+        try:
+            TrustedProxies(trusted)
+        except ValueError as e:
+            raise ConfigurationError(
+                "--trusted-proxies / METAGATEWAY_TRUSTED_PROXIES: %s" % (e,)
+            ) from None
 
         return cls(
             jwt_secret=secret,

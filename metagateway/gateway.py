@@ -42,7 +42,8 @@ from twisted.web.iweb import (
 from twisted.web.resource import IResource
 
 from metagateway.accesslog import AccessLog, RequestRecorder
-from metagateway.auth import AuthApp, TrustedProxies, client_address
+from metagateway.addresses import TrustedProxies
+from metagateway.auth import AuthApp, client_address
 from metagateway.config import ConfigurationError, GatewayConfig
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.interfaces import ICredentialStore
@@ -449,13 +450,13 @@ class Gateway:
         )
         self.metrics = metrics if metrics is not None else Metrics()
         self.passwords = PasswordChecks(reactor)
-        try:
-            trusted: Container[str] = TrustedProxies(config.trusted_proxies)
-        except ValueError as e:
-            raise ConfigurationError("trusted_proxies: %s" % (e,)) from None
-        if not config.trusted_proxies:
-            # The usual case: each request's "in" is then a C-level test.
-            trusted = ()
+        # With none (the usual case) each request's "in" is a tuple's.
+        trusted: Container[str] = ()
+        if config.trusted_proxies:
+            try:
+                trusted = TrustedProxies(config.trusted_proxies)
+            except ValueError as e:
+                raise ConfigurationError("trusted_proxies: %s" % (e,)) from None
         self.auth = AuthApp(
             self.tokens,
             MeasuredCredentialStore(self.store, self.metrics, reactor.seconds),

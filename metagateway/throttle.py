@@ -23,6 +23,8 @@ from array import array
 from collections import OrderedDict
 from typing import Callable, Optional
 
+from metagateway.addresses import parse_address
+
 #: Most keys remembered by one counter.
 DEFAULT_MAX_KEYS = 100_000
 
@@ -189,16 +191,10 @@ def address_key(address: str) -> str:
     address; anything else (a UNIX socket, an unparsable forwarded value)
     as itself, or a digest of it when it is long.
     """
-    text = address.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    try:
-        parsed = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
+    parsed = parse_address(address.strip())
+    if parsed is None:
         return user_key(address)
     if isinstance(parsed, ipaddress.IPv6Address):
-        if parsed.ipv4_mapped is not None:
-            return str(parsed.ipv4_mapped)
         return str(ipaddress.IPv6Network((parsed, 64), strict=False))
     return str(parsed)
 

@@ -18,7 +18,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from metagateway.auth import TrustedProxies
+from metagateway.addresses import TrustedProxies
 from metagateway.config import ConfigurationError
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.interfaces import (
