@@ -5,8 +5,9 @@ normalisation, dispatch to the auth app or the proxy, and the JSON 404.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
@@ -293,6 +294,28 @@ class GatewayResource(Resource):
         return resource.render(request)
 
 
+class HTTPDate:
+    """
+    The ``Date`` header's value for now, formatted once a second rather
+    than for every request.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.second = -1
+        self.value = b""
+
+    def __call__(self) -> bytes:
+        second = int(self.clock())
+        if second != self.second:
+            self.value = datetimeToString(second)
+            self.second = second
+        return self.value
+
+
+http_date = HTTPDate()
+
+
 class GatewayRequest(StreamingRequest):
     """
     The daemon's request: it adds no ``text/html`` content type of its own,
@@ -320,7 +343,7 @@ class GatewayRequest(StreamingRequest):
         self.site = site
         self.sitepath: list[bytes] = []
         self.setHeader(b"Server", server_version)
-        self.setHeader(b"Date", datetimeToString())
+        self.setHeader(b"Date", http_date())
         self.prepath = []
         self.postpath = []
         try:
@@ -357,6 +380,9 @@ class GatewaySite(Site):
         channel.max_header_bytes = self.max_header_bytes
         channel.max_headers = self.max_headers
         channel.head_timeout = self.head_timeout
+        # The clock the site's callLater runs on (see Twisted's
+        # HTTPFactory.buildProtocol), for the channel's idle timer.
+        channel.seconds = self.reactor.seconds
         return channel
 
     def log(self, request: HTTPRequest) -> None:

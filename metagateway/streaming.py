@@ -24,6 +24,7 @@ from zope.interface import implementer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import (
+    IAddress,
     IConsumer,
     IDelayedCall,
     IHalfCloseableDescriptor,
@@ -364,6 +365,25 @@ class GatewayChannel(HTTPChannel):
 
     #: Whether the connection is TLS, once it is made.
     _secure: Optional[bool] = None
+    _host: Optional[IAddress] = None
+    _peer: Optional[IAddress] = None
+
+    def getHost(self) -> IAddress:
+        """
+        The local address, asked of the transport once per connection
+        rather than for every request (a system call each time).
+        """
+        if self._host is None:
+            self._host = self.transport.getHost()  # type: ignore[union-attr]
+        return self._host
+
+    def getPeer(self) -> IAddress:
+        """
+        The client's address, asked of the transport once per connection.
+        """
+        if self._peer is None:
+            self._peer = self.transport.getPeer()  # type: ignore[union-attr]
+        return self._peer
 
     def isSecure(self) -> bool:
         """
@@ -530,6 +550,51 @@ class GatewayChannel(HTTPChannel):
         if producer is not None and not self._discarding:
             producer.resumeProducing()
 
+    # The idle timeout. Twisted's ``TimeoutMixin`` reschedules its timer
+    # on every read and cancels and re-creates it around every request:
+    # three reactor calls per request. With the site's clock known, one
+    # timer per connection notes when the connection was last active and,
+    # come due early, waits again for the rest; the timing is the same.
+
+    #: The clock's ``seconds``, given by the site with its ``callLater``;
+    #: without it the idle timeout is ``TimeoutMixin``'s own.
+    seconds: Optional[Callable[[], float]] = None
+    _idle_call: Optional[IDelayedCall] = None
+    _idle_since = 0.0
+
+    def resetTimeout(self) -> None:
+        seconds = self.seconds
+        if seconds is None:
+            super().resetTimeout()
+        elif self.timeOut is not None and self._idle_call is not None:
+            self._idle_since = seconds()
+
+    def setTimeout(self, period: Optional[int]) -> Optional[int]:
+        seconds = self.seconds
+        if seconds is None:
+            return super().setTimeout(period)  # type: ignore[no-any-return]
+        previous, self.timeOut = self.timeOut, period
+        if period is not None:
+            now = self._idle_since = seconds()
+            call = self._idle_call
+            if call is None:
+                self._idle_call = self.callLater(period, self._idle_due)
+            elif call.getTime() > now + period:
+                call.reset(period)
+        # Off (None): a timer still set lapses when it comes due.
+        return previous
+
+    def _idle_due(self) -> None:
+        self._idle_call = None
+        period = self.timeOut
+        if period is None or self.seconds is None:
+            return
+        rest = self._idle_since + period - self.seconds()
+        if rest > 0:
+            self._idle_call = self.callLater(rest, self._idle_due)
+        else:
+            self.timeoutConnection()
+
     def timeoutConnection(self) -> None:
         # While the client's body is held for a slow upstream, the silence
         # is the upstream's; the upstream timeout bounds that wait.
@@ -617,10 +682,10 @@ class GatewayChannel(HTTPChannel):
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
-        for call in (self._linger_call, self._head_call):
+        for call in (self._linger_call, self._head_call, self._idle_call):
             if call is not None and call.active():
                 call.cancel()
-        self._linger_call = self._head_call = None
+        self._linger_call = self._head_call = self._idle_call = None
         super().connectionLost(reason)
 
 

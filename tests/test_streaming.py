@@ -21,6 +21,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
@@ -31,7 +32,7 @@ from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 from metagateway.credentials.memory import MemoryCredentialStore
 from metagateway.gateway import Gateway
 from metagateway.passwords import make_record
-from metagateway.site import GatewayChannel, GatewayRequest, GatewaySite
+from metagateway.site import GatewayChannel, GatewayRequest, GatewaySite, HTTPDate
 from metagateway.streaming import (
     BodyListener,
     BodyTooLarge,
@@ -1452,3 +1453,133 @@ class ProcessTests(SynchronousTestCase):
         channel.dataReceived(b"GET /a%20b/c HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(seen, [[b"a b", b"c"]])
         self.assertIn(b"\r\n\r\nok", transport.value())
+
+
+class ConnectionCostTests(SynchronousTestCase):
+    """
+    What a kept-alive connection does once rather than for every request:
+    its idle timer, its addresses and the ``Date`` header.
+    """
+
+    @staticmethod
+    def idle_calls(h: ChannelHarness) -> list[Any]:
+        return [
+            call
+            for call in h.clock.getDelayedCalls()
+            if call.func == h.channel._idle_due  # type: ignore[attr-defined]
+        ]
+
+    def get(self, h: ChannelHarness, path: bytes = b"/kv/a") -> None:
+        h.send(b"GET " + path + b" HTTP/1.1\r\nHost: g\r\n\r\n")
+        h.agent.calls[-1].answer(FakeResponse(200, length=0)).finish()
+
+    def test_one_idle_timer(self) -> None:
+        """
+        Many requests on one connection keep a single idle timer: no timer
+        is cancelled and made anew for each.
+        """
+        h = ChannelHarness()
+        [idle] = self.idle_calls(h)
+        for _ in range(20):
+            self.get(h)
+            h.clock.advance(1)
+        self.assertEqual(self.idle_calls(h), [idle])
+        self.assertEqual([r.code for r in h.responses()], [200] * 20)
+
+    def test_idle_counts_from_last_activity(self) -> None:
+        """
+        The connection closes 60 seconds after it was last active, whether
+        that was a read, an answer, or a request in progress.
+        """
+        h = ChannelHarness(upstream_timeout=0.0)
+        h.clock.advance(50)
+        h.send(b"GET /kv/a HTTP/1.1\r\n")
+        h.clock.advance(20)
+        self.assertFalse(h.transport.disconnecting)
+        h.send(b"Host: g\r\n\r\n")
+        # No idle timeout while the request is being answered.
+        h.clock.advance(500)
+        self.assertFalse(h.transport.disconnecting)
+        h.agent.calls[-1].answer(FakeResponse(200, length=0)).finish()
+        h.clock.advance(59.5)
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(0.5)
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_no_timer_left(self) -> None:
+        """
+        A closed connection leaves no timer behind.
+        """
+        h = ChannelHarness()
+        self.get(h)
+        self.assertEqual(len(self.idle_calls(h)), 1)
+        h.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.idle_calls(h), [])
+
+    def test_shorter_timeout(self) -> None:
+        """
+        A timeout set shorter than the one pending takes effect at once.
+        """
+        h = ChannelHarness()
+        h.channel.setTimeout(5)
+        h.clock.advance(5)
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_without_clock(self) -> None:
+        """
+        A channel the site did not give a clock keeps Twisted's own idle
+        timeout.
+        """
+        clock = MemoryReactorClock()
+        channel = GatewayChannel()
+        channel.callLater = clock.callLater  # type: ignore[method-assign]
+        channel.timeOut = 10
+        transport = StringTransport(hostAddress=SERVER, peerAddress=CLIENT)
+        channel.makeConnection(transport)
+        clock.advance(9)
+        channel.dataReceived(b"GET /")
+        clock.advance(9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_addresses_asked_once(self) -> None:
+        """
+        The transport is asked for the connection's addresses once, not
+        for every request; every request still sees them.
+        """
+        h = ChannelHarness()
+        asked: list[str] = []
+        transport = h.transport
+        host, peer = transport.getHost, transport.getPeer
+
+        def count(name: str, ask: Any) -> Any:
+            def asking() -> Any:
+                asked.append(name)
+                return ask()
+
+            return asking
+
+        transport.getHost = count("host", host)  # type: ignore[method-assign]
+        transport.getPeer = count("peer", peer)  # type: ignore[method-assign]
+        for _ in range(3):
+            self.get(h)
+        self.assertEqual(sorted(asked), ["host", "peer"])
+        [call] = h.agent.calls[-1:]
+        self.assertEqual(call.headers.getRawHeaders(b"x-forwarded-for"), [b"10.0.0.7"])
+        for request in h.channel.requests:
+            self.assertEqual(request.getHost(), SERVER)
+
+    def test_date_once_a_second(self) -> None:
+        """
+        The ``Date`` header is formatted once a second and is what Twisted
+        would write.
+        """
+        now = [1_800_000_000.2]
+        date = HTTPDate(lambda: now[0])
+        first = date()
+        self.assertEqual(first, datetimeToString(1_800_000_000))
+        now[0] += 0.7
+        self.assertIs(date(), first)
+        now[0] += 0.2
+        self.assertEqual(date(), datetimeToString(1_800_000_001))
