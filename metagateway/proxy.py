@@ -184,19 +184,27 @@ def upstream_headers(
 
 def copy_response_headers(response: IResponse, request: IRequest) -> None:
     """
-    Copy an upstream's end-to-end response headers onto ``request``, and add
-    ``Access-Control-Allow-Origin: *`` unless the upstream set one: the one
-    addition CONTRACT §5 allows.
+    Answer ``request`` with an upstream's end-to-end response headers, and
+    add ``Access-Control-Allow-Origin: *`` unless the upstream set one: the
+    one addition CONTRACT §5 allows.
+
+    The upstream's ``Headers`` become the request's response headers (one
+    header set rather than a copy of each), less the hop-by-hop ones; what
+    the gateway had set already (``Server``, ``Date``, a ``Connection:
+    close``) stays only where the upstream sent no such header.
     """
-    named = connection_tokens(response.headers)
+    headers = response.headers
+    named = connection_tokens(headers)
     dropped = (HOP_BY_HOP | named) if named else HOP_BY_HOP
-    out = request.responseHeaders
-    for name, values in response.headers.getAllRawHeaders():
-        if name.lower() in dropped:
-            continue
-        out.setRawHeaders(name, values)
-    if not out.hasHeader(b"access-control-allow-origin"):
-        out.setRawHeaders(b"Access-Control-Allow-Origin", [b"*"])
+    hop = [name for name, _ in headers.getAllRawHeaders() if name.lower() in dropped]
+    for name in hop:
+        headers.removeHeader(name)
+    for name, values in request.responseHeaders.getAllRawHeaders():
+        if not headers.hasHeader(name):
+            headers.setRawHeaders(name, values)
+    request.responseHeaders = headers
+    if not headers.hasHeader(b"access-control-allow-origin"):
+        headers.setRawHeaders(b"Access-Control-Allow-Origin", [b"*"])
     # The client parser keeps Content-Length out of ``headers``. A 204 must
     # not carry one, and a 304's would describe another answer's body, not
     # the empty one Twisted's client reports.
@@ -205,7 +213,7 @@ def copy_response_headers(response: IResponse, request: IRequest) -> None:
         and request.method != b"HEAD"
         and response.code not in NO_BODY_CODES
     ):
-        out.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])
+        headers.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])
 
 
 def upstream_url(base: bytes, rest: list[bytes], uri: bytes) -> bytes:

@@ -1583,3 +1583,39 @@ class ConnectionCostTests(SynchronousTestCase):
         self.assertIs(date(), first)
         now[0] += 0.2
         self.assertEqual(date(), datetimeToString(1_800_000_001))
+
+    def test_upstream_headers_answer(self) -> None:
+        """
+        A proxied answer carries the upstream's end-to-end headers, its own
+        ``Server`` and ``Date`` over the gateway's, no hop-by-hop header, the
+        CORS header and the length; an upstream that sends no ``Server`` or
+        ``Date`` gets the gateway's.
+        """
+        h = ChannelHarness()
+        h.send(b"GET /kv/a HTTP/1.1\r\nHost: g\r\n\r\n")
+        own = Headers(
+            {
+                b"Server": [b"upstream/1"],
+                b"Date": [b"Sun, 06 Nov 1994 08:49:37 GMT"],
+                b"Keep-Alive": [b"timeout=5"],
+                b"X-Thing": [b"a", b"b"],
+            }
+        )
+        response = h.agent.calls[-1].answer(FakeResponse(200, own, length=2))
+        response.send(b"ok")
+        response.finish()
+        h.send(b"GET /kv/b HTTP/1.1\r\nHost: g\r\n\r\n")
+        h.agent.calls[-1].answer(FakeResponse(200, Headers(), length=0)).finish()
+        first, second = h.responses()
+        self.assertEqual(
+            sorted(first.headers.getAllRawHeaders()),
+            [
+                (b"Access-Control-Allow-Origin", [b"*"]),
+                (b"Content-Length", [b"2"]),
+                (b"Date", [b"Sun, 06 Nov 1994 08:49:37 GMT"]),
+                (b"Server", [b"upstream/1"]),
+                (b"X-Thing", [b"a", b"b"]),
+            ],
+        )
+        self.assertEqual(second.header(b"server"), server_version)
+        self.assertRegex(second.header(b"date") or b"", rb"^\w{3}, \d\d \w{3} \d{4} ")
