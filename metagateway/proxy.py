@@ -182,7 +182,7 @@ def upstream_headers(
     return outgoing
 
 
-def copy_response_headers(response: IResponse, request: IRequest) -> None:
+def adopt_response_headers(response: IResponse, request: IRequest) -> None:
     """
     Answer ``request`` with an upstream's end-to-end response headers, and
     add ``Access-Control-Allow-Origin: *`` unless the upstream set one: the
@@ -515,7 +515,7 @@ class _Exchange(BodyListener):
             return
         note_upstream(request, status=response.code)
         request.setResponseCode(response.code, response.phrase)
-        copy_response_headers(response, request)
+        adopt_response_headers(response, request)
         self.relay = _BodyRelay(self)
         response.deliverBody(self.relay)
         return None

@@ -14,7 +14,6 @@ paused; it resumes when the upstream asks for more. At most one network read
 
 from __future__ import annotations
 
-import uuid
 from io import BytesIO
 from typing import Any, Callable, Optional
 from urllib.parse import unquote_to_bytes
@@ -48,6 +47,7 @@ from metagateway.errors import (
     GatewayError,
     error_response,
     internal_error,
+    new_request_id,
 )
 
 log = Logger()
@@ -627,7 +627,7 @@ class GatewayChannel(HTTPChannel):
         transport = self.transport
         if self._discarding or transport is None:
             return
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         body = error.body(request_id)
         reason = REASON_PHRASES.get(error.status) or RESPONSES.get(
             error.status, b"Error"
