@@ -55,6 +55,7 @@ from metagateway.proxy import GatewayProxyResource
 from metagateway.routes import ROUTES
 from metagateway.site import GatewayResource
 from metagateway.throttle import LoginThrottle
+from metagateway.timers import SharedTimer
 from metagateway.tokens import TokenAuthority
 from metagateway.webhooks import WebhooksResource
 
@@ -289,6 +290,9 @@ class GatewayService(Service):
     :param drain_timeout: the longest drain, in seconds.
     :param passwords: the password checks whose thread pool runs while the
         service does.
+    :param pool_timer: the pool's clock, when it is a
+        :class:`~metagateway.timers.SharedTimer`: its reactor timer is
+        cancelled once the pool is closed.
     """
 
     def __init__(
@@ -298,12 +302,14 @@ class GatewayService(Service):
         clock: Optional[Any] = None,
         drain_timeout: float = 30.0,
         passwords: Optional[PasswordChecks] = None,
+        pool_timer: Optional[SharedTimer] = None,
     ) -> None:
         self.pool = pool
         self.in_flight = in_flight
         self.clock = clock
         self.drain_timeout = drain_timeout
         self.passwords = passwords
+        self.pool_timer = pool_timer
 
     def startService(self) -> None:
         """
@@ -337,6 +343,8 @@ class GatewayService(Service):
                     count=in_flight.count,
                 )
         await self.pool.closeCachedConnections()
+        if self.pool_timer is not None:
+            self.pool_timer.stop()
         if self.passwords is not None:
             # Logins answered during the drain were checked on the pool;
             # this waits for the check under way, if any.
@@ -402,7 +410,13 @@ class Gateway:
             raise ConfigurationError("the JWT secret is empty")
         self.config = config
         self.reactor = reactor
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        # The pool sets a timer each time a connection comes back to it
+        # and cancels it when the connection is taken again, which is
+        # every proxied request: its timers share one reactor timer.
+        self.pool_timer = SharedTimer(
+            reactor, HTTPConnectionPool.cachedConnectionTimeout
+        )
+        self.pool = HTTPConnectionPool(self.pool_timer, persistent=True)
         self.pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
         # Twisted's documented way to keep the pool from logging "Starting
         # factory" for every upstream connection.
@@ -514,5 +528,10 @@ class Gateway:
             own_max_body=config.auth_max_body,
         )
         self.service = GatewayService(
-            self.pool, self.in_flight, reactor, config.drain_timeout, self.passwords
+            self.pool,
+            self.in_flight,
+            reactor,
+            config.drain_timeout,
+            self.passwords,
+            self.pool_timer,
         )

@@ -39,6 +39,7 @@ from metagateway.accesslog import note_subject, note_upstream
 from metagateway.errors import GatewayError, error_response, request_id_of
 from metagateway.routes import Route
 from metagateway.streaming import BodyListener, StreamingBody, when_done
+from metagateway.timers import SharedTimer
 from metagateway.tokens import Claims, InvalidToken, TokenAuthority, request_token
 
 log = Logger()
@@ -307,101 +308,43 @@ def describe(failure: Failure) -> str:
     return str(why) or why.__class__.__name__
 
 
-class Deadlines:
-    """
-    The upstream deadlines of one proxy resource, kept with one timer.
-
-    A ``callLater`` per request (and its cancellation, and the reactor's
-    heap of timers ordered by Python-level comparisons) was a visible part
-    of a proxied request's cost. Every deadline here is ``seconds`` after
-    its watchdog was armed, so the later a watchdog is armed, the later its
-    deadline: they wait in arming order in a dictionary, and one
-    ``DelayedCall`` is due at the earliest. When it fires, the watchdogs
-    whose deadline has passed expire, in order, and the timer is set again
-    for the next one. A watchdog stopped before its deadline is just
-    removed. Timeouts fire exactly when a timer of their own would.
-
-    :param clock: the clock.
-    :param seconds: the longest wait; 0 for none (nothing is ever armed).
-    """
-
-    def __init__(self, clock: IReactorTime, seconds: float) -> None:
-        self.clock = clock
-        self.seconds = seconds
-        self._waiting: dict[_Watchdog, float] = {}
-        self._call: Optional[IDelayedCall] = None
-
-    def add(self, watchdog: _Watchdog) -> None:
-        """
-        Expire ``watchdog`` in :attr:`seconds`, unless removed before.
-        """
-        deadline = self.clock.seconds() + self.seconds
-        self._waiting[watchdog] = deadline
-        if self._call is None:
-            self._schedule(deadline)
-
-    def remove(self, watchdog: _Watchdog) -> None:
-        """
-        Forget ``watchdog``'s deadline, if it has one.
-        """
-        self._waiting.pop(watchdog, None)
-
-    def __len__(self) -> int:
-        return len(self._waiting)
-
-    def _schedule(self, deadline: float) -> None:
-        self._call = self.clock.callLater(
-            max(0.0, deadline - self.clock.seconds()), self._fire
-        )
-
-    def _fire(self) -> None:
-        self._call = None
-        waiting = self._waiting
-        while waiting:
-            watchdog = next(iter(waiting))
-            deadline = waiting[watchdog]
-            if deadline > self.clock.seconds():
-                self._schedule(deadline)
-                return
-            del waiting[watchdog]
-            watchdog.expire()
-
-
 class _Watchdog:
     """
     Times the upstream while it is the one holding a request up: before its
     answer's headers arrive, except while the client is the slow side
     (still sending its body at its own pace).
 
-    :param deadlines: where its deadline waits (and how long it is).
+    :param timer: the proxy resource's timer, whose ``delay`` is the
+        longest wait (0 for none: nothing is ever armed). Every watchdog of
+        a resource waits as long, so they share one reactor timer.
     :param expired: called once, when the wait runs out.
     """
 
-    __slots__ = ("deadlines", "expired", "fired", "_armed", "_stopped")
+    __slots__ = ("timer", "expired", "fired", "_call", "_stopped")
 
-    def __init__(self, deadlines: Deadlines, expired: Callable[[], None]) -> None:
-        self.deadlines = deadlines
+    def __init__(self, timer: SharedTimer, expired: Callable[[], None]) -> None:
+        self.timer = timer
         self.expired = expired
         self.fired = False
-        self._armed = False
-        self._stopped = deadlines.seconds <= 0
+        self._call: Optional[IDelayedCall] = None
+        self._stopped = timer.delay <= 0
 
     def arm(self) -> None:
         """
         Start the countdown, unless it already runs.
         """
-        if self._stopped or self._armed:
+        if self._stopped or self._call is not None:
             return
-        self._armed = True
-        self.deadlines.add(self)
+        self._call = self.timer.callLater(self.timer.delay, self.expire)
 
     def disarm(self) -> None:
         """
         Stop the countdown; :meth:`arm` starts a fresh one.
         """
-        if self._armed:
-            self._armed = False
-            self.deadlines.remove(self)
+        call = self._call
+        if call is not None:
+            self._call = None
+            call.cancel()
 
     def stop(self) -> None:
         """
@@ -415,9 +358,9 @@ class _Watchdog:
 
     def expire(self) -> None:
         """
-        The wait ran out (called by :class:`Deadlines`).
+        The wait ran out (called by the timer).
         """
-        self._armed = False
+        self._call = None
         self._stopped = True
         self.fired = True
         expired, self.expired = self.expired, _nothing
@@ -459,7 +402,7 @@ class _Exchange(BodyListener):
         self.url = url
         self.headers = headers
         self.body = body
-        self.watchdog = _Watchdog(proxy.deadlines, self._timed_out)
+        self.watchdog = _Watchdog(proxy.timer, self._timed_out)
         self.client_gone = False
         self.too_large = False
         self.relay: Optional[_BodyRelay] = None
@@ -758,7 +701,8 @@ class GatewayProxyResource(ReverseProxyResource):
         self.tokens = tokens
         self.clock = clock
         self.timeout = timeout
-        self.deadlines = Deadlines(clock, timeout)
+        #: the upstream deadlines, on one reactor timer.
+        self.timer = SharedTimer(clock, timeout)
         self.cooperator = cooperator
         self.max_body = max_body
         self.host_header = upstream_host(base_url) if base_url else None

@@ -29,7 +29,8 @@ from metagateway import errors
 from metagateway.drain import InFlight
 from metagateway.errors import new_request_id
 from metagateway.gateway import GatewayService
-from metagateway.proxy import Deadlines, _Watchdog, upstream_host
+from metagateway.proxy import _Watchdog, upstream_host
+from metagateway.timers import SharedTimer
 from tests.test_streaming import (
     CLIENT,
     SERVER,
@@ -601,6 +602,23 @@ class DrainTests(SynchronousTestCase):
         """
         self.successResultOf(self.service.stopService())  # type: ignore[arg-type]
 
+    def test_pool_timer(self) -> None:
+        """
+        The gateway's pool expires idle connections on a shared timer of
+        the pool's timeout, whose reactor timer is cancelled once the pool
+        is closed.
+        """
+        h = ChannelHarness()
+        timer = h.gateway.pool_timer
+        self.assertEqual(timer.delay, h.gateway.pool.cachedConnectionTimeout)
+        before = len(h.clock.getDelayedCalls())
+        timer.callLater(timer.delay, lambda: None).cancel()
+        self.assertEqual(len(h.clock.getDelayedCalls()), before + 1)
+        service = h.gateway.service
+        service.startService()
+        self.successResultOf(service.stopService())  # type: ignore[arg-type]
+        self.assertEqual(len(h.clock.getDelayedCalls()), before)
+
     def test_waits_for_requests(self) -> None:
         """
         Stopping waits until the requests in flight finish.
@@ -705,15 +723,15 @@ class RequestIdTests(SynchronousTestCase):
         self.assertEqual(errors._random_bytes.block, before)
 
 
-class DeadlinesTests(SynchronousTestCase):
+class WatchdogTests(SynchronousTestCase):
     """
-    :class:`~metagateway.proxy.Deadlines`: one timer for a resource's
-    upstream deadlines, each firing when a timer of its own would.
+    The proxy's watchdogs: one reactor timer for a resource's upstream
+    deadlines, each firing when a timer of its own would.
     """
 
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
-        self.deadlines = Deadlines(self.clock, 5.0)
+        self.deadlines = SharedTimer(self.clock, 5.0)
         self.expired: list[str] = []
 
     def watchdog(self, name: str) -> Any:
@@ -792,7 +810,7 @@ class DeadlinesTests(SynchronousTestCase):
         """
         A watchdog without a limit never waits.
         """
-        watchdog = _Watchdog(Deadlines(self.clock, 0), lambda: None)
+        watchdog = _Watchdog(SharedTimer(self.clock, 0), lambda: None)
         watchdog.arm()
-        self.assertEqual(len(watchdog.deadlines), 0)
+        self.assertEqual(len(watchdog.timer), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
