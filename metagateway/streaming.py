@@ -394,6 +394,28 @@ class GatewayChannel(HTTPChannel):
             return bool(super().isSecure())
         return self._secure
 
+    # Writing.
+
+    def writeHeaders(
+        self, version: bytes, code: bytes, reason: bytes, headers: Any
+    ) -> None:
+        """
+        Twisted's ``writeHeaders``, with the head handed to the transport
+        as one string: Twisted passes it as a sequence of four pieces per
+        header, and the transport checks each piece with a Python call.
+        The same bytes go out.
+        """
+        if not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)
+            return
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        extend = head.extend
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        self.transport.write(b"".join(head))  # type: ignore[union-attr]
+
     # Reading.
 
     def dataReceived(self, data: bytes) -> None:

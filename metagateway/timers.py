@@ -34,6 +34,18 @@ from twisted.logger import Logger
 log = Logger()
 
 
+def _done() -> None:
+    """
+    What a call that ran or was cancelled holds instead of its callable
+    (so that it keeps nothing alive).
+    """
+
+
+#: The keyword arguments of a call that ran or was cancelled (never
+#: changed: ``func(**kw)`` only reads it).
+_NO_KEYWORDS: dict[str, Any] = {}
+
+
 @implementer(IDelayedCall)
 class SharedCall:
     """
@@ -76,14 +88,14 @@ class SharedCall:
             raise AlreadyCalled
 
     def cancel(self) -> None:
-        self._check()
+        if self.called or self.cancelled:
+            self._check()
         self.cancelled = True
         if self.own is not None:
             self.own.cancel()
         else:
             self.timer._waiting.pop(self, None)
-        self.func = self.timer._done
-        self.args, self.kw = (), {}
+        self.func, self.args, self.kw = _done, (), _NO_KEYWORDS
 
     def delay(self, secondsLater: float) -> None:
         self._check()
@@ -108,8 +120,7 @@ class SharedCall:
         """
         self.called = True
         func, args, kw = self.func, self.args, self.kw
-        self.func = self.timer._done
-        self.args, self.kw = (), {}
+        self.func, self.args, self.kw = _done, (), _NO_KEYWORDS
         try:
             func(*args, **kw)
         except Exception:
@@ -167,13 +178,6 @@ class SharedTimer:
             if self._call.active():
                 self._call.cancel()
             self._call = None
-
-    @staticmethod
-    def _done() -> None:
-        """
-        What a call that ran or was cancelled holds instead of its callable
-        (so that it keeps nothing alive).
-        """
 
     def _schedule(self, time: float) -> None:
         self._call = self.clock.callLater(

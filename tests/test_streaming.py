@@ -21,7 +21,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone, ResponseFailed
-from twisted.web.http import datetimeToString
+from twisted.web.http import HTTPChannel, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
@@ -1619,3 +1619,49 @@ class ConnectionCostTests(SynchronousTestCase):
         )
         self.assertEqual(second.header(b"server"), server_version)
         self.assertRegex(second.header(b"date") or b"", rb"^\w{3}, \d\d \w{3} \d{4} ")
+
+    def test_head_written_whole(self) -> None:
+        """
+        The channel writes a response head as one string, byte for byte
+        what Twisted's channel writes, repeated values included; a head
+        given as pairs (Twisted's older form) is Twisted's.
+        """
+        headers = Headers(
+            {
+                b"Server": [b"upstream/1"],
+                b"X-Thing": [b"a", b"b"],
+                b"Content-Length": [b"2"],
+            }
+        )
+        pairs = [(b"X-Pair", b"1"), (b"X-Pair", b"2")]
+
+        class Counting(StringTransport):
+            calls: list[str] = []
+
+            def write(self, data: bytes) -> None:
+                self.calls.append("write")
+                super().write(data)
+
+            def writeSequence(self, seq: Any) -> None:
+                self.calls.append("writeSequence")
+                super().writeSequence(seq)
+
+        heads = []
+        for given in (headers, pairs):
+            ours, theirs = GatewayChannel(), HTTPChannel()
+            ours.makeConnection(Counting())
+            theirs.makeConnection(StringTransport())
+            Counting.calls = []
+            ours.writeHeaders(b"HTTP/1.1", b"200", b"OK", given)
+            theirs.writeHeaders(b"HTTP/1.1", b"200", b"OK", given)
+            head = ours.transport.value()  # type: ignore[attr-defined]
+            self.assertEqual(head, theirs.transport.value())  # type: ignore[attr-defined]
+            heads.append(head)
+            if given is headers:
+                self.assertEqual(Counting.calls, ["write"])
+            for channel in (ours, theirs):
+                channel.connectionLost(Failure(ConnectionDone()))
+        self.assertIn(b"\r\nX-Thing: a\r\nX-Thing: b\r\n", heads[0])
+        self.assertTrue(heads[0].startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(heads[0].endswith(b"\r\n\r\n"))
+        self.assertIn(b"X-Pair: 1\r\nX-Pair: 2\r\n", heads[1])
