@@ -25,6 +25,7 @@ from metagateway.accesslog import (
     AccessLine,
     AccessLog,
     BufferedLines,
+    JSONLines,
     json_line,
     logged_path,
 )
@@ -234,6 +235,23 @@ class JSONTests(SynchronousTestCase):
     ``--access-log json``: one JSON object per line.
     """
 
+    #: the event keys of a line and their JSON names, in order.
+    KEYS = [
+        ("request_id", "requestId"),
+        ("client", "client"),
+        ("method", "method"),
+        ("path", "path"),
+        ("route", "route"),
+        ("status", "status"),
+        ("bytes_in", "bytesIn"),
+        ("bytes_out", "bytesOut"),
+        ("duration_ms", "durationMs"),
+        ("upstream_status", "upstreamStatus"),
+        ("upstream_error", "upstreamError"),
+        ("error", "error"),
+        ("subject", "subject"),
+    ]
+
     def test_line(self) -> None:
         """
         A JSON line carries every field under its JSON name, ``null`` for
@@ -290,30 +308,65 @@ class JSONTests(SynchronousTestCase):
             False,
             ["x", 1],
         ]
-        keys = [
-            ("request_id", "requestId"),
-            ("client", "client"),
-            ("method", "method"),
-            ("path", "path"),
-            ("route", "route"),
-            ("status", "status"),
-            ("bytes_in", "bytesIn"),
-            ("bytes_out", "bytesOut"),
-            ("duration_ms", "durationMs"),
-            ("upstream_status", "upstreamStatus"),
-            ("upstream_error", "upstreamError"),
-            ("error", "error"),
-            ("subject", "subject"),
-        ]
         for offset in range(len(values)):
             event: dict[str, Any] = {"log_time": 1700000000.25}
             expected: dict[str, Any] = {"time": "2023-11-14T22:13:20.250Z"}
-            for i, (key, name) in enumerate(keys):
+            for i, (key, name) in enumerate(self.KEYS):
                 event[key] = expected[name] = values[(offset + i) % len(values)]
             self.assertEqual(
                 json_line(event),
                 json.dumps(expected, separators=(",", ":")) + "\n",
             )
+
+    def test_request_line_same_as_line(self) -> None:
+        """
+        The recorder's direct formatting writes what :meth:`JSONLines.line`
+        writes (so what ``json.dumps`` writes), with its optional fields
+        set or ``None``, awkward texts, and, falling back to ``line``,
+        fields of other types than the recorder's (a non-finite or whole
+        duration, a float status, a text byte count).
+        """
+        lines = JSONLines()
+        base = (
+            "6f1c2a9e-0000-4000-8000-000000000000",
+            "127.0.0.1",
+            "GET",
+            "/build/x",
+            "BUILD",
+            200,
+            0,
+            53,
+            0.412,
+            200,
+            None,
+            None,
+            "benchuser",
+        )
+        variants = [
+            base,
+            base[:6] + (None, 0, 1e-7, None, "truncated", "UPSTREAM_TIMEOUT", None),
+            ('a"b\\c', "::1", "PÖST", "/\x00\u2028é😀", "NONE", 499)
+            + (2**70, -1, 123456789.125, 502, None, "CLIENT_CLOSED", "é"),
+            base[:8] + (float("nan"),) + base[9:],
+            base[:8] + (float("-inf"),) + base[9:],
+            base[:8] + (3,) + base[9:],
+            base[:5] + (200.5,) + base[6:],
+            base[:6] + ("12",) + base[7:],
+        ]
+        for fields in variants:
+            expected = lines.line(1700000000.25, fields)
+            self.assertEqual(lines.request_line(1700000000.25, fields), expected)
+            document = {"time": "2023-11-14T22:13:20.250Z"}
+            document.update(zip([n for _, n in self.KEYS], fields))
+            self.assertEqual(
+                expected, json.dumps(document, separators=(",", ":")) + "\n"
+            )
+        # The usual fields are written directly, not through line().
+        usual = lines.request_line(1700000000.25, variants[0])
+        lines.line = lambda *args: self.fail("fell back")  # type: ignore[method-assign]
+        for fields in variants[:3]:
+            lines.request_line(1700000000.25, fields)
+        self.assertIn('"status":200,', usual)
 
     def test_stream(self) -> None:
         """
