@@ -223,9 +223,10 @@ class JSONLines:
     def request_line(self, when: float, fields: tuple[Any, ...]) -> str:
         """
         :meth:`line` for a request recorded by :class:`RequestRecorder`,
-        whose fields have known types: the texts are ``str`` (the error
-        codes, the upstream status and ``bytesIn`` may be ``None``), the
-        status and byte counts ``int`` and the duration a ``float``. Each
+        whose fields have known types: the texts are ``str``, the status
+        and byte counts ``int``, the duration a ``float``, and the error
+        codes, the subject, the upstream status and ``bytesIn`` may be
+        ``None``. Each
         is written directly rather than through :meth:`line`'s loop; a
         field of another type makes it fall back to :meth:`line`. Same
         text either way.

@@ -611,6 +611,8 @@ class DrainTests(SynchronousTestCase):
         h = ChannelHarness()
         timer = h.gateway.pool_timer
         self.assertEqual(timer.delay, h.gateway.pool.cachedConnectionTimeout)
+        # The clock the pool was given (its ``reactor`` argument).
+        self.assertIs(h.gateway.pool._reactor, timer)
         before = len(h.clock.getDelayedCalls())
         timer.callLater(timer.delay, lambda: None).cancel()
         self.assertEqual(len(h.clock.getDelayedCalls()), before + 1)
