@@ -247,26 +247,30 @@ class JSONLines:
             subject,
         ) = fields
         try:
-            if not isfinite(duration_ms):
-                raise TypeError("not JSON's float")
-            return JSON_LINE % (
-                self._time(when),
-                _quote(request_id),
-                _quote(client),
-                _quote(method),
-                _quote(path),
-                _quote(route),
-                int.__repr__(status),
-                "null" if bytes_in is None else int.__repr__(bytes_in),
-                int.__repr__(bytes_out),
-                float.__repr__(duration_ms),
-                "null" if upstream_status is None else int.__repr__(upstream_status),
-                "null" if upstream_error is None else _quote(upstream_error),
-                "null" if error is None else _quote(error),
-                "null" if subject is None else _quote(subject),
-            )
+            if isfinite(duration_ms):
+                return JSON_LINE % (
+                    self._time(when),
+                    _quote(request_id),
+                    _quote(client),
+                    _quote(method),
+                    _quote(path),
+                    _quote(route),
+                    int.__repr__(status),
+                    "null" if bytes_in is None else int.__repr__(bytes_in),
+                    int.__repr__(bytes_out),
+                    float.__repr__(duration_ms),
+                    "null"
+                    if upstream_status is None
+                    else int.__repr__(upstream_status),
+                    "null" if upstream_error is None else _quote(upstream_error),
+                    "null" if error is None else _quote(error),
+                    "null" if subject is None else _quote(subject),
+                )
         except TypeError:
-            return self.line(when, fields)
+            pass
+        # A field of another type, or a duration JSON writes as NaN or
+        # Infinity.
+        return self.line(when, fields)
 
 
 #: The event keys of a JSON line, in the order of :data:`JSON_LINE`.
