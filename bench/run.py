@@ -535,10 +535,10 @@ def start_metagateway(
     :raises Unavailable: the gateway cannot be imported, rejects an option,
         will not start, or does not answer the benchmark request with 200.
     """
-    err = python_check(python, "import metagateway.tap")
+    err = python_check(python, "import metagateway.daemon.tap")
     if err:
         raise Unavailable(
-            f"cannot import metagateway.tap under {Path(python).name} ({err})"
+            f"cannot import metagateway.daemon.tap under {Path(python).name} ({err})"
         )
     accounts = lab.dir / f"{key}-accounts"
     password = write_account(accounts)

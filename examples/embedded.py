@@ -41,7 +41,7 @@ from twisted.web.static import Data
 
 from metagateway.config import ConfigurationError, GatewayConfig
 from metagateway.gateway import Gateway
-from metagateway.site import GatewaySite
+from metagateway.http.site import GatewaySite
 
 #: The host's own page.
 PAGE = b"""<!doctype html>

@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 from twisted.python.filepath import FilePath
 
+from metagateway.auth.passwords import make_record
 from metagateway.config import ConfigurationError, R2Settings
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.interfaces import (
@@ -36,7 +37,6 @@ from metagateway.credentials.interfaces import (
     UnreadableRecord,
     is_valid_username,
 )
-from metagateway.passwords import make_record
 
 #: Exit status for a failure the command reports.
 EXIT_FAILURE = 1

@@ -222,7 +222,7 @@ def error_response(request: IRequest, error: GatewayError) -> bytes:
     :return: the body bytes.
     """
     body = error.body(error_request_id(request))
-    # For the access log and metrics (metagateway.accesslog).
+    # For the access log and metrics (metagateway.observability.accesslog).
     request.metagatewayError = error.code  # type: ignore[attr-defined]
     set_json_headers(request, error.status, error.headers)
     request.setHeader(b"X-Request-Id", request_id_of(request).encode("latin-1"))

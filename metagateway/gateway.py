@@ -41,23 +41,23 @@ from twisted.web.iweb import (
 )
 from twisted.web.resource import IResource
 
-from metagateway.accesslog import AccessLog, RequestRecorder
 from metagateway.addresses import TrustedProxies
-from metagateway.auth import AuthApp, client_address
+from metagateway.auth.app import AuthApp, client_address
+from metagateway.auth.github import GitHubSignIn
+from metagateway.auth.passwords import PasswordChecks
+from metagateway.auth.throttle import LoginThrottle
+from metagateway.auth.tokens import TokenAuthority
 from metagateway.config import ConfigurationError, GatewayConfig
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.interfaces import ICredentialStore
-from metagateway.drain import InFlight
-from metagateway.github import GitHubSignIn
-from metagateway.metrics import MeasuredCredentialStore, Metrics
-from metagateway.passwords import PasswordChecks
-from metagateway.proxy import GatewayProxyResource
+from metagateway.http.drain import InFlight
+from metagateway.http.site import GatewayResource
+from metagateway.observability.accesslog import AccessLog, RequestRecorder
+from metagateway.observability.metrics import MeasuredCredentialStore, Metrics
+from metagateway.proxy.resource import GatewayProxyResource
+from metagateway.proxy.webhooks import WebhooksResource
 from metagateway.routes import ROUTES
-from metagateway.site import GatewayResource
-from metagateway.throttle import LoginThrottle
 from metagateway.timers import SharedTimer
-from metagateway.tokens import TokenAuthority
-from metagateway.webhooks import WebhooksResource
 
 log = Logger()
 
@@ -390,8 +390,8 @@ class Gateway:
         threads, to add to a ``MultiService``; until it is started, scrypt
         passwords are checked on the reactor thread.
     :ivar tokens: the token authority.
-    :ivar metrics: the gateway's :class:`~metagateway.metrics.Metrics`,
-        for :class:`~metagateway.metrics.MetricsSite`.
+    :ivar metrics: the gateway's :class:`~metagateway.observability.metrics.Metrics`,
+        for :class:`~metagateway.observability.metrics.MetricsSite`.
     """
 
     def __init__(

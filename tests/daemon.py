@@ -284,8 +284,8 @@ def serve_world(case: TestCase) -> tuple[Any, Any, str]:
     from twisted.python.filepath import FilePath
     from twisted.web.server import Site
 
+    from metagateway.auth.passwords import make_record
     from metagateway.credentials.directory import DirectoryCredentialStore
-    from metagateway.passwords import make_record
     from tests.helpers import RecordingUpstream
 
     accounts = FilePath(case.mktemp())

@@ -22,11 +22,11 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
+from metagateway.auth.passwords import make_record
 from metagateway.config import GatewayConfig
 from metagateway.credentials.interfaces import ICredentialStore
 from metagateway.credentials.memory import MemoryCredentialStore
 from metagateway.gateway import Gateway
-from metagateway.passwords import make_record
 
 SECRET = "test-secret-that-is-at-least-32-bytes-long"
 

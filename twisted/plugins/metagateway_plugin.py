@@ -6,7 +6,7 @@ from twisted.application.service import ServiceMaker
 
 metagateway = ServiceMaker(
     "metagateway",
-    "metagateway.tap",
+    "metagateway.daemon.tap",
     "An API gateway: JWT logins, per-route token checks, streaming proxy.",
     "metagateway",
 )

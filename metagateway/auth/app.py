@@ -1,0 +1,341 @@
+"""
+The gateway's own endpoints, as a Klein app: logins, guest tokens, sessions,
+logout and ``/health`` (CONTRACT §4).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Container, Optional
+
+from klein import Klein
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from metagateway.auth.github import GitHubSignIn
+from metagateway.auth.passwords import BadParameters, PasswordChecks
+from metagateway.auth.throttle import LoginThrottle, Throttled
+from metagateway.auth.tokens import (
+    ROUTES,
+    Claims,
+    InvalidToken,
+    TokenAuthority,
+    request_token,
+)
+from metagateway.credentials.interfaces import (
+    MIN_USERNAME_CHARS,
+    ICredentialStore,
+    StoreUnavailable,
+    UnknownAccount,
+    is_valid_username,
+)
+from metagateway.errors import (
+    GatewayError,
+    error_response,
+    internal_error,
+    store_unavailable,
+    write_json,
+)
+from metagateway.observability.accesslog import note_subject
+
+log = Logger()
+
+
+def read_json_body(request: IRequest, limit: int, route: str) -> Optional[Any]:
+    """
+    Read and parse a request's JSON body.
+
+    :param limit: the largest body accepted, in bytes.
+    :param route: the route errors are reported under.
+    :return: the parsed value, or ``None`` if the body is not JSON.
+    :raises GatewayError: ``413 PAYLOAD_TOO_LARGE`` past ``limit``.
+    """
+    declared = request.getHeader(b"content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise too_large(route, limit)
+    content = request.content
+    if content is None:
+        return None
+    content.seek(0)
+    data = content.read(limit + 1)
+    if len(data) > limit:
+        raise too_large(route, limit)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: nesting deeper than the parser goes (such as
+        # 64 KiB of "["), unreadable like any other bad JSON.
+        return None
+
+
+def too_large(route: str, limit: int) -> GatewayError:
+    """
+    The ``413 PAYLOAD_TOO_LARGE`` answer for a body over ``limit`` bytes.
+    """
+    return GatewayError(
+        413,
+        "PAYLOAD_TOO_LARGE",
+        "Request body too large",
+        route,
+        {"limit": limit},
+    )
+
+
+def client_address(request: IRequest, trusted_proxies: Container[str]) -> str:
+    """
+    The client's address: the peer's, or, when the peer is a trusted proxy,
+    the nearest untrusted address in ``X-Forwarded-For``.
+
+    :param trusted_proxies: the trusted proxies' addresses (a
+        :class:`TrustedProxies`, or any container of address strings).
+    """
+    peer = request.getClientAddress()
+    host = getattr(peer, "host", None) or "unix"
+    if host not in trusted_proxies:
+        return str(host)
+    forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
+    hops = [
+        hop.strip().decode("latin-1")
+        for value in forwarded
+        for hop in value.split(b",")
+        if hop.strip()
+    ]
+    for hop in reversed(hops):
+        if hop not in trusted_proxies:
+            return str(hop)
+    return str(host)
+
+
+def login_answer(request: IRequest, token: str, username: str, role: str) -> bytes:
+    """
+    A login's answer: ``200 {"success":true,"token","user":{"username","role"}}``.
+    """
+    return write_json(
+        request,
+        200,
+        {"success": True, "token": token, "user": {"username": username, "role": role}},
+    )
+
+
+def session_answer(request: IRequest, claims: Claims, token: str) -> bytes:
+    """
+    A session's answer, shaped as a login's, for the user ``claims`` name.
+    """
+    return login_answer(request, token, claims.project_id, claims.role)
+
+
+class AuthApp:
+    """
+    The Klein app answering the gateway's own endpoints.
+
+    :param tokens: issues and verifies tokens.
+    :param store: the credential store.
+    :param throttle: the failed-login counters.
+    :param clock: the time source for ``/health``.
+    :param auth_max_body: the largest body read, in bytes.
+    :param trusted_proxies: peers whose ``X-Forwarded-For`` is believed.
+    :param github: the GitHub code exchange for ``/core/auth/github``;
+        without it that endpoint answers ``500 GITHUB_NOT_CONFIGURED``.
+    :param passwords: checks passwords (and holds the decoys unknown
+        usernames are checked against); this app's own if omitted, checking
+        on the calling thread (so gateways in one process share no decoys).
+    """
+
+    app = Klein()
+
+    def __init__(
+        self,
+        tokens: TokenAuthority,
+        store: ICredentialStore,
+        throttle: LoginThrottle,
+        clock: IReactorTime,
+        auth_max_body: int = 64 * 1024,
+        trusted_proxies: Container[str] = (),
+        github: Optional[GitHubSignIn] = None,
+        passwords: Optional[PasswordChecks] = None,
+    ) -> None:
+        self.tokens = tokens
+        self.store = store
+        self.throttle = throttle
+        self.clock = clock
+        self.auth_max_body = auth_max_body
+        self.trusted_proxies = trusted_proxies
+        self.github = github
+        if passwords is None:
+            passwords = PasswordChecks()
+        self.passwords = passwords
+        self.decoys = passwords.decoys
+
+    @app.handle_errors(GatewayError)
+    def _gateway_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, GatewayError)
+        return error_response(request, error)
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
+        log.failure(
+            "Unexpected error answering {path}",
+            failure,
+            path=request.path.decode("latin-1"),
+        )
+        # Klein has moved the matched segments to the end of prepath:
+        # ``auth/login`` and ``auth/guest`` report under AUTH, the rest
+        # (``core/auth/login`` included) under CORE.
+        matched = request.prepath
+        auth = matched[-2:-1] == [b"auth"] and matched[-3:-2] != [b"core"]
+        return error_response(request, internal_error("AUTH" if auth else "CORE"))
+
+    @app.route("/health", methods=["GET", "HEAD"])
+    def health(self, request: IRequest) -> bytes:
+        return write_json(
+            request,
+            200,
+            {
+                "status": "ok",
+                "service": "gateway",
+                "timestamp": int(self.clock.seconds() * 1000),
+            },
+        )
+
+    @app.route("/auth/login", methods=["POST"])
+    async def login(self, request: IRequest) -> bytes:
+        return await self._login(request, "AUTH")
+
+    @app.route("/core/auth/login", methods=["POST"])
+    async def core_login(self, request: IRequest) -> bytes:
+        return await self._login(request, "CORE")
+
+    async def _login(self, request: IRequest, route: str) -> bytes:
+        body = read_json_body(request, self.auth_max_body, route)
+        username = body.get("username") if isinstance(body, dict) else None
+        password = body.get("password") if isinstance(body, dict) else None
+        if (
+            not isinstance(username, str)
+            or not isinstance(password, str)
+            or not username
+            or not password
+        ):
+            raise GatewayError(
+                400,
+                "INVALID_REQUEST",
+                "Username and password are required",
+                route,
+            )
+        address = client_address(request, self.trusted_proxies)
+        try:
+            # Counted as a failure from here on, unless it succeeds.
+            attempt = self.throttle.begin(username, address)
+        except Throttled as e:
+            raise GatewayError(
+                429,
+                "TOO_MANY_ATTEMPTS",
+                "Too many failed login attempts",
+                route,
+                {"retryAfter": e.retry_after},
+                {b"Retry-After": b"%d" % (e.retry_after,)},
+            ) from None
+        record = None
+        if is_valid_username(username):
+            try:
+                record = await self.store.lookup(username)
+            except UnknownAccount:
+                record = None
+            except StoreUnavailable as e:
+                attempt.abandoned()
+                log.warn(
+                    "Credential store unavailable during login: {why}",
+                    why=str(e),
+                )
+                raise store_unavailable(route) from None
+        try:
+            matched = await self.passwords.check(record, password)
+        except BadParameters:
+            attempt.abandoned()
+            log.warn("Unusable password parameters in an account record")
+            raise store_unavailable(route) from None
+        if (
+            record is None
+            or not matched
+            # The record's own name becomes projectId, which needs as many
+            # characters as a login name does.
+            or len(record.username) < MIN_USERNAME_CHARS
+        ):
+            raise GatewayError(401, "INVALID_CREDENTIALS", "Invalid credentials", route)
+        attempt.succeeded()
+        note_subject(request, record.username)
+        token = self.tokens.issue(record.username, route, [record.role], "production")
+        return login_answer(request, token, record.username, record.role)
+
+    @app.route("/core/auth/github", methods=["POST"])
+    async def github_login(self, request: IRequest) -> bytes:
+        body = read_json_body(request, self.auth_max_body, "CORE")
+        code = body.get("code") if isinstance(body, dict) else None
+        if not isinstance(code, str) or not code:
+            raise GatewayError(400, "INVALID_REQUEST", "Missing GitHub code", "CORE")
+        if self.github is None or not self.github.configured:
+            raise GatewayError(
+                500, "GITHUB_NOT_CONFIGURED", "GitHub sign-in is not configured", "CORE"
+            )
+        redirect_uri = body.get("redirectUri") if isinstance(body, dict) else None
+        answer = await self.github.sign_in(
+            code, redirect_uri if isinstance(redirect_uri, str) else None
+        )
+        return write_json(request, 200, answer)
+
+    @app.route("/auth/guest", methods=["POST"])
+    def guest(self, request: IRequest) -> bytes:
+        body = read_json_body(request, self.auth_max_body, "AUTH")
+        wanted = body.get("route") if isinstance(body, dict) else None
+        route = "BUILD"
+        if isinstance(wanted, str) and wanted.upper() in ROUTES:
+            route = wanted.upper()
+        token = self.tokens.issue("guest", route, ["guest"], "staging")
+        return write_json(
+            request, 200, {"success": True, "token": token, "route": route}
+        )
+
+    def _session_claims(self, request: IRequest, code: str, message: str) -> Claims:
+        token = request_token(request.requestHeaders)
+        if token is None:
+            raise GatewayError(401, code, message, "CORE")
+        try:
+            claims = self.tokens.verify(token)
+        except InvalidToken:
+            raise GatewayError(403, code, message, "CORE") from None
+        note_subject(request, claims.project_id)
+        return claims
+
+    @app.route("/core/session", methods=["GET"])
+    def session(self, request: IRequest) -> bytes:
+        claims = self._session_claims(
+            request, "INVALID_SESSION", "Session invalid or expired"
+        )
+        token = request_token(request.requestHeaders)
+        assert token is not None
+        return session_answer(request, claims, token)
+
+    @app.route("/core/session/refresh", methods=["POST"])
+    def refresh(self, request: IRequest) -> bytes:
+        claims = self._session_claims(
+            request, "REFRESH_FAILED", "Unable to refresh session"
+        )
+        token = self.tokens.issue(
+            claims.project_id, "CORE", [claims.role], claims.environment
+        )
+        return session_answer(request, claims, token)
+
+    @app.route("/core/logout", methods=["POST"])
+    def logout(self, request: IRequest) -> bytes:
+        token = request_token(request.requestHeaders)
+        if token is not None:
+            try:
+                claims = self.tokens.verify(token)
+            except InvalidToken:
+                pass
+            else:
+                self.tokens.revoke(claims)
+        return write_json(request, 200, {"success": True})

@@ -1,0 +1,336 @@
+"""
+Signing in with GitHub: the OAuth code exchange behind
+``POST /core/auth/github`` (CONTRACT §4).
+
+The code a browser brought back from GitHub is exchanged at the token URL
+for an access token, which reads ``{GITHUB_API_URL}/user``; the GitHub login
+then gets a gateway token for the ``CORE`` route. Neither the client secret
+nor the access token is ever logged or answered.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Coroutine, NoReturn, TypeVar
+
+from treq.client import HTTPClient
+
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from metagateway.auth.tokens import TokenAuthority
+from metagateway.config import GitHubSettings
+from metagateway.credentials.interfaces import is_valid_username
+from metagateway.errors import GatewayError
+
+log = Logger()
+
+_T = TypeVar("_T")
+
+#: The ``User-Agent`` GitHub's API requires.
+USER_AGENT = b"metagateway"
+
+#: The largest GitHub answer read, in bytes.
+MAX_RESPONSE_BYTES = 256 * 1024
+
+#: The role a GitHub sign-in holds (CONTRACT §4).
+GITHUB_ROLE = "admin"
+
+
+class BodyTooLarge(Exception):
+    """
+    A response body went past the limit it was read with.
+    """
+
+
+class GitHubFailure(Exception):
+    """
+    GitHub did not give what the exchange needs; the message says what, and
+    never holds a secret or a token.
+    """
+
+
+class _LimitedBody(Protocol):
+    """
+    Collects a response body up to a limit.
+    """
+
+    def __init__(self, limit: int, finished: Deferred[bytes]) -> None:
+        self.limit = limit
+        self.finished: Deferred[bytes] | None = finished
+        self.chunks: list[bytes] = []
+        self.received = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished is None:
+            return
+        self.received += len(data)
+        if self.received > self.limit:
+            finished, self.finished = self.finished, None
+            self.stop()
+            finished.errback(BodyTooLarge(self.limit))
+            return
+        self.chunks.append(data)
+
+    def stop(self) -> None:
+        """
+        Stop reading: close the connection the body arrives on.
+        """
+        self.finished = None
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+        finished, self.finished = self.finished, None
+        if finished is None:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            finished.callback(b"".join(self.chunks))
+        else:
+            finished.errback(reason)
+
+
+def read_limited(response: IResponse, limit: int) -> Deferred[bytes]:
+    """
+    Read a whole response body, refusing one over ``limit`` bytes.
+
+    Cancelling the Deferred closes the connection.
+
+    :param response: the response.
+    :param limit: the largest body accepted, in bytes.
+    :return: a Deferred firing with the body; it fails with
+        :class:`BodyTooLarge` past ``limit``, or with the transport's failure.
+    """
+    protocol: _LimitedBody
+
+    def cancel(d: Deferred[bytes]) -> None:
+        protocol.stop()
+
+    finished: Deferred[bytes] = Deferred(cancel)
+    protocol = _LimitedBody(limit, finished)
+    response.deliverBody(protocol)
+    return finished
+
+
+def timed_out(result: object, timeout: float) -> NoReturn:
+    """
+    The ``onTimeoutCancel`` of :meth:`Deferred.addTimeout` for HTTP calls:
+    whatever the cancelled call failed with, report a ``TimeoutError``.
+
+    Cancelling an ``Agent`` request that is waiting for its answer fails it
+    with ``ResponseNeverReceived([CancelledError])``, not with the
+    ``CancelledError`` that ``addTimeout`` turns into a ``TimeoutError`` by
+    default.
+    """
+    raise TimeoutError(f"no answer within {timeout} seconds")
+
+
+def was_cancelled(error: BaseException) -> bool:
+    """
+    Whether ``error`` is the failure of a cancelled call: a
+    ``CancelledError``, or an ``Agent`` request failure caused by one.
+    """
+    if isinstance(error, CancelledError):
+        return True
+    reasons = getattr(error, "reasons", None) or []
+    return any(
+        isinstance(reason, Failure) and reason.check(CancelledError)
+        for reason in reasons
+    )
+
+
+def failed() -> GatewayError:
+    """
+    The answer to any failure of the exchange.
+    """
+    return GatewayError(
+        502, "GITHUB_AUTH_FAILED", "GitHub authentication failed", "CORE"
+    )
+
+
+def _describe(error: BaseException) -> str:
+    """
+    A loggable description of a failure of the exchange: its type and
+    message (no request detail, hence no secret or token).
+    """
+    if isinstance(error, ResponseFailed) and error.reasons:
+        error = error.reasons[0].value
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    text = str(error)
+    name = error.__class__.__name__
+    return f"{name}: {text[:200]}" if text else name
+
+
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise GitHubFailure(f"{what} is not JSON") from None
+    if not isinstance(document, dict):
+        raise GitHubFailure(f"{what} is not a JSON object")
+    return document
+
+
+class GitHubSignIn:
+    """
+    Exchanges GitHub OAuth codes for gateway tokens.
+
+    :param settings: the client id and secret and GitHub's URLs.
+    :param client: the HTTP client GitHub is called with.
+    :param clock: the clock for the timeouts.
+    :param tokens: issues the gateway token.
+    :param timeout: seconds allowed for each of the two GitHub calls,
+        body included.
+    """
+
+    def __init__(
+        self,
+        settings: GitHubSettings,
+        client: HTTPClient,
+        clock: IReactorTime,
+        tokens: TokenAuthority,
+        timeout: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.clock = clock
+        self.tokens = tokens
+        self.timeout = timeout
+
+    @property
+    def configured(self) -> bool:
+        """
+        Whether the client id and secret are both set.
+        """
+        return bool(self.settings.client_id and self.settings.client_secret)
+
+    def sign_in(
+        self, code: str, redirect_uri: str | None = None
+    ) -> Deferred[dict[str, Any]]:
+        """
+        Exchange ``code`` and answer as a login.
+
+        :param code: the OAuth code the browser brought back.
+        :param redirect_uri: the redirect URI the code was issued for, if any.
+        :return: a Deferred firing with the answer document
+            ``{"success", "token", "user"}``; it fails with
+            :class:`~metagateway.errors.GatewayError`: ``500
+            GITHUB_NOT_CONFIGURED`` without client id or secret, ``502
+            GITHUB_AUTH_FAILED`` for any failure of the exchange.
+        """
+        return Deferred.fromCoroutine(self._sign_in(code, redirect_uri))
+
+    async def _sign_in(self, code: str, redirect_uri: str | None) -> dict[str, Any]:
+        if not self.configured:
+            raise GatewayError(
+                500,
+                "GITHUB_NOT_CONFIGURED",
+                "GitHub sign-in is not configured",
+                "CORE",
+            )
+        try:
+            access_token = await self._within(self._exchange(code, redirect_uri))
+            user = await self._within(self._user(access_token))
+        except Exception as e:
+            if was_cancelled(e):
+                # The client went away: nothing to answer, nothing to log.
+                raise CancelledError() from None
+            log.warn("GitHub sign-in failed: {why}", why=_describe(e))
+            raise failed() from None
+        login = user["login"]
+        token = self.tokens.issue(login, "CORE", [GITHUB_ROLE], "production")
+        return {
+            "success": True,
+            "token": token,
+            "user": {
+                "username": login,
+                "role": GITHUB_ROLE,
+                "name": user.get("name") or login,
+                "avatarUrl": user.get("avatar_url"),
+                "githubUrl": user.get("html_url"),
+            },
+        }
+
+    def _within(self, work: Coroutine[Any, Any, _T]) -> Deferred[_T]:
+        """
+        Run ``work``, cancelled with a ``TimeoutError`` after
+        :attr:`timeout` seconds.
+        """
+        return Deferred.fromCoroutine(work).addTimeout(
+            self.timeout, self.clock, timed_out
+        )
+
+    async def _exchange(self, code: str, redirect_uri: str | None) -> str:
+        """
+        Trade the code for an access token.
+
+        :raises GitHubFailure: when GitHub answers without one.
+        """
+        payload = {
+            "client_id": self.settings.client_id,
+            "client_secret": self.settings.client_secret,
+            "code": code,
+        }
+        if redirect_uri:
+            payload["redirect_uri"] = redirect_uri
+        response = await self.client.post(
+            self.settings.token_url,
+            data=json.dumps(payload).encode("utf-8"),
+            headers=Headers(
+                {
+                    b"Accept": [b"application/json"],
+                    b"Content-Type": [b"application/json"],
+                    b"User-Agent": [USER_AGENT],
+                }
+            ),
+            allow_redirects=False,
+            unbuffered=True,
+        )
+        body = await read_limited(response, MAX_RESPONSE_BYTES)
+        if not 200 <= response.code < 300:
+            raise GitHubFailure(f"token endpoint answered {response.code}")
+        document = _json_object(body, "token answer")
+        access_token = document.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            error = document.get("error")
+            reason = error if isinstance(error, str) else "no access_token"
+            raise GitHubFailure(f"token endpoint refused the code: {reason[:100]}")
+        return access_token
+
+    async def _user(self, access_token: str) -> dict[str, Any]:
+        """
+        Read the signed-in user.
+
+        :raises GitHubFailure: when GitHub answers without a usable login.
+        """
+        response = await self.client.get(
+            self.settings.api_url.rstrip("/") + "/user",
+            headers=Headers(
+                {
+                    b"Accept": [b"application/vnd.github+json"],
+                    b"Authorization": [b"Bearer " + access_token.encode("utf-8")],
+                    b"User-Agent": [USER_AGENT],
+                }
+            ),
+            allow_redirects=False,
+            unbuffered=True,
+        )
+        body = await read_limited(response, MAX_RESPONSE_BYTES)
+        if not 200 <= response.code < 300:
+            raise GitHubFailure(f"user endpoint answered {response.code}")
+        user = _json_object(body, "user answer")
+        login = user.get("login")
+        if not isinstance(login, str) or not is_valid_username(login):
+            raise GitHubFailure("user answer has no login that can hold a token")
+        for field in ("name", "avatar_url", "html_url"):
+            if not isinstance(user.get(field), (str, type(None))):
+                user[field] = None
+        return user

@@ -1,0 +1,4 @@
+"""
+The daemon: the ``twistd`` plugin's options and service, the worker
+supervisor, and ``--dev``.
+"""

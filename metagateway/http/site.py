@@ -1,0 +1,393 @@
+"""
+The gateway's root resource and its ``Site``: CORS preflight, path
+normalisation, dispatch to the auth app or the proxy, and the JSON 404.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+from urllib.parse import unquote_to_bytes
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import Request as HTTPRequest
+from twisted.web.http import datetimeToString
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import version as server_version
+
+from metagateway.errors import GatewayError, error_response, internal_error
+from metagateway.http.channel import (
+    GatewayChannel,
+    StreamingRequest,
+    bad_request,
+    when_done,
+)
+from metagateway.http.drain import InFlight
+from metagateway.observability.accesslog import RequestRecorder, note_route
+from metagateway.routes import Route, normalise_path, route_for
+
+log = Logger()
+
+#: The answer to any ``OPTIONS`` request.
+PREFLIGHT_HEADERS = (
+    (b"Access-Control-Allow-Origin", b"*"),
+    (b"Access-Control-Allow-Headers", b"Authorization, Content-Type"),
+    (b"Access-Control-Allow-Methods", b"GET,POST,PUT,DELETE,OPTIONS"),
+    (b"Access-Control-Max-Age", b"86400"),
+)
+
+#: (method, path) answered by the auth app; other methods on these paths
+#: under ``/core`` are proxied, and under ``/auth`` are ``404``.
+OWN_ENDPOINTS = frozenset(
+    {
+        (b"GET", b"health"),
+        (b"HEAD", b"health"),
+        (b"POST", b"auth/login"),
+        (b"POST", b"auth/guest"),
+        (b"POST", b"core/auth/login"),
+        (b"GET", b"core/session"),
+        (b"POST", b"core/session/refresh"),
+        (b"POST", b"core/logout"),
+        (b"POST", b"core/auth/github"),
+    }
+)
+
+#: Access-log and metrics labels of the gateway's own endpoints that are
+#: not plain ``AUTH``: (route label, login kind).
+ENDPOINT_LABELS: Mapping[bytes, tuple[str, str | None]] = {
+    b"health": ("HEALTH", None),
+    b"auth/login": ("AUTH", "password"),
+    b"core/auth/login": ("AUTH", "password"),
+    b"core/auth/github": ("AUTH", "github"),
+}
+
+
+def not_found() -> GatewayError:
+    """
+    The answer for a path the gateway does not handle.
+    """
+    return GatewayError(404, "NOT_FOUND", "Route not handled", "CORE")
+
+
+def request_path(request: IRequest) -> bytes:
+    """
+    The raw path of ``request``'s target, without the query string; an
+    absolute-form target (``http://host/path``) is reduced to its path.
+    """
+    target: bytes = request.uri.split(b"?", 1)[0]
+    if not target.startswith(b"/"):
+        scheme, sep, rest = target.partition(b"://")
+        if sep:
+            slash = rest.find(b"/")
+            target = rest[slash:] if slash >= 0 else b"/"
+        else:
+            target = b"/" + target
+    return target
+
+
+@dataclass(frozen=True)
+class Target:
+    """
+    Where a request goes.
+
+    :ivar kind: ``preflight``, ``own`` (the auth app), ``webhooks``,
+        ``proxy``, ``not_found``, or ``star`` (the ``*`` target, which only
+        ``OPTIONS`` may use).
+    :ivar route: the route errors about the request are reported under.
+    :ivar mount: the path segments the gateway is mounted under.
+    :ivar segments: the normalised (still percent-encoded) segments below.
+    :ivar max_body: the largest body buffered for it; 0 when it streams.
+    :ivar proxied: the route that proxies it, for ``proxy``.
+    """
+
+    kind: str
+    route: str
+    mount: list[bytes]
+    segments: list[bytes]
+    max_body: int
+    proxied: Optional[Route] = None
+
+
+class GatewayResource(Resource):
+    """
+    The root of the gateway, mountable anywhere in a host's resource tree.
+
+    It takes over the rest of the path (``isLeaf``): the raw path is split
+    after the mount point, dot segments are resolved, and the request goes
+    to the auth app, the webhooks resource, a route's proxy, or a 404.
+
+    :param auth: the Klein resource of the gateway's own endpoints.
+    :param proxies: route name to its proxy resource.
+    :param webhooks: the resource for ``/webhooks/…``, if any.
+    :param recorder: counts each request and writes its access-log line.
+    :param in_flight: counts the requests being answered, for the drain.
+    :param own_max_body: the largest body buffered for the gateway's own
+        endpoints (and for preflights and 404s); the webhooks resource's
+        ``max_body`` for webhooks. Proxied bodies stream instead.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        auth: IResource,
+        proxies: Mapping[str, IResource],
+        webhooks: IResource | None = None,
+        recorder: RequestRecorder | None = None,
+        in_flight: Optional[InFlight] = None,
+        own_max_body: int = 64 * 1024,
+    ) -> None:
+        super().__init__()
+        self.auth = auth
+        self.proxies = dict(proxies)
+        self.webhooks = webhooks
+        self.recorder = recorder
+        self.in_flight = in_flight
+        self.own_max_body = own_max_body
+
+    def render(self, request: IRequest) -> Any:
+        """
+        Dispatch ``request``.
+        """
+        # Twisted would add ``Content-Type: text/html`` to every answer.
+        request.defaultContentType = None  # type: ignore[attr-defined]
+        recorder, in_flight = self.recorder, self.in_flight
+        if recorder is not None:
+            recorder.started(request, watch=False)
+        if in_flight is not None:
+            in_flight.track(request, watch=False)
+        if recorder is not None or in_flight is not None:
+            # One hook for both, rather than one each.
+            when_done(request, self._finished, request)
+        try:
+            early = getattr(request, "metagatewayEarlyError", None)
+            if early is not None:
+                # Refused by the gateway's request before its body was read
+                # (``413``); labelled as if dispatched.
+                self._label(request, self.classify(request))
+                return error_response(request, early)
+            return self._dispatch(request)
+        except GatewayError as e:
+            return error_response(request, e)
+        except Exception:
+            log.failure("Unexpected error dispatching a request")
+            return error_response(request, internal_error())
+
+    def _finished(self, result: Any, request: IRequest) -> None:
+        try:
+            if self.recorder is not None:
+                self.recorder.finished(result, request)
+        finally:
+            if self.in_flight is not None:
+                self.in_flight.done()
+
+    def classify(self, request: IRequest) -> Target:
+        """
+        Decide where ``request`` goes, from its method and path alone (the
+        headers may be all that has arrived).
+
+        Both the gateway's request, as soon as the headers are in, and
+        :meth:`render` go through here, so they always agree; the answer is
+        remembered on the request, so the second asks nothing new.
+        """
+        method, uri, prepath = request.method, request.uri, request.prepath
+        known = getattr(request, "metagatewayTarget", None)
+        if (
+            known is not None
+            and known[0] is self
+            and known[1] == method
+            and known[2] == uri
+            and known[3] == prepath
+        ):
+            return known[4]  # type: ignore[no-any-return]
+        target = self._classify(request)
+        request.metagatewayTarget = (  # type: ignore[attr-defined]
+            self,
+            method,
+            uri,
+            list(prepath),
+            target,
+        )
+        return target
+
+    def _classify(self, request: IRequest) -> Target:
+        mount = list(request.prepath)
+        if request.method == b"OPTIONS":
+            # ``OPTIONS *`` too: the server's options are the preflight's.
+            return Target("preflight", "CORE", mount, [], self.own_max_body)
+        if request.path == b"*":
+            return Target("star", "CORE", mount, [], self.own_max_body)
+        raw_segments = request_path(request).split(b"/")[1:]
+        below = b"/" + b"/".join(raw_segments[len(mount) :])
+        segments = normalise_path(below)
+        key = b"/".join(segments)
+        head = segments[0] if segments else b""
+        if (request.method, key) in OWN_ENDPOINTS:
+            name = "AUTH" if head == b"auth" else "CORE"
+            return Target("own", name, mount, segments, self.own_max_body)
+        if head == b"webhooks" and self.webhooks is not None:
+            limit = getattr(self.webhooks, "max_body", self.own_max_body)
+            return Target("webhooks", "WEBHOOK", mount, segments, limit)
+        route = None if head in (b"auth", b"health") else route_for(segments)
+        if route is None:
+            return Target("not_found", "CORE", mount, segments, self.own_max_body)
+        return Target("proxy", route.name, mount, segments, 0, route)
+
+    @staticmethod
+    def _label(request: IRequest, target: Target) -> None:
+        """
+        Note the access-log and metrics label of ``target`` on ``request``.
+        """
+        if target.kind == "preflight":
+            note_route(request, "PREFLIGHT")
+        elif target.kind == "own":
+            label, login = ENDPOINT_LABELS.get(
+                b"/".join(target.segments), ("AUTH", None)
+            )
+            note_route(request, label, login)
+        elif target.kind == "webhooks":
+            note_route(request, "WEBHOOK")
+        elif target.proxied is not None:
+            note_route(request, target.proxied.name)
+
+    def _dispatch(self, request: IRequest) -> Any:
+        target = self.classify(request)
+        self._label(request, target)
+        if target.kind == "preflight":
+            request.setResponseCode(204)
+            for name, value in PREFLIGHT_HEADERS:
+                request.setHeader(name, value)
+            # Finished here: returning b"" would have Twisted add the
+            # Content-Length a 204 must not carry.
+            request.finish()
+            return NOT_DONE_YET
+        if target.kind == "star":
+            raise bad_request("Request target * is only for OPTIONS")
+        mount, segments = target.mount, target.segments
+        if target.kind == "own":
+            return self._delegate(self.auth, request, mount, segments, decode=True)
+        if target.kind == "webhooks" and self.webhooks is not None:
+            return self._delegate(self.webhooks, request, mount, segments, decode=True)
+        if target.proxied is None:
+            raise not_found()
+        proxy = self.proxies[target.proxied.name]
+        request.prepath = mount + [target.proxied.prefix]
+        request.postpath = segments[1:]
+        return proxy.render(request)
+
+    @staticmethod
+    def _delegate(
+        resource: IResource,
+        request: IRequest,
+        mount: list[bytes],
+        segments: list[bytes],
+        decode: bool,
+    ) -> Any:
+        request.prepath = mount
+        request.postpath = (
+            [unquote_to_bytes(s) for s in segments] if decode else segments
+        )
+        return resource.render(request)
+
+
+class HTTPDate:
+    """
+    The ``Date`` header's value for now, formatted once a second rather
+    than for every request.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.second = -1
+        self.value = b""
+
+    def __call__(self) -> bytes:
+        second = int(self.clock())
+        if second != self.second:
+            self.value = datetimeToString(second)
+            self.second = second
+        return self.value
+
+
+http_date = HTTPDate()
+
+
+class GatewayRequest(StreamingRequest):
+    """
+    The daemon's request: it adds no ``text/html`` content type of its own,
+    and on a :class:`GatewayChannel` a proxied request's body streams
+    upstream as it arrives (:class:`~metagateway.http.channel.StreamingRequest`).
+    """
+
+    defaultContentType = None
+
+    def process(self) -> None:
+        """
+        Twisted's ``process``, without the resource traversal when the
+        site's root is a :class:`GatewayResource`: the gateway reads the raw
+        path itself, so the unquoted ``postpath`` Twisted would build (and
+        the lookup through the root, which is a leaf) are never used. The
+        ``*`` target goes to the gateway too (``OPTIONS *`` is a preflight,
+        any other method a JSON ``400``). Under another root, the request
+        is Twisted's.
+        """
+        site: Any = self.channel.site  # type: ignore[attr-defined]
+        root = site.resource
+        if not isinstance(root, GatewayResource):
+            super().process()
+            return
+        self.site = site
+        self.sitepath: list[bytes] = []
+        self.setHeader(b"Server", server_version)
+        self.setHeader(b"Date", http_date())
+        self.prepath = []
+        self.postpath = []
+        try:
+            self.render(root)
+        except BaseException:
+            self.processingFailed(Failure())
+
+
+class GatewaySite(Site):
+    """
+    The daemon's ``Site``: gateway requests. The access log is written by
+    the gateway's resource (:mod:`metagateway.observability.accesslog`), so
+    that a gateway
+    mounted in another ``Site`` logs the same lines; this ``Site`` adds none
+    of its own (Twisted's would hold the query string).
+    """
+
+    requestFactory = GatewayRequest
+    protocol = GatewayChannel  # type: ignore[assignment]
+
+    #: The largest request head (request line, headers), in bytes.
+    max_header_bytes = GatewayChannel.max_header_bytes
+    #: The most header lines in a request.
+    max_headers = GatewayChannel.max_headers
+    #: Seconds to send a whole request head, from its first byte (``408``
+    #: past it); ``0`` for no limit.
+    head_timeout = GatewayChannel.head_timeout
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """
+        A :class:`GatewayChannel` (HTTP/1.1) with this site's header limits
+        and head timeout.
+        """
+        channel = super().buildProtocol(addr)
+        channel.max_header_bytes = self.max_header_bytes
+        channel.max_headers = self.max_headers
+        channel.head_timeout = self.head_timeout
+        # The clock the site's callLater runs on (see Twisted's
+        # HTTPFactory.buildProtocol), for the channel's idle timer.
+        channel.seconds = self.reactor.seconds
+        return channel
+
+    def log(self, request: HTTPRequest) -> None:
+        """
+        Log nothing here: see
+        :class:`~metagateway.observability.accesslog.RequestRecorder`.
+        """

@@ -1,0 +1,4 @@
+"""
+Observability: the access log, Prometheus metrics and the garbage
+collector's tuning.
+"""

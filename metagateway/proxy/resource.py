@@ -1,0 +1,780 @@
+"""
+The proxy: a :class:`twisted.web.proxy.ReverseProxyResource` subclass that
+checks tokens per route, strips the route prefix, and relays requests to an
+upstream through a pooled :class:`twisted.web.client.Agent`, streaming both
+bodies with backpressure (CONTRACT §5, ``docs/proxy.rst``).
+
+One request's trip is an :class:`_Exchange`: it sends the request (its body
+streamed from a :class:`~metagateway.http.channel.StreamingBody` when the
+gateway's own request is in use, else read from the buffered body), times
+the upstream while the upstream is the one holding things up, and relays
+the answer through a :class:`_BodyRelay` that pauses the upstream while the
+client is not reading.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
+
+from zope.interface import implementer
+
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.error import CertificateError
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Cooperator
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import URI, FileBodyProducer, ResponseDone
+from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
+from twisted.web.proxy import ReverseProxyResource
+from twisted.web.server import NOT_DONE_YET
+
+from metagateway.auth.tokens import Claims, InvalidToken, TokenAuthority, request_token
+from metagateway.errors import GatewayError, error_response, request_id_of
+from metagateway.http.channel import BodyListener, StreamingBody, when_done
+from metagateway.observability.accesslog import note_subject, note_upstream
+from metagateway.routes import Route
+from metagateway.timers import SharedTimer
+
+log = Logger()
+
+#: Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded either way.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+#: Request headers the proxy sets itself, or must never pass on.
+#: ``Expect`` was answered by the gateway (``100 Continue``) already.
+_REQUEST_DROPPED = HOP_BY_HOP | {
+    b"authorization",
+    b"host",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-request-id",
+}
+
+
+def connection_tokens(headers: Headers) -> set[bytes]:
+    """
+    The header names listed in ``Connection``, lower-cased.
+    """
+    named: set[bytes] = set()
+    for value in headers.getRawHeaders(b"connection") or ():
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                named.add(token)
+    return named
+
+
+def unauthorized(status: int, code: str, route: str) -> GatewayError:
+    """
+    A token failure: ``401 MISSING_TOKEN`` or ``403 INVALID_TOKEN``.
+    """
+    return GatewayError(status, code, "Unauthorized request", route)
+
+
+def check_token(
+    request: IRequest, route: Route, tokens: TokenAuthority
+) -> Optional[Claims]:
+    """
+    Enforce ``route``'s token policy on ``request``.
+
+    :return: the verified claims, or ``None`` when no token was needed and
+        none was sent.
+    :raises GatewayError: ``401 MISSING_TOKEN`` or ``403 INVALID_TOKEN``.
+    """
+    headers = request.requestHeaders
+    if not route.token_required and not headers.hasHeader(b"authorization"):
+        return None
+    token = request_token(headers)
+    if token is None:
+        raise unauthorized(401, "MISSING_TOKEN", route.name)
+    try:
+        claims = tokens.verify(token)
+    except InvalidToken:
+        raise unauthorized(403, "INVALID_TOKEN", route.name) from None
+    if not claims.may_reach(route.name):
+        raise unauthorized(403, "INVALID_TOKEN", route.name)
+    return claims
+
+
+def upstream_host(base_url: str) -> bytes:
+    """
+    The ``Host`` header of requests to ``base_url``: what Twisted's
+    ``Agent`` would add (the host, its port unless the scheme's default,
+    an IPv6 address in brackets), computed once rather than per request.
+    """
+    uri = URI.fromBytes(base_url.encode("utf-8"))
+    host: bytes = uri.host
+    if isIPv6Address(host.decode("ascii", "replace")):
+        host = b"[" + host + b"]"
+    if (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443)):
+        return host
+    return b"%b:%d" % (host, uri.port)
+
+
+def upstream_headers(
+    request: IRequest,
+    route: Route,
+    claims: Optional[Claims],
+    request_id: str,
+    host_header: Optional[bytes] = None,
+) -> Headers:
+    """
+    The headers sent upstream: the client's end-to-end headers less
+    ``Authorization`` and every ``X-Gateway-*``, plus the gateway's own.
+
+    :param host_header: the upstream's ``Host``, when known; without it
+        the ``Agent`` adds one (on a copy of every header).
+    """
+    incoming = request.requestHeaders
+    dropped = _REQUEST_DROPPED
+    if incoming.hasHeader(b"connection"):
+        dropped = dropped | connection_tokens(incoming)
+    outgoing = Headers()
+    set_header = outgoing.setRawHeaders
+    forwarded = b""
+    host = None
+    for name, values in incoming.getAllRawHeaders():
+        lowered = name.lower()
+        if lowered in dropped or lowered.startswith(b"x-gateway-"):
+            if lowered == b"x-forwarded-for":
+                forwarded = b", ".join(values)
+            elif lowered == b"host" and values:
+                host = values[0]
+            continue
+        set_header(name, values)
+    set_header(b"X-Gateway-Route", [route.name.encode("ascii")])
+    if claims is not None:
+        set_header(b"X-Gateway-User", [claims.project_id.encode("utf-8")])
+        set_header(b"X-Gateway-Scopes", [",".join(claims.scopes).encode("utf-8")])
+    peer = getattr(request.getClientAddress(), "host", None)
+    if peer:
+        hop = peer.encode("ascii", "replace")
+        forwarded = forwarded + b", " + hop if forwarded else hop
+    if forwarded:
+        set_header(b"X-Forwarded-For", [forwarded])
+    set_header(b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"])
+    if host:
+        set_header(b"X-Forwarded-Host", [host])
+    set_header(b"X-Request-Id", [request_id.encode("latin-1")])
+    if host_header is not None:
+        set_header(b"Host", [host_header])
+    return outgoing
+
+
+def adopt_response_headers(response: IResponse, request: IRequest) -> None:
+    """
+    Answer ``request`` with an upstream's end-to-end response headers, and
+    add ``Access-Control-Allow-Origin: *`` unless the upstream set one: the
+    one addition CONTRACT §5 allows.
+
+    The upstream's ``Headers`` become the request's response headers (one
+    header set rather than a copy of each), less the hop-by-hop ones; what
+    the gateway had set already (``Server``, ``Date``, a ``Connection:
+    close``) stays only where the upstream sent no such header.
+    """
+    headers = response.headers
+    named = connection_tokens(headers)
+    dropped = (HOP_BY_HOP | named) if named else HOP_BY_HOP
+    hop = [name for name, _ in headers.getAllRawHeaders() if name.lower() in dropped]
+    for name in hop:
+        headers.removeHeader(name)
+    for name, values in request.responseHeaders.getAllRawHeaders():
+        if not headers.hasHeader(name):
+            headers.setRawHeaders(name, values)
+    request.responseHeaders = headers
+    if not headers.hasHeader(b"access-control-allow-origin"):
+        headers.setRawHeaders(b"Access-Control-Allow-Origin", [b"*"])
+    # The client parser keeps Content-Length out of ``headers``. A 204 must
+    # not carry one, and a 304's would describe another answer's body, not
+    # the empty one Twisted's client reports.
+    if (
+        isinstance(response.length, int)
+        and request.method != b"HEAD"
+        and response.code not in NO_BODY_CODES
+    ):
+        headers.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])
+
+
+def upstream_url(base: bytes, rest: list[bytes], uri: bytes) -> bytes:
+    """
+    The upstream URL: the service URL without its trailing slash, then the
+    rest of the path (``/`` if nothing is left), then the original query
+    string, byte for byte.
+
+    :param base: the service URL without its trailing slash, as bytes.
+    :param rest: the raw path segments after the prefix.
+    :param uri: the original request target.
+    """
+    _, question, query = uri.partition(b"?")
+    return base + b"/" + b"/".join(rest) + question + query
+
+
+def declared_length(request: IRequest) -> Optional[int]:
+    """
+    The request's ``Content-Length``, if it sent a valid one.
+    """
+    values = request.requestHeaders.getRawHeaders(b"content-length")
+    if not values or not values[0].strip().isdigit():
+        return None
+    return int(values[0].strip())
+
+
+def buffered_length(request: IRequest) -> int:
+    """
+    The size of a buffered request body.
+    """
+    content = request.content
+    if content is None:
+        return 0
+    size = content.seek(0, 2)
+    content.seek(0, 0)
+    return int(size)
+
+
+def payload_too_large(route: str, limit: int) -> GatewayError:
+    """
+    ``413 PAYLOAD_TOO_LARGE``: a body over ``limit`` bytes.
+    """
+    return GatewayError(
+        413, "PAYLOAD_TOO_LARGE", "Request body too large", route, {"limit": limit}
+    )
+
+
+def tls_failure(failure: Failure) -> Optional[BaseException]:
+    """
+    The TLS error (a failed handshake or certificate check) behind an
+    upstream failure, if that is what it was.
+    """
+    pending = [failure]
+    while pending:
+        current = pending.pop()
+        value = current.value
+        if isinstance(value, _TLS_ERRORS):
+            return value
+        pending.extend(getattr(value, "reasons", None) or [])
+    return None
+
+
+def _tls_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [CertificateError]
+    try:
+        from OpenSSL.SSL import Error as OpenSSLError
+
+        errors.append(OpenSSLError)
+    except ImportError:  # pragma: no cover - TLS not installed
+        pass
+    try:
+        from service_identity import VerificationError
+
+        errors.append(VerificationError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+_TLS_ERRORS = _tls_errors()
+
+
+def describe(failure: Failure) -> str:
+    """
+    A short description of why an upstream call failed, for the log.
+    """
+    why = failure.value
+    # ResponseFailed and its kind wrap the Failures that caused them.
+    while getattr(why, "reasons", None):
+        why = why.reasons[0].value  # type: ignore[union-attr]
+    return str(why) or why.__class__.__name__
+
+
+class _Watchdog:
+    """
+    Times the upstream while it is the one holding a request up: before its
+    answer's headers arrive, except while the client is the slow side
+    (still sending its body at its own pace).
+
+    :param timer: the proxy resource's timer, whose ``delay`` is the
+        longest wait (0 for none: nothing is ever armed). Every watchdog of
+        a resource waits as long, so they share one reactor timer.
+    :param expired: called once, when the wait runs out.
+    """
+
+    __slots__ = ("timer", "expired", "fired", "_call", "_stopped")
+
+    def __init__(self, timer: SharedTimer, expired: Callable[[], None]) -> None:
+        self.timer = timer
+        self.expired = expired
+        self.fired = False
+        self._call: Optional[IDelayedCall] = None
+        self._stopped = timer.delay <= 0
+
+    def arm(self) -> None:
+        """
+        Start the countdown, unless it already runs.
+        """
+        if self._stopped or self._call is not None:
+            return
+        self._call = self.timer.callLater(self.timer.delay, self.expire)
+
+    def disarm(self) -> None:
+        """
+        Stop the countdown; :meth:`arm` starts a fresh one.
+        """
+        call = self._call
+        if call is not None:
+            self._call = None
+            call.cancel()
+
+    def stop(self) -> None:
+        """
+        Stop for good, and let go of the callback (it is usually a bound
+        method of the watchdog's owner: keeping it would make a reference
+        cycle that only the garbage collector could free).
+        """
+        self.disarm()
+        self._stopped = True
+        self.expired = _nothing
+
+    def expire(self) -> None:
+        """
+        The wait ran out (called by the timer).
+        """
+        self._call = None
+        self._stopped = True
+        self.fired = True
+        expired, self.expired = self.expired, _nothing
+        expired()
+
+
+#: The listener of a streamed body whose exchange is over.
+_NO_LISTENER = BodyListener()
+
+
+def _nothing() -> None:
+    """
+    Do nothing: the callback of a stopped watchdog.
+    """
+
+
+class _Exchange(BodyListener):
+    """
+    One request's trip upstream and back.
+
+    :param proxy: the route's proxy resource.
+    :param request: the client's request.
+    :param url: the upstream URL.
+    :param headers: the headers sent upstream.
+    :param body: the body sent upstream, if any.
+    """
+
+    def __init__(
+        self,
+        proxy: GatewayProxyResource,
+        request: IRequest,
+        url: bytes,
+        headers: Headers,
+        body: Optional[IBodyProducer],
+    ) -> None:
+        self.proxy = proxy
+        # Twisted's Request: more than IRequest declares (notifyFinish...).
+        self.request: Any = request
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.watchdog = _Watchdog(proxy.timer, self._timed_out)
+        self.client_gone = False
+        self.too_large = False
+        self.relay: Optional[_BodyRelay] = None
+        self.call: Optional[Deferred[IResponse]] = None
+
+    def start(self) -> None:
+        """
+        Send the request upstream.
+        """
+        request = self.request
+        if isinstance(self.body, StreamingBody):
+            self.body.listener = self
+            self.body.limit = self.proxy.max_body
+        when_done(request, self._over)
+        self.watchdog.arm()
+        call = self.proxy.agent.request(
+            request.method, self.url, self.headers, self.body
+        )
+        self.call = call
+        call.addCallbacks(self._answered, self._failed)
+        call.addErrback(self._unexpected)
+
+    # BodyListener: the streamed request body.
+
+    def upstream_waiting(self) -> None:
+        self.watchdog.arm()
+
+    def upstream_reading(self) -> None:
+        self.watchdog.disarm()
+
+    def body_too_large(self) -> None:
+        self.too_large = True
+        if self.call is not None:
+            self.call.cancel()
+
+    # The upstream's side.
+
+    def _timed_out(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+
+    def _answered(self, response: IResponse) -> None:
+        self.watchdog.stop()
+        request = self.request
+        if self.client_gone:
+            response.deliverBody(_Discard())
+            return
+        if self.too_large:
+            # The whole answer came before the body went past the limit.
+            response.deliverBody(_Discard())
+            route = self.proxy.route.name
+            self._answer_error(payload_too_large(route, self.proxy.max_body))
+            return
+        note_upstream(request, status=response.code)
+        request.setResponseCode(response.code, response.phrase)
+        adopt_response_headers(response, request)
+        self.relay = _BodyRelay(self)
+        response.deliverBody(self.relay)
+        return None
+
+    def _failed(self, failure: Failure) -> None:
+        self.watchdog.stop()
+        self.release()
+        if self.client_gone:
+            return
+        route = self.proxy.route.name
+        if self.too_large:
+            error = payload_too_large(route, self.proxy.max_body)
+        elif self.watchdog.fired or failure.check(TimeoutError):
+            log.warn(
+                "Upstream {route} timed out after {seconds}s (request {request_id})",
+                route=route,
+                seconds=self.proxy.timeout,
+                request_id=request_id_of(self.request),
+            )
+            error = GatewayError(504, "UPSTREAM_TIMEOUT", "Upstream timed out", route)
+        else:
+            tls = tls_failure(failure)
+            if tls is not None:
+                log.error(
+                    "TLS with upstream {route} ({url}) failed (certificate not "
+                    "trusted, not for this host, or handshake refused): {why} "
+                    "(request {request_id})",
+                    route=route,
+                    url=self.proxy.base_url,
+                    why=str(tls) or tls.__class__.__name__,
+                    request_id=request_id_of(self.request),
+                )
+            else:
+                log.warn(
+                    "Upstream {route} unavailable: {why} (request {request_id})",
+                    route=route,
+                    why=describe(failure),
+                    request_id=request_id_of(self.request),
+                )
+            error = GatewayError(
+                502, "UPSTREAM_UNAVAILABLE", "Upstream unavailable", route
+            )
+        self._answer_error(error)
+
+    def _answer_error(self, error: GatewayError) -> None:
+        request = self.request
+        self.release()
+        if self.client_gone or request.finished:
+            return
+        if request.startedWriting:
+            abort_client(request)
+            return
+        request.write(error_response(request, error))
+        request.finish()
+
+    def _unexpected(self, failure: Failure) -> None:
+        log.failure("Unexpected proxy failure", failure)
+        if not self.client_gone and not self.request.finished:
+            abort_client(self.request)
+
+    def release(self) -> None:
+        """
+        Let go of the objects that point back at this exchange (the relay,
+        the streamed body's listener), once the answer is complete: the
+        exchange and the request it holds are then freed as soon as the
+        last reference goes, rather than left for the garbage collector.
+        """
+        self.relay = None
+        if isinstance(self.body, StreamingBody) and self.body.listener is self:
+            self.body.listener = _NO_LISTENER
+
+    # The client's side.
+
+    def _over(self, result: Optional[Failure]) -> None:
+        if result is not None:
+            self._client_gone(result)
+
+    def _client_gone(self, reason: Failure) -> None:
+        self.client_gone = True
+        self.watchdog.stop()
+        if self.relay is not None:
+            self.relay.stop_upstream()
+        elif self.call is not None:
+            self.call.cancel()
+
+
+def abort_client(request: IRequest) -> None:
+    """
+    Drop the client's connection at once (a reset): its answer cannot be
+    completed.
+    """
+    channel = getattr(request, "channel", None)
+    transport = getattr(channel, "transport", None) or getattr(
+        request, "transport", None
+    )
+    if transport is not None:
+        transport.abortConnection()
+
+
+def cut_client(request: IRequest) -> None:
+    """
+    End the client's connection mid-answer so that the truncation shows.
+
+    When the client can tell a short body (a ``Content-Length`` was sent, or
+    the body is chunked and will lack its last chunk), what was relayed is
+    flushed and the connection closed; an answer delimited by the close
+    itself (an HTTP/1.0 client) would look complete that way, so its
+    connection is reset instead.
+    """
+    framed = bool(
+        getattr(request, "chunked", False)
+    ) or request.responseHeaders.hasHeader(b"content-length")
+    channel = getattr(request, "channel", None)
+    if framed and channel is not None and request.method != b"HEAD":
+        channel.loseConnection()
+    else:
+        abort_client(request)
+
+
+class _Discard(Protocol):
+    """
+    Takes an unwanted answer's body and drops its connection.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+
+@implementer(IPushProducer)
+class _BodyRelay(Protocol):
+    """
+    Writes an upstream's answer body to the client as it arrives, pausing
+    the upstream while the client is not reading.
+    """
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self.exchange = exchange
+        self.request: Any = exchange.request
+        self._registered = False
+
+    def connectionMade(self) -> None:
+        if self.exchange.client_gone:
+            self.stop_upstream()
+            return
+        self.request.registerProducer(self, True)
+        self._registered = True
+
+    def stop_upstream(self) -> None:
+        """
+        Drop the upstream connection: the answer is no longer wanted.
+        """
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    # IPushProducer, driven by the client's connection.
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def stopProducing(self) -> None:
+        self.exchange.client_gone = True
+        self.stop_upstream()
+
+    # The upstream's answer body.
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.exchange.client_gone:
+            self.request.write(data)
+
+    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+        request = self.request
+        self.exchange.release()
+        if self.exchange.client_gone:
+            return
+        if self._registered:
+            request.unregisterProducer()
+        # isinstance rather than Failure.check, which builds the names of
+        # every class in the exception's hierarchy, on every answer.
+        if isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
+            request.finish()
+        else:
+            log.warn(
+                "Upstream {route} failed mid-body: {why} (request {request_id})",
+                route=self.exchange.proxy.route.name,
+                why=describe(reason),
+                request_id=request_id_of(request),
+            )
+            note_upstream(request, error="truncated")
+            cut_client(request)
+
+
+class GatewayProxyResource(ReverseProxyResource):
+    """
+    Relays one route's requests to its upstream.
+
+    Unlike the stock class, it speaks through a pooled ``Agent`` (HTTP/1.1,
+    keep-alive, TLS), streams both bodies, times the upstream, and answers
+    failures in the contract's JSON. The root resource hands it a request
+    whose ``postpath`` holds the raw (still percent-encoded) segments after
+    the prefix.
+
+    :param route: the route this resource serves.
+    :param base_url: the service URL, or ``None`` when unset.
+    :param agent: the HTTP client.
+    :param tokens: verifies tokens.
+    :param clock: times the upstream.
+    :param timeout: seconds to wait on the upstream (for its answer's
+        headers, or to take more of the body); 0 for no limit.
+    :param cooperator: schedules the writes of buffered request bodies.
+    :param max_body: the largest request body proxied, in bytes; 0 for no
+        limit.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        route: Route,
+        base_url: Optional[str],
+        agent: IAgent,
+        tokens: TokenAuthority,
+        clock: IReactorTime,
+        timeout: float = 30.0,
+        cooperator: Optional[Cooperator] = None,
+        max_body: int = 0,
+    ) -> None:
+        parts = urlsplit(base_url or "http://unset.invalid")
+        super().__init__(
+            parts.hostname or "",
+            parts.port or (443 if parts.scheme == "https" else 80),
+            parts.path.rstrip("/").encode("utf-8"),
+            clock,
+        )
+        self.route = route
+        self.base_url = base_url
+        self.agent = agent
+        self.tokens = tokens
+        self.clock = clock
+        self.timeout = timeout
+        #: the upstream deadlines, on one reactor timer.
+        self.timer = SharedTimer(clock, timeout)
+        self.cooperator = cooperator
+        self.max_body = max_body
+        self.host_header = upstream_host(base_url) if base_url else None
+        #: The URL's bytes, when ASCII; else encoding it fails per request.
+        self._base: Optional[bytes] = None
+        if base_url and base_url.isascii():
+            self._base = base_url.rstrip("/").encode("ascii")
+
+    def getChild(self, path: bytes, request: IRequest) -> GatewayProxyResource:
+        """
+        Every path below the prefix is served by this same resource.
+        """
+        return self
+
+    def render(self, request: IRequest) -> Any:
+        """
+        Check the token and the body's size, then relay the request
+        upstream.
+        """
+        route = self.route.name
+        try:
+            claims = check_token(request, self.route, self.tokens)
+            if claims is not None:
+                note_subject(request, claims.project_id)
+            if not self.base_url:
+                raise GatewayError(
+                    502,
+                    "MISSING_TARGET",
+                    "Missing target for /%s" % (self.route.prefix.decode("ascii"),),
+                    route,
+                )
+            stream = getattr(request, "body_stream", None)
+            limit = self.max_body
+            if limit:
+                declared = declared_length(request)
+                if declared is not None and declared > limit:
+                    raise payload_too_large(route, limit)
+                if stream is None and buffered_length(request) > limit:
+                    raise payload_too_large(route, limit)
+            url = upstream_url(
+                self.base_url.rstrip("/").encode("ascii")
+                if self._base is None
+                else self._base,
+                request.postpath,
+                request.uri,
+            )
+            if not _SENDABLE_URL.match(url):
+                raise GatewayError(
+                    400, "BAD_REQUEST", "Malformed request target", route
+                )
+        except GatewayError as e:
+            return error_response(request, e)
+        headers = upstream_headers(
+            request, self.route, claims, request_id_of(request), self.host_header
+        )
+        body = stream if stream is not None else self._buffered_body(request)
+        _Exchange(self, request, url, headers, body).start()
+        return NOT_DONE_YET
+
+    def _buffered_body(self, request: IRequest) -> Optional[FileBodyProducer]:
+        headers = request.requestHeaders
+        if not (
+            headers.hasHeader(b"content-length")
+            or headers.hasHeader(b"transfer-encoding")
+        ):
+            return None
+        content = request.content
+        content.seek(0, 0)
+        if self.cooperator is None:
+            return FileBodyProducer(content)
+        return FileBodyProducer(content, cooperator=self.cooperator)
+
+
+#: What the ``Agent`` accepts as a request target.
+_SENDABLE_URL = re.compile(rb"\A[\x21-\x7e]+\Z")

@@ -1,0 +1,3 @@
+"""
+Unit tests: fakes and in-memory transports, no sockets, no sleeps.
+"""

@@ -1,0 +1,484 @@
+"""
+Tests for :mod:`metagateway.admin`, the ``metagateway-admin`` script.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Mapping, Optional, Sequence
+
+from treq.testing import StubTreq
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from metagateway.admin import run
+from metagateway.auth.passwords import check_password, make_record
+from metagateway.credentials.directory import DirectoryCredentialStore
+from tests.fakes3 import SETTINGS, FakeS3
+
+#: The environment of the R2 store the fake bucket expects.
+R2_ENVIRON = {
+    "R2_ENDPOINT_URL": SETTINGS.endpoint_url,
+    "R2_ACCESS_KEY_ID": SETTINGS.access_key_id,
+    "R2_SECRET_ACCESS_KEY": SETTINGS.secret_access_key,
+    "R2_BUCKET": SETTINGS.bucket,
+    "R2_REGION": SETTINGS.region,
+}
+
+
+class Prompt:
+    """
+    Answers password prompts from a list, recording the prompts.
+
+    :ivar prompts: the prompts shown.
+    """
+
+    def __init__(self, *answers: str) -> None:
+        self._answers = list(answers)
+        self.prompts: list[str] = []
+
+    def __call__(self, prompt: str) -> str:
+        self.prompts.append(prompt)
+        if not self._answers:
+            raise EOFError()
+        return self._answers.pop(0)
+
+
+class AdminTests(SynchronousTestCase):
+    """
+    ``metagateway-admin`` commands against an accounts directory.
+    """
+
+    def setUp(self) -> None:
+        self.root = FilePath(self.mktemp())
+        self.root.makedirs()
+        self.store = DirectoryCredentialStore(self.root)
+        self.clock = Clock()
+
+    def admin(
+        self,
+        *argv: str,
+        stdin: str = "",
+        prompt: Optional[Prompt] = None,
+        environ: Optional[Mapping[str, str]] = None,
+        accounts: bool = True,
+        http_client: Any = None,
+    ) -> tuple[int, str, str]:
+        """
+        Run one command; return its status, stdout and stderr.
+        """
+        out, err = io.StringIO(), io.StringIO()
+        args: Sequence[str] = argv
+        if accounts:
+            args = ["--accounts-dir", self.root.path, *argv]
+        d = Deferred.fromCoroutine(
+            run(
+                self.clock,
+                args,
+                {} if environ is None else environ,
+                io.StringIO(stdin),
+                out,
+                err,
+                prompt or Prompt(),
+                http_client=http_client,
+            )
+        )
+        status = self.successResultOf(d)
+        return status, out.getvalue(), err.getvalue()
+
+    def assertOneLineError(self, result: tuple[int, str, str], text: str) -> None:
+        status, _, err = result
+        self.assertNotEqual(status, 0)
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertTrue(err.startswith("metagateway-admin: "), err)
+        self.assertIn(text, err)
+        self.assertNotIn("Traceback", err)
+
+    def record(self, name: str) -> Any:
+        return self.successResultOf(self.store.lookup(name))
+
+    def test_add_user_prompt(self) -> None:
+        """
+        ``add-user`` asks twice without echo and writes a record in the
+        original format, role ``admin`` by default.
+        """
+        prompt = Prompt("s3cret pw", "s3cret pw")
+        status, out, err = self.admin("add-user", "alice", prompt=prompt)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(prompt.prompts, ["New password: ", "Repeat password: "])
+        record = self.record("alice")
+        self.assertEqual(record.role, "admin")
+        self.assertTrue(check_password(record, "s3cret pw"))
+        stored = json.loads(
+            self.root.descendant(["auth", "admins", "alice.json"]).getContent()
+        )
+        self.assertEqual(set(stored), {"username", "salt", "hash", "role"})
+        self.assertNotIn(record.hash, out)
+        self.assertNotIn(record.salt, out)
+
+    def test_add_user_stdin(self) -> None:
+        """
+        ``--password-stdin`` reads the first line (without its newline),
+        and ``--role`` and ``--scheme`` are honoured.
+        """
+        status, out, _ = self.admin(
+            "add-user",
+            "bob smith",
+            "--role",
+            "ops",
+            "--scheme",
+            "scrypt",
+            "--password-stdin",
+            stdin="pass word \nignored\n",
+        )
+        self.assertEqual(status, 0)
+        self.assertIn("bob smith", out)
+        record = self.record("bob smith")
+        self.assertEqual((record.role, record.scheme), ("ops", "scrypt"))
+        self.assertTrue(check_password(record, "pass word "))
+
+    def test_fresh_salt(self) -> None:
+        """
+        Every record gets a fresh salt, even for the same password.
+        """
+        self.admin("add-user", "alice", "--password-stdin", stdin="pw\n")
+        self.admin("add-user", "carol", "--password-stdin", stdin="pw\n")
+        self.assertNotEqual(self.record("alice").salt, self.record("carol").salt)
+        self.assertNotEqual(self.record("alice").hash, self.record("carol").hash)
+
+    def test_add_user_exists(self) -> None:
+        """
+        ``add-user`` refuses to replace an account.
+        """
+        self.successResultOf(self.store.store(make_record("alice", "old")))
+        result = self.admin("add-user", "alice", "--password-stdin", stdin="new\n")
+        self.assertOneLineError(result, "already exists")
+        self.assertTrue(check_password(self.record("alice"), "old"))
+
+    def test_mismatched_prompts(self) -> None:
+        """
+        Two different entries at the prompt write nothing.
+        """
+        result = self.admin("add-user", "alice", prompt=Prompt("one", "two"))
+        self.assertOneLineError(result, "do not match")
+        self.assertEqual(self.successResultOf(self.store.usernames()), [])
+
+    def test_empty_password(self) -> None:
+        """
+        An empty password is refused, from the prompt or stdin.
+        """
+        self.assertOneLineError(
+            self.admin("add-user", "alice", prompt=Prompt("", "")), "empty"
+        )
+        self.assertOneLineError(
+            self.admin("add-user", "alice", "--password-stdin", stdin="\n"), "empty"
+        )
+        self.assertOneLineError(
+            self.admin("add-user", "alice", "--password-stdin", stdin=""), "empty"
+        )
+
+    def test_prompt_eof(self) -> None:
+        """
+        Input ending at the prompt is a clean failure.
+        """
+        self.assertOneLineError(self.admin("add-user", "alice"), "input ended")
+
+    def test_invalid_usernames(self) -> None:
+        """
+        Names that could escape their key, or are too short, are refused
+        before any store is touched.
+        """
+        for name in ("../etc", "a/b/c", "abc", "x" * 129, "bad\tname"):
+            result = self.admin("add-user", name, "--password-stdin", stdin="pw\n")
+            self.assertOneLineError(result, "invalid username")
+        self.assertFalse(self.root.child("etc").exists())
+        self.assertEqual(self.successResultOf(self.store.usernames()), [])
+
+    def test_bad_role(self) -> None:
+        """
+        An empty role or one with control characters is refused.
+        """
+        for role in ("", "ad\nmin"):
+            result = self.admin(
+                "add-user", "alice", "--role", role, "--password-stdin", stdin="pw\n"
+            )
+            self.assertOneLineError(result, "role")
+
+    def test_set_password(self) -> None:
+        """
+        ``set-password`` replaces the hash and salt, keeping role and scheme.
+        """
+        old = make_record("alice", "old", role="ops")
+        self.successResultOf(self.store.store(old))
+        status, out, _ = self.admin(
+            "set-password", "alice", prompt=Prompt("newpw", "newpw")
+        )
+        self.assertEqual(status, 0)
+        record = self.record("alice")
+        self.assertTrue(check_password(record, "newpw"))
+        self.assertFalse(check_password(record, "old"))
+        self.assertEqual(record.role, "ops")
+        self.assertNotEqual(record.salt, old.salt)
+        self.assertNotIn(record.hash, out)
+
+    def test_set_password_unknown(self) -> None:
+        """
+        ``set-password`` for a missing account fails without prompting.
+        """
+        prompt = Prompt("x", "x")
+        result = self.admin("set-password", "nobody", prompt=prompt)
+        self.assertOneLineError(result, "no account")
+        self.assertEqual(prompt.prompts, [])
+
+    def test_set_password_unreadable(self) -> None:
+        """
+        ``set-password`` over an unreadable record says what to do.
+        """
+        path = self.root.descendant(["auth", "admins", "alice.json"])
+        path.parent().makedirs()
+        path.setContent(b"not json")
+        result = self.admin("set-password", "alice", "--password-stdin", stdin="x\n")
+        self.assertOneLineError(result, "cannot be read")
+
+    def test_remove_user(self) -> None:
+        """
+        ``remove-user`` deletes the record; a second time it fails.
+        """
+        self.successResultOf(self.store.store(make_record("alice", "pw")))
+        status, out, _ = self.admin("remove-user", "alice")
+        self.assertEqual(status, 0)
+        self.assertIn("removed alice", out)
+        self.assertEqual(self.successResultOf(self.store.usernames()), [])
+        self.assertOneLineError(self.admin("remove-user", "alice"), "no account")
+
+    def test_list_users(self) -> None:
+        """
+        ``list-users`` prints one name a line, sorted, and nothing else.
+        """
+        for name in ("carol", "alice", "zoë z"):
+            self.successResultOf(self.store.store(make_record(name, "pw")))
+        status, out, err = self.admin("list-users")
+        self.assertEqual((status, out, err), (0, "alice\ncarol\nzoë z\n", ""))
+
+    def test_accounts_dir_after_command(self) -> None:
+        """
+        ``--accounts-dir`` may also follow the command.
+        """
+        self.successResultOf(self.store.store(make_record("alice", "pw")))
+        status, out, _ = self.admin(
+            "list-users", "--accounts-dir", self.root.path, accounts=False
+        )
+        self.assertEqual((status, out), (0, "alice\n"))
+
+    def test_accounts_dir_from_environment(self) -> None:
+        """
+        Without ``--accounts-dir``, ``METAGATEWAY_ACCOUNTS_DIR`` is used,
+        as the daemon does.
+        """
+        self.successResultOf(self.store.store(make_record("alice", "pw")))
+        status, out, _ = self.admin(
+            "list-users",
+            accounts=False,
+            environ={"METAGATEWAY_ACCOUNTS_DIR": self.root.path, **R2_ENVIRON},
+        )
+        self.assertEqual((status, out), (0, "alice\n"))
+
+    def test_add_user_creates_directory(self) -> None:
+        """
+        ``add-user`` creates a missing accounts directory; other commands
+        refuse a missing one.
+        """
+        missing = FilePath(self.mktemp())
+        status, _, _ = self.admin(
+            "add-user",
+            "alice",
+            "--accounts-dir",
+            missing.path,
+            "--password-stdin",
+            stdin="pw\n",
+            accounts=False,
+        )
+        self.assertEqual(status, 0)
+        self.assertTrue(missing.descendant(["auth", "admins", "alice.json"]).exists())
+        other = FilePath(self.mktemp())
+        result = self.admin("list-users", "--accounts-dir", other.path, accounts=False)
+        self.assertOneLineError(result, "does not exist")
+
+    def test_no_store(self) -> None:
+        """
+        With neither an accounts directory nor R2 settings, the failure
+        names what is missing.
+        """
+        result = self.admin("list-users", accounts=False)
+        self.assertOneLineError(result, "R2_ENDPOINT_URL")
+
+    def test_incomplete_r2_settings(self) -> None:
+        """
+        Incomplete R2 settings name the missing variable.
+        """
+        environ = dict(R2_ENVIRON)
+        del environ["R2_SECRET_ACCESS_KEY"]
+        result = self.admin("list-users", accounts=False, environ=environ)
+        self.assertOneLineError(result, "R2_SECRET_ACCESS_KEY")
+
+    def test_usage_errors(self) -> None:
+        """
+        A malformed command line is one line on stderr, status 2.
+        """
+        for argv in (
+            (),
+            ("frobnicate",),
+            ("add-user",),
+            ("add-user", "alice", "--scheme", "md5"),
+            ("list-users", "--bogus"),
+        ):
+            result = self.admin(*argv)
+            self.assertOneLineError(result, "--help")
+            self.assertEqual(result[0], 2)
+
+    def test_help(self) -> None:
+        """
+        ``--help`` prints usage on stdout and succeeds.
+        """
+        status, out, err = self.admin("--help", accounts=False)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("add-user", out)
+        status, out, _ = self.admin("add-user", "--help", accounts=False)
+        self.assertEqual(status, 0)
+        self.assertIn("--password-stdin", out)
+
+
+class AdminR2Tests(SynchronousTestCase):
+    """
+    ``metagateway-admin`` against the R2 store (a fake bucket over
+    ``StubTreq``).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_780_000_000)
+        self.s3 = FakeS3(self.clock)
+        self.treq = StubTreq(self.s3)
+
+    def admin(self, *argv: str, stdin: str = "") -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        d = Deferred.fromCoroutine(
+            run(
+                self.clock,
+                argv,
+                R2_ENVIRON,
+                io.StringIO(stdin),
+                out,
+                err,
+                Prompt(),
+                http_client=self.treq,
+            )
+        )
+        return self.successResultOf(d), out.getvalue(), err.getvalue()
+
+    def test_round_trip(self) -> None:
+        """
+        Accounts are added, listed, re-passworded and removed in the bucket.
+        """
+        self.assertEqual(
+            self.admin("add-user", "zoë ünïcode", "--password-stdin", stdin="pw\n")[0],
+            0,
+        )
+        stored = json.loads(self.s3.objects["auth/admins/zoë ünïcode.json"])
+        self.assertEqual(stored["username"], "zoë ünïcode")
+        self.assertEqual(self.admin("list-users"), (0, "zoë ünïcode\n", ""))
+        self.assertEqual(
+            self.admin("set-password", "zoë ünïcode", "--password-stdin", stdin="x\n")[
+                0
+            ],
+            0,
+        )
+        self.assertEqual(self.admin("remove-user", "zoë ünïcode")[0], 0)
+        self.assertEqual(self.s3.objects, {})
+
+    def test_store_unavailable(self) -> None:
+        """
+        A store fault is one line naming the store, status 1, with no
+        secret in it.
+        """
+        self.s3.faults.append(403)
+        status, _, err = self.admin("list-users")
+        self.assertEqual(status, 1)
+        self.assertIn("credential store could not answer", err)
+        self.assertEqual(err.count("\n"), 1)
+        self.assertNotIn(SETTINGS.secret_access_key, err)
+
+
+class MainTests(SynchronousTestCase):
+    """
+    The console script, run as a child process (no sockets: an accounts
+    directory).
+    """
+
+    def main(
+        self, *argv: str, stdin: bytes = b""
+    ) -> subprocess.CompletedProcess[bytes]:
+        root = os.path.dirname(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        )
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("R2_", "METAGATEWAY_"))
+        }
+        env["PYTHONPATH"] = root
+        return subprocess.run(
+            [sys.executable, "-c", "from metagateway.admin import main; main()", *argv],
+            input=stdin,
+            capture_output=True,
+            env=env,
+            timeout=60,
+        )
+
+    def test_exit_status(self) -> None:
+        """
+        ``main`` exits 0 on success and non-zero with one line on stderr
+        (no traceback) on failure.
+        """
+        accounts = self.mktemp()
+        done = self.main(
+            "--accounts-dir",
+            accounts,
+            "add-user",
+            "alice",
+            "--password-stdin",
+            stdin=b"pw\n",
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        done = self.main("--accounts-dir", accounts, "list-users")
+        self.assertEqual((done.returncode, done.stdout), (0, b"alice\n"))
+        done = self.main("--accounts-dir", accounts, "remove-user", "nobody")
+        self.assertEqual(done.returncode, 1)
+        self.assertEqual(done.stderr.count(b"\n"), 1, done.stderr)
+        self.assertNotIn(b"Traceback", done.stderr)
+        done = self.main("list-users")
+        self.assertEqual(done.returncode, 1)
+        self.assertIn(b"R2_ENDPOINT_URL", done.stderr)
+
+    def test_module(self) -> None:
+        """
+        ``python -m metagateway.admin`` is the same command.
+        """
+        root = os.path.dirname(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "metagateway.admin", "--help"],
+            capture_output=True,
+            env=dict(os.environ, PYTHONPATH=root),
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn(b"add-user", done.stdout)
