@@ -299,6 +299,15 @@ class AuthApp:
         )
 
     def _session_claims(self, request: IRequest, code: str, message: str) -> Claims:
+        """
+        The claims of the request's token, when it is valid for route
+        ``CORE``: its ``route`` claim is ``CORE`` or ``AUTH`` (a token for
+        another route is as bad as a forged one here, or a refresh would
+        widen it to a ``CORE`` token).
+
+        :raises GatewayError: ``401`` without a token, ``403`` with a bad
+            one, each with ``code`` and ``message``.
+        """
         token = request_token(request.requestHeaders)
         if token is None:
             raise GatewayError(401, code, message, "CORE")
@@ -306,6 +315,8 @@ class AuthApp:
             claims = self.tokens.verify(token)
         except InvalidToken:
             raise GatewayError(403, code, message, "CORE") from None
+        if not claims.may_reach("CORE"):
+            raise GatewayError(403, code, message, "CORE")
         note_subject(request, claims.project_id)
         return claims
 
@@ -330,6 +341,13 @@ class AuthApp:
 
     @app.route("/core/logout", methods=["POST"])
     def logout(self, request: IRequest) -> bytes:
+        """
+        Revoke the bearer token sent, if it is valid, and answer ``200``.
+
+        Any valid token is revoked, whatever route it was issued for:
+        revoking can only take access away, and a client holding only a
+        ``BUILD`` token can still end its session.
+        """
         token = request_token(request.requestHeaders)
         if token is not None:
             try:

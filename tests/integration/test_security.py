@@ -227,6 +227,53 @@ class DaemonSecurityTests(TestCase):
 
         return ensureDeferred(go())
 
+    def test_session_needs_core_token(self) -> Deferred[None]:
+        """
+        ``/core/session`` and its refresh take only a token that may reach
+        ``CORE``: a guest token for ``BUILD`` gets ``403 INVALID_SESSION``
+        and ``403 REFRESH_FAILED`` (never a ``CORE`` token), an ``AUTH``
+        login token a session. ``/core/logout`` revokes the ``BUILD`` token.
+        """
+
+        async def go() -> None:
+            base = await self.start()
+            response = await self.http.post(base + "/auth/guest", b'{"route":"build"}')
+            build_token = json.loads(await response.content())["token"]
+            response = await self.get(base + "/build/before", build_token)
+            self.assertEqual(response.code, 200)
+            response = await self.http.get(
+                base + "/core/session",
+                headers={"Authorization": "Bearer " + build_token},
+            )
+            body = json.loads(await response.content())
+            self.assertEqual(
+                (response.code, body["code"], body["route"]),
+                (403, "INVALID_SESSION", "CORE"),
+            )
+            response = await self.http.post(
+                base + "/core/session/refresh",
+                headers={"Authorization": "Bearer " + build_token},
+            )
+            body = json.loads(await response.content())
+            self.assertEqual(
+                (response.code, body["code"], body["route"]),
+                (403, "REFRESH_FAILED", "CORE"),
+            )
+            self.assertNotIn("token", body)
+            response = await self.get(base + "/core/session", await self.token(base))
+            self.assertEqual(response.code, 200)
+            response = await self.http.post(
+                base + "/core/logout",
+                headers={"Authorization": "Bearer " + build_token},
+            )
+            self.assertEqual(json.loads(await response.content()), {"success": True})
+            response = await self.get(base + "/build/after", build_token)
+            self.assertEqual(response.code, 403)
+            uris = [uri for _, uri, _, _ in self.upstream.requests]
+            self.assertEqual(uris, [b"/svc/before"])
+
+        return ensureDeferred(go())
+
     def test_short_secret_warns(self) -> Deferred[None]:
         """
         A secret under 32 bytes starts the daemon with a warning on stderr
