@@ -229,7 +229,8 @@ class GatewayResource(Resource):
         if (request.method, key) in OWN_ENDPOINTS:
             name = "AUTH" if head == b"auth" else "CORE"
             return Target("own", name, mount, segments, self.own_max_body)
-        if head == b"webhooks" and self.webhooks is not None:
+        if head == b"webhooks" and len(segments) > 1 and self.webhooks is not None:
+            # ``/webhooks/…``; ``/webhooks`` alone is "anything else", a 404.
             limit = getattr(self.webhooks, "max_body", self.own_max_body)
             return Target("webhooks", "WEBHOOK", mount, segments, limit)
         route = None if head in (b"auth", b"health") else route_for(segments)

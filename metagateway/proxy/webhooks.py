@@ -8,7 +8,9 @@ with the status each target gave.
 
 Paths and methods:
 
-- ``/webhooks`` and ``/webhooks/``: ``400 INVALID_SOURCE``;
+- ``/webhooks/``: ``400 INVALID_SOURCE`` (``/webhooks`` without the slash
+  is not a webhook path: the root resource answers it ``404 NOT_FOUND``,
+  route ``CORE``, and never sends it here);
 - ``/webhooks/{other}``: ``404 UNKNOWN_SOURCE`` (the source is matched
   without regard to case);
 - another method than ``POST`` on ``/webhooks/notion``, or a path below it:
