@@ -163,6 +163,10 @@ def read_password(
     """
     if from_stdin:
         line = stdin.readline()
+        if not line:
+            raise AdminError(
+                "no password: standard input is empty (give one line, the password)"
+            )
         password = line[:-1] if line.endswith("\n") else line
         if password.endswith("\r"):
             password = password[:-1]
@@ -177,6 +181,38 @@ def read_password(
     if not password:
         raise AdminError("the password must not be empty")
     return password
+
+
+def is_terminal(stream: Optional[TextIO]) -> bool:
+    """
+    Whether ``stream`` is an open terminal (``False`` for a pipe, a file,
+    a closed stream or none at all).
+    """
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):
+        # ValueError: a closed stream.
+        return False
+
+
+def check_password_source(
+    from_stdin: bool, stdin: Optional[TextIO], prompt: Optional[object]
+) -> None:
+    """
+    Refuse to prompt when nobody can answer: without ``--password-stdin``
+    and without a prompt of the caller's, the password is asked for at the
+    terminal, which needs standard input to be one. A script or CI job
+    piping the password in would otherwise wait at an invisible prompt.
+
+    :raises AdminError: (usage) when standard input is not a terminal.
+    """
+    if from_stdin or prompt is not None or is_terminal(stdin):
+        return
+    raise AdminError(
+        "standard input is not a terminal: to read the password from it, "
+        "add --password-stdin",
+        status=EXIT_USAGE,
+    )
 
 
 def open_store(
@@ -242,7 +278,7 @@ async def run(
     stdin: TextIO,
     stdout: TextIO,
     stderr: TextIO,
-    prompt: Callable[[str], str] = _getpass.getpass,
+    prompt: Optional[Callable[[str], str]] = None,
     http_client: Optional[Any] = None,
 ) -> int:
     """
@@ -254,7 +290,9 @@ async def run(
     :param stdin: where ``--password-stdin`` reads.
     :param stdout: where results go.
     :param stderr: where failures go, one line each.
-    :param prompt: asks for a password without echo.
+    :param prompt: asks for a password without echo; by default
+        ``getpass``, used only when ``stdin`` is a terminal (otherwise a
+        command needing a password without ``--password-stdin`` fails).
     :param http_client: the treq client for R2 (tests pass ``StubTreq``).
     :return: the exit status.
     """
@@ -266,6 +304,9 @@ async def run(
             return int(e.code or 0)
         command = options.command
         name: str = getattr(options, "name", None) or ""
+        if command in ("add-user", "set-password"):
+            check_password_source(options.password_stdin, stdin, prompt)
+        ask = prompt if prompt is not None else _getpass.getpass
         if command != "list-users" and not is_valid_username(name):
             raise AdminError(
                 "invalid username %r: 4 to 128 bytes, no '/', '\\\\', '..' "
@@ -284,7 +325,7 @@ async def run(
                 raise AdminError(
                     "account %r already exists (use set-password)" % (name,)
                 )
-            password = read_password(options.password_stdin, stdin, prompt)
+            password = read_password(options.password_stdin, stdin, ask)
             await store.store(make_record(name, password, role, options.scheme))
             stdout.write("added %s (role %s)\n" % (name, role))
         elif command == "set-password":
@@ -297,7 +338,7 @@ async def run(
                     "the record of %r cannot be read: remove-user, then add-user"
                     % (name,)
                 ) from None
-            password = read_password(options.password_stdin, stdin, prompt)
+            password = read_password(options.password_stdin, stdin, ask)
             scheme = options.scheme or old.scheme
             await store.store(make_record(name, password, old.role, scheme))
             stdout.write("password changed for %s\n" % (name,))
