@@ -36,6 +36,7 @@ from metagateway.errors import (
     GatewayError,
     error_response,
     internal_error,
+    payload_too_large,
     store_unavailable,
     write_json,
 )
@@ -55,33 +56,20 @@ def read_json_body(request: IRequest, limit: int, route: str) -> Optional[Any]:
     """
     declared = request.getHeader(b"content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise too_large(route, limit)
+        raise payload_too_large(route, limit)
     content = request.content
     if content is None:
         return None
     content.seek(0)
     data = content.read(limit + 1)
     if len(data) > limit:
-        raise too_large(route, limit)
+        raise payload_too_large(route, limit)
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         # RecursionError: nesting deeper than the parser goes (such as
         # 64 KiB of "["), unreadable like any other bad JSON.
         return None
-
-
-def too_large(route: str, limit: int) -> GatewayError:
-    """
-    The ``413 PAYLOAD_TOO_LARGE`` answer for a body over ``limit`` bytes.
-    """
-    return GatewayError(
-        413,
-        "PAYLOAD_TOO_LARGE",
-        "Request body too large",
-        route,
-        {"limit": limit},
-    )
 
 
 def client_address(request: IRequest, trusted_proxies: Container[str]) -> str:

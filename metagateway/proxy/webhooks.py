@@ -37,9 +37,14 @@ from twisted.web.iweb import IAgent, IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from metagateway.auth.app import too_large
-from metagateway.auth.github import read_limited, timed_out
-from metagateway.errors import GatewayError, error_response, internal_error, write_json
+from metagateway.errors import (
+    GatewayError,
+    error_response,
+    internal_error,
+    payload_too_large,
+    write_json,
+)
+from metagateway.http.client import read_limited, timed_out
 from metagateway.proxy.resource import HOP_BY_HOP, connection_tokens
 
 log = Logger()
@@ -256,14 +261,14 @@ class WebhooksResource(Resource):
         declared = request.getHeader(b"content-length")
         if declared is not None and declared.strip().isdigit():
             if int(declared) > self.max_body:
-                raise too_large(ROUTE, self.max_body)
+                raise payload_too_large(ROUTE, self.max_body)
         content = request.content
         if content is None:
             return b""
         content.seek(0)
         data = content.read(self.max_body + 1)
         if len(data) > self.max_body:
-            raise too_large(ROUTE, self.max_body)
+            raise payload_too_large(ROUTE, self.max_body)
         return bytes(data)
 
     def forward(
