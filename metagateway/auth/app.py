@@ -6,7 +6,7 @@ logout and ``/health`` (CONTRACT §4).
 from __future__ import annotations
 
 import json
-from typing import Any, Container, Optional
+from typing import Any, Container, Iterator, Mapping, Optional
 
 from klein import Klein
 
@@ -43,6 +43,15 @@ from metagateway.errors import (
 from metagateway.observability.accesslog import note_subject
 
 log = Logger()
+
+#: The access-log and metrics labels of the endpoints whose label is not
+#: plain ``AUTH``, by view (Klein endpoint) name: (route label, login kind).
+VIEW_LABELS: Mapping[str, tuple[str, Optional[str]]] = {
+    "health": ("HEALTH", None),
+    "login": ("AUTH", "password"),
+    "core_login": ("AUTH", "password"),
+    "github_login": ("AUTH", "github"),
+}
 
 
 def read_json_body(request: IRequest, limit: int, route: str) -> Optional[Any]:
@@ -115,6 +124,59 @@ def session_answer(request: IRequest, claims: Claims, token: str) -> bytes:
     return login_answer(request, token, claims.project_id, claims.role)
 
 
+def _plain_rules(app: Klein) -> Iterator[Any]:
+    """
+    The rules of ``app``, each checked to name its methods and a fixed path.
+
+    :raises ValueError: for a rule taking any method, or with variable
+        parts (``/x/<id>``): the gateway dispatches its own endpoints by
+        exact method and path.
+    """
+    for rule in app.url_map.iter_rules():
+        if rule.methods is None or rule.arguments:
+            raise ValueError(
+                "route %s must name its methods and have no variable part"
+                % (rule.rule,)
+            )
+        yield rule
+
+
+def own_endpoints(app: Klein) -> Iterator[tuple[bytes, bytes]]:
+    """
+    The ``(method, path)`` pairs ``app`` answers, from its routes; the path
+    without its leading ``/`` (``b"core/session"``), as
+    :class:`~metagateway.http.site.GatewayResource` matches them.
+
+    werkzeug adds ``HEAD`` to every rule naming ``GET``; that ``HEAD`` is
+    left out, so that ``HEAD`` on a ``/core`` endpoint is proxied like any
+    other method the endpoint does not answer. A route that answers
+    ``HEAD`` itself names it in a rule of its own (``/health``).
+
+    :raises ValueError: see :func:`_plain_rules`.
+    """
+    for rule in _plain_rules(app):
+        path = rule.rule.lstrip("/").encode("ascii")
+        for method in sorted(rule.methods):
+            if method == "HEAD" and "GET" in rule.methods:
+                continue
+            yield method.encode("ascii"), path
+
+
+def endpoint_labels(app: Klein) -> dict[bytes, tuple[str, Optional[str]]]:
+    """
+    The access-log and metrics label of each of ``app``'s paths whose view
+    is in :data:`VIEW_LABELS` (the others are labelled ``AUTH``), keyed by
+    path as in :func:`own_endpoints`.
+
+    :raises ValueError: see :func:`_plain_rules`.
+    """
+    return {
+        rule.rule.lstrip("/").encode("ascii"): VIEW_LABELS[rule.endpoint]
+        for rule in _plain_rules(app)
+        if rule.endpoint in VIEW_LABELS
+    }
+
+
 class AuthApp:
     """
     The Klein app answering the gateway's own endpoints.
@@ -177,7 +239,9 @@ class AuthApp:
         auth = matched[-2:-1] == [b"auth"] and matched[-3:-2] != [b"core"]
         return error_response(request, internal_error("AUTH" if auth else "CORE"))
 
-    @app.route("/health", methods=["GET", "HEAD"])
+    # HEAD in a rule of its own: see own_endpoints.
+    @app.route("/health", methods=["GET"])
+    @app.route("/health", methods=["HEAD"])
     def health(self, request: IRequest) -> bytes:
         return write_json(
             request,
