@@ -18,7 +18,12 @@ from twisted.internet.task import Clock
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from metagateway.admin import is_terminal, run
+from metagateway.admin import (
+    COMMANDS,
+    is_terminal,
+    report_failure,
+    run,
+)
 from metagateway.auth.passwords import check_password, make_record
 from metagateway.credentials.directory import DirectoryCredentialStore
 from tests.fakes3 import SETTINGS, FakeS3
@@ -405,6 +410,30 @@ class AdminTests(SynchronousTestCase):
         status, out, _ = self.admin("add-user", "--help", accounts=False)
         self.assertEqual(status, 0)
         self.assertIn("--password-stdin", out)
+
+    def test_every_command_carried_out(self) -> None:
+        """
+        The four documented commands are the parser's and each has its
+        function in ``COMMANDS``; nothing else is a command.
+        """
+        documented = ["add-user", "set-password", "remove-user", "list-users"]
+        self.assertEqual(sorted(COMMANDS), sorted(documented))
+        for name in documented:
+            status, out, _ = self.admin(name, "--help", accounts=False)
+            self.assertEqual(status, 0, name)
+        self.assertOneLineError(self.admin("rename-user", "alice"), "invalid choice")
+
+    def test_unexpected_error(self) -> None:
+        """
+        An unexpected failure is one line naming its type only (its
+        message could hold anything), status 1.
+        """
+        err = io.StringIO()
+        status = report_failure(ValueError("secret detail"), err)
+        self.assertEqual(
+            (status, err.getvalue()),
+            (1, "metagateway-admin: unexpected error: ValueError\n"),
+        )
 
 
 class AdminR2Tests(SynchronousTestCase):
