@@ -21,7 +21,17 @@ import argparse
 import getpass as _getpass
 import os
 import sys
-from typing import Any, Callable, Mapping, NoReturn, Optional, Sequence, TextIO
+from dataclasses import dataclass
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Mapping,
+    NoReturn,
+    Optional,
+    Sequence,
+    TextIO,
+)
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
@@ -163,6 +173,10 @@ def read_password(
     """
     if from_stdin:
         line = stdin.readline()
+        if not line:
+            raise AdminError(
+                "no password: standard input is empty (give one line, the password)"
+            )
         password = line[:-1] if line.endswith("\n") else line
         if password.endswith("\r"):
             password = password[:-1]
@@ -177,6 +191,38 @@ def read_password(
     if not password:
         raise AdminError("the password must not be empty")
     return password
+
+
+def is_terminal(stream: Optional[TextIO]) -> bool:
+    """
+    Whether ``stream`` is an open terminal (``False`` for a pipe, a file,
+    a closed stream or none at all).
+    """
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):
+        # ValueError: a closed stream.
+        return False
+
+
+def check_password_source(
+    from_stdin: bool, stdin: Optional[TextIO], prompt: Optional[object]
+) -> None:
+    """
+    Refuse to prompt when nobody can answer: without ``--password-stdin``
+    and without a prompt of the caller's, the password is asked for at the
+    terminal, which needs standard input to be one. A script or CI job
+    piping the password in would otherwise wait at an invisible prompt.
+
+    :raises AdminError: (usage) when standard input is not a terminal.
+    """
+    if from_stdin or prompt is not None or is_terminal(stdin):
+        return
+    raise AdminError(
+        "standard input is not a terminal: to read the password from it, "
+        "add --password-stdin",
+        status=EXIT_USAGE,
+    )
 
 
 def open_store(
@@ -235,6 +281,162 @@ def open_store(
     return store, pool.closeCachedConnections
 
 
+@dataclass(frozen=True)
+class Console:
+    """
+    Where a command reads passwords and writes its results.
+
+    :ivar stdin: where ``--password-stdin`` reads.
+    :ivar stdout: where results go.
+    :ivar prompt: asks for a password without echo.
+    """
+
+    stdin: TextIO
+    stdout: TextIO
+    prompt: Callable[[str], str]
+
+    def password(self, from_stdin: bool) -> str:
+        """
+        The new password (see :func:`read_password`).
+        """
+        return read_password(from_stdin, self.stdin, self.prompt)
+
+
+async def add_user(
+    store: IWritableCredentialStore, options: argparse.Namespace, console: Console
+) -> None:
+    """
+    ``add-user NAME``: create an account.
+
+    :raises AdminError: for a bad role, an existing account or a refused
+        password.
+    """
+    name = options.name
+    role = _check_role(options.role)
+    if await _exists(store, name):
+        raise AdminError("account %r already exists (use set-password)" % (name,))
+    password = console.password(options.password_stdin)
+    await store.store(make_record(name, password, role, options.scheme))
+    console.stdout.write("added %s (role %s)\n" % (name, role))
+
+
+async def set_password(
+    store: IWritableCredentialStore, options: argparse.Namespace, console: Console
+) -> None:
+    """
+    ``set-password NAME``: a new password for an account, its role kept
+    (and its scheme, unless ``--scheme`` is given).
+
+    :raises AdminError: for a missing or unreadable account or a refused
+        password.
+    """
+    name = options.name
+    try:
+        old = await store.lookup(name)
+    except UnknownAccount:
+        raise AdminError("no account named %r" % (name,)) from None
+    except UnreadableRecord:
+        raise AdminError(
+            "the record of %r cannot be read: remove-user, then add-user" % (name,)
+        ) from None
+    password = console.password(options.password_stdin)
+    scheme = options.scheme or old.scheme
+    await store.store(make_record(name, password, old.role, scheme))
+    console.stdout.write("password changed for %s\n" % (name,))
+
+
+async def remove_user(
+    store: IWritableCredentialStore, options: argparse.Namespace, console: Console
+) -> None:
+    """
+    ``remove-user NAME``: delete an account.
+
+    :raises AdminError: for a missing account.
+    """
+    try:
+        await store.remove(options.name)
+    except UnknownAccount:
+        raise AdminError("no account named %r" % (options.name,)) from None
+    console.stdout.write("removed %s\n" % (options.name,))
+
+
+async def list_users(
+    store: IWritableCredentialStore, options: argparse.Namespace, console: Console
+) -> None:
+    """
+    ``list-users``: the account names, one per line.
+    """
+    for username in await store.usernames():
+        console.stdout.write(username + "\n")
+
+
+#: What carries out each command.
+COMMANDS: Mapping[
+    str,
+    Callable[[IWritableCredentialStore, argparse.Namespace, Console], Awaitable[None]],
+] = {
+    "add-user": add_user,
+    "set-password": set_password,
+    "remove-user": remove_user,
+    "list-users": list_users,
+}
+
+
+def check_command(
+    options: argparse.Namespace,
+    stdin: TextIO,
+    prompt: Optional[Callable[[str], str]],
+) -> None:
+    """
+    Refuse, before any store is touched, a command that cannot succeed: a
+    username the gateway would never look up, or a password that nobody
+    can type (see :func:`check_password_source`).
+
+    :raises AdminError: if so.
+    """
+    if options.command == "list-users":
+        return
+    if not is_valid_username(options.name):
+        raise AdminError(
+            "invalid username %r: 4 to 128 bytes, no '/', '\\\\', '..' "
+            "or control characters" % (options.name,)
+        )
+    if options.command in ("add-user", "set-password"):
+        check_password_source(options.password_stdin, stdin, prompt)
+
+
+def report_failure(error: BaseException, stderr: TextIO) -> int:
+    """
+    Write the one line a failed command ends with, and return its exit
+    status. Never a traceback.
+    """
+    if isinstance(error, AdminError):
+        stderr.write("%s: %s\n" % (PROGRAM, error))
+        return error.status
+    if isinstance(error, StoreUnavailable):
+        stderr.write(
+            "%s: the credential store could not answer: %s\n" % (PROGRAM, error)
+        )
+    elif isinstance(error, KeyboardInterrupt):
+        stderr.write("%s: interrupted\n" % (PROGRAM,))
+        return 130
+    else:
+        stderr.write("%s: unexpected error: %s\n" % (PROGRAM, type(error).__name__))
+    return EXIT_FAILURE
+
+
+async def _release(release: Callable[[], object]) -> None:
+    """
+    Release the store (close R2's idle connections), ignoring failures.
+    """
+    try:
+        result = release()
+        if isinstance(result, Deferred):
+            await result
+    except Exception:  # noqa: BLE001, S110 - closing idle connections
+        pass
+
+
 async def run(
     reactor: Any,
     argv: Sequence[str],
@@ -242,7 +444,7 @@ async def run(
     stdin: TextIO,
     stdout: TextIO,
     stderr: TextIO,
-    prompt: Callable[[str], str] = _getpass.getpass,
+    prompt: Optional[Callable[[str], str]] = None,
     http_client: Optional[Any] = None,
 ) -> int:
     """
@@ -254,7 +456,9 @@ async def run(
     :param stdin: where ``--password-stdin`` reads.
     :param stdout: where results go.
     :param stderr: where failures go, one line each.
-    :param prompt: asks for a password without echo.
+    :param prompt: asks for a password without echo; by default
+        ``getpass``, used only when ``stdin`` is a terminal (otherwise a
+        command needing a password without ``--password-stdin`` fails).
     :param http_client: the treq client for R2 (tests pass ``StubTreq``).
     :return: the exit status.
     """
@@ -264,73 +468,22 @@ async def run(
             options = build_parser(stdout).parse_args(list(argv))
         except SystemExit as e:
             return int(e.code or 0)
-        command = options.command
-        name: str = getattr(options, "name", None) or ""
-        if command != "list-users" and not is_valid_username(name):
-            raise AdminError(
-                "invalid username %r: 4 to 128 bytes, no '/', '\\\\', '..' "
-                "or control characters" % (name,)
-            )
+        check_command(options, stdin, prompt)
         store, release = open_store(
             reactor,
             getattr(options, "accounts_dir", None),
             environ,
-            create=command == "add-user",
+            create=options.command == "add-user",
             http_client=http_client,
         )
-        if command == "add-user":
-            role = _check_role(options.role)
-            if await _exists(store, name):
-                raise AdminError(
-                    "account %r already exists (use set-password)" % (name,)
-                )
-            password = read_password(options.password_stdin, stdin, prompt)
-            await store.store(make_record(name, password, role, options.scheme))
-            stdout.write("added %s (role %s)\n" % (name, role))
-        elif command == "set-password":
-            try:
-                old = await store.lookup(name)
-            except UnknownAccount:
-                raise AdminError("no account named %r" % (name,)) from None
-            except UnreadableRecord:
-                raise AdminError(
-                    "the record of %r cannot be read: remove-user, then add-user"
-                    % (name,)
-                ) from None
-            password = read_password(options.password_stdin, stdin, prompt)
-            scheme = options.scheme or old.scheme
-            await store.store(make_record(name, password, old.role, scheme))
-            stdout.write("password changed for %s\n" % (name,))
-        elif command == "remove-user":
-            try:
-                await store.remove(name)
-            except UnknownAccount:
-                raise AdminError("no account named %r" % (name,)) from None
-            stdout.write("removed %s\n" % (name,))
-        else:
-            for username in await store.usernames():
-                stdout.write(username + "\n")
+        console = Console(stdin, stdout, prompt or _getpass.getpass)
+        await COMMANDS[options.command](store, options, console)
         stdout.flush()
         return 0
-    except AdminError as e:
-        stderr.write("%s: %s\n" % (PROGRAM, e))
-        return e.status
-    except StoreUnavailable as e:
-        stderr.write("%s: the credential store could not answer: %s\n" % (PROGRAM, e))
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        stderr.write("%s: interrupted\n" % (PROGRAM,))
-        return 130
-    except Exception as e:  # noqa: BLE001 - one line, never a traceback
-        stderr.write("%s: unexpected error: %s\n" % (PROGRAM, type(e).__name__))
-        return EXIT_FAILURE
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - one line each
+        return report_failure(e, stderr)
     finally:
-        try:
-            result = release()
-            if isinstance(result, Deferred):
-                await result
-        except Exception:  # noqa: BLE001, S110 - closing idle connections
-            pass
+        await _release(release)
 
 
 async def _exists(store: IWritableCredentialStore, name: str) -> bool:

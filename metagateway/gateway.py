@@ -42,7 +42,7 @@ from twisted.web.iweb import (
 from twisted.web.resource import IResource
 
 from metagateway.addresses import TrustedProxies
-from metagateway.auth.app import AuthApp, client_address
+from metagateway.auth.app import AuthApp, client_address, endpoint_labels, own_endpoints
 from metagateway.auth.github import GitHubSignIn
 from metagateway.auth.passwords import PasswordChecks
 from metagateway.auth.throttle import LoginThrottle
@@ -526,6 +526,8 @@ class Gateway:
             self.recorder,
             in_flight=self.in_flight,
             own_max_body=config.auth_max_body,
+            own_endpoints=own_endpoints(self.auth.app),
+            endpoint_labels=endpoint_labels(self.auth.app),
         )
         self.service = GatewayService(
             self.pool,

@@ -6,7 +6,7 @@ logout and ``/health`` (CONTRACT §4).
 from __future__ import annotations
 
 import json
-from typing import Any, Container, Optional
+from typing import Any, Container, Iterator, Mapping, Optional
 
 from klein import Klein
 
@@ -36,12 +36,22 @@ from metagateway.errors import (
     GatewayError,
     error_response,
     internal_error,
+    payload_too_large,
     store_unavailable,
     write_json,
 )
 from metagateway.observability.accesslog import note_subject
 
 log = Logger()
+
+#: The access-log and metrics labels of the endpoints whose label is not
+#: plain ``AUTH``, by view (Klein endpoint) name: (route label, login kind).
+VIEW_LABELS: Mapping[str, tuple[str, Optional[str]]] = {
+    "health": ("HEALTH", None),
+    "login": ("AUTH", "password"),
+    "core_login": ("AUTH", "password"),
+    "github_login": ("AUTH", "github"),
+}
 
 
 def read_json_body(request: IRequest, limit: int, route: str) -> Optional[Any]:
@@ -55,33 +65,20 @@ def read_json_body(request: IRequest, limit: int, route: str) -> Optional[Any]:
     """
     declared = request.getHeader(b"content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise too_large(route, limit)
+        raise payload_too_large(route, limit)
     content = request.content
     if content is None:
         return None
     content.seek(0)
     data = content.read(limit + 1)
     if len(data) > limit:
-        raise too_large(route, limit)
+        raise payload_too_large(route, limit)
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         # RecursionError: nesting deeper than the parser goes (such as
         # 64 KiB of "["), unreadable like any other bad JSON.
         return None
-
-
-def too_large(route: str, limit: int) -> GatewayError:
-    """
-    The ``413 PAYLOAD_TOO_LARGE`` answer for a body over ``limit`` bytes.
-    """
-    return GatewayError(
-        413,
-        "PAYLOAD_TOO_LARGE",
-        "Request body too large",
-        route,
-        {"limit": limit},
-    )
 
 
 def client_address(request: IRequest, trusted_proxies: Container[str]) -> str:
@@ -125,6 +122,59 @@ def session_answer(request: IRequest, claims: Claims, token: str) -> bytes:
     A session's answer, shaped as a login's, for the user ``claims`` name.
     """
     return login_answer(request, token, claims.project_id, claims.role)
+
+
+def _plain_rules(app: Klein) -> Iterator[Any]:
+    """
+    The rules of ``app``, each checked to name its methods and a fixed path.
+
+    :raises ValueError: for a rule taking any method, or with variable
+        parts (``/x/<id>``): the gateway dispatches its own endpoints by
+        exact method and path.
+    """
+    for rule in app.url_map.iter_rules():
+        if rule.methods is None or rule.arguments:
+            raise ValueError(
+                "route %s must name its methods and have no variable part"
+                % (rule.rule,)
+            )
+        yield rule
+
+
+def own_endpoints(app: Klein) -> Iterator[tuple[bytes, bytes]]:
+    """
+    The ``(method, path)`` pairs ``app`` answers, from its routes; the path
+    without its leading ``/`` (``b"core/session"``), as
+    :class:`~metagateway.http.site.GatewayResource` matches them.
+
+    werkzeug adds ``HEAD`` to every rule naming ``GET``; that ``HEAD`` is
+    left out, so that ``HEAD`` on a ``/core`` endpoint is proxied like any
+    other method the endpoint does not answer. A route that answers
+    ``HEAD`` itself names it in a rule of its own (``/health``).
+
+    :raises ValueError: see :func:`_plain_rules`.
+    """
+    for rule in _plain_rules(app):
+        path = rule.rule.lstrip("/").encode("ascii")
+        for method in sorted(rule.methods):
+            if method == "HEAD" and "GET" in rule.methods:
+                continue
+            yield method.encode("ascii"), path
+
+
+def endpoint_labels(app: Klein) -> dict[bytes, tuple[str, Optional[str]]]:
+    """
+    The access-log and metrics label of each of ``app``'s paths whose view
+    is in :data:`VIEW_LABELS` (the others are labelled ``AUTH``), keyed by
+    path as in :func:`own_endpoints`.
+
+    :raises ValueError: see :func:`_plain_rules`.
+    """
+    return {
+        rule.rule.lstrip("/").encode("ascii"): VIEW_LABELS[rule.endpoint]
+        for rule in _plain_rules(app)
+        if rule.endpoint in VIEW_LABELS
+    }
 
 
 class AuthApp:
@@ -189,7 +239,9 @@ class AuthApp:
         auth = matched[-2:-1] == [b"auth"] and matched[-3:-2] != [b"core"]
         return error_response(request, internal_error("AUTH" if auth else "CORE"))
 
-    @app.route("/health", methods=["GET", "HEAD"])
+    # HEAD in a rule of its own: see own_endpoints.
+    @app.route("/health", methods=["GET"])
+    @app.route("/health", methods=["HEAD"])
     def health(self, request: IRequest) -> bytes:
         return write_json(
             request,
@@ -299,6 +351,15 @@ class AuthApp:
         )
 
     def _session_claims(self, request: IRequest, code: str, message: str) -> Claims:
+        """
+        The claims of the request's token, when it is valid for route
+        ``CORE``: its ``route`` claim is ``CORE`` or ``AUTH`` (a token for
+        another route is as bad as a forged one here, or a refresh would
+        widen it to a ``CORE`` token).
+
+        :raises GatewayError: ``401`` without a token, ``403`` with a bad
+            one, each with ``code`` and ``message``.
+        """
         token = request_token(request.requestHeaders)
         if token is None:
             raise GatewayError(401, code, message, "CORE")
@@ -306,6 +367,8 @@ class AuthApp:
             claims = self.tokens.verify(token)
         except InvalidToken:
             raise GatewayError(403, code, message, "CORE") from None
+        if not claims.may_reach("CORE"):
+            raise GatewayError(403, code, message, "CORE")
         note_subject(request, claims.project_id)
         return claims
 
@@ -330,6 +393,13 @@ class AuthApp:
 
     @app.route("/core/logout", methods=["POST"])
     def logout(self, request: IRequest) -> bytes:
+        """
+        Revoke the bearer token sent, if it is valid, and answer ``200``.
+
+        Any valid token is revoked, whatever route it was issued for:
+        revoking can only take access away, and a client holding only a
+        ``BUILD`` token can still end its session.
+        """
         token = request_token(request.requestHeaders)
         if token is not None:
             try:

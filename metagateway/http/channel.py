@@ -38,7 +38,6 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from twisted.web.server import Request
 
-from metagateway.auth.app import too_large
 from metagateway.errors import (
     JSON_HEADERS,
     REASON_PHRASES,
@@ -46,6 +45,7 @@ from metagateway.errors import (
     error_response,
     internal_error,
     new_request_id,
+    payload_too_large,
 )
 from metagateway.http.drain import is_draining
 from metagateway.observability.accesslog import note_refused
@@ -851,7 +851,7 @@ class StreamingRequest(Request):
                 self.requestHeaders.removeHeader(b"expect")
                 self._continue_pending = line[2] == b"HTTP/1.1"
         elif length is not None and target.max_body and length > target.max_body:
-            self._refuse_early(too_large(target.route, target.max_body))
+            self._refuse_early(payload_too_large(target.route, target.max_body))
         else:
             self._body_cap = target.max_body
             self._cap_route = target.route
@@ -932,7 +932,7 @@ class StreamingRequest(Request):
             if self._body_seen > self._body_cap:
                 if self.content is not None:
                     self.content.close()
-                self._refuse_early(too_large(self._cap_route, self._body_cap))
+                self._refuse_early(payload_too_large(self._cap_route, self._body_cap))
                 self._plan = None
                 self._dispatch_refusal()
                 return

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
@@ -39,31 +39,6 @@ PREFLIGHT_HEADERS = (
     (b"Access-Control-Allow-Methods", b"GET,POST,PUT,DELETE,OPTIONS"),
     (b"Access-Control-Max-Age", b"86400"),
 )
-
-#: (method, path) answered by the auth app; other methods on these paths
-#: under ``/core`` are proxied, and under ``/auth`` are ``404``.
-OWN_ENDPOINTS = frozenset(
-    {
-        (b"GET", b"health"),
-        (b"HEAD", b"health"),
-        (b"POST", b"auth/login"),
-        (b"POST", b"auth/guest"),
-        (b"POST", b"core/auth/login"),
-        (b"GET", b"core/session"),
-        (b"POST", b"core/session/refresh"),
-        (b"POST", b"core/logout"),
-        (b"POST", b"core/auth/github"),
-    }
-)
-
-#: Access-log and metrics labels of the gateway's own endpoints that are
-#: not plain ``AUTH``: (route label, login kind).
-ENDPOINT_LABELS: Mapping[bytes, tuple[str, str | None]] = {
-    b"health": ("HEALTH", None),
-    b"auth/login": ("AUTH", "password"),
-    b"core/auth/login": ("AUTH", "password"),
-    b"core/auth/github": ("AUTH", "github"),
-}
 
 
 def not_found() -> GatewayError:
@@ -128,6 +103,14 @@ class GatewayResource(Resource):
     :param own_max_body: the largest body buffered for the gateway's own
         endpoints (and for preflights and 404s); the webhooks resource's
         ``max_body`` for webhooks. Proxied bodies stream instead.
+    :param own_endpoints: the ``(method, path)`` pairs ``auth`` answers,
+        the path without its leading ``/`` (``(b"GET", b"core/session")``),
+        as :func:`metagateway.auth.app.own_endpoints` derives them from the
+        Klein app. Other methods on these paths are proxied under ``/core``
+        and answered ``404`` elsewhere.
+    :param endpoint_labels: the access-log and metrics label, ``(route
+        label, login kind)``, of those of ``auth``'s paths not labelled
+        plain ``AUTH`` (:func:`metagateway.auth.app.endpoint_labels`).
     """
 
     isLeaf = True
@@ -140,6 +123,9 @@ class GatewayResource(Resource):
         recorder: RequestRecorder | None = None,
         in_flight: Optional[InFlight] = None,
         own_max_body: int = 64 * 1024,
+        *,
+        own_endpoints: Iterable[tuple[bytes, bytes]],
+        endpoint_labels: Optional[Mapping[bytes, tuple[str, str | None]]] = None,
     ) -> None:
         super().__init__()
         self.auth = auth
@@ -148,6 +134,8 @@ class GatewayResource(Resource):
         self.recorder = recorder
         self.in_flight = in_flight
         self.own_max_body = own_max_body
+        self.own_endpoints = frozenset(own_endpoints)
+        self.endpoint_labels = dict(endpoint_labels or {})
 
     def render(self, request: IRequest) -> Any:
         """
@@ -226,10 +214,11 @@ class GatewayResource(Resource):
         segments = normalise_path(below)
         key = b"/".join(segments)
         head = segments[0] if segments else b""
-        if (request.method, key) in OWN_ENDPOINTS:
+        if (request.method, key) in self.own_endpoints:
             name = "AUTH" if head == b"auth" else "CORE"
             return Target("own", name, mount, segments, self.own_max_body)
-        if head == b"webhooks" and self.webhooks is not None:
+        if head == b"webhooks" and len(segments) > 1 and self.webhooks is not None:
+            # ``/webhooks/…``; ``/webhooks`` alone is "anything else", a 404.
             limit = getattr(self.webhooks, "max_body", self.own_max_body)
             return Target("webhooks", "WEBHOOK", mount, segments, limit)
         route = None if head in (b"auth", b"health") else route_for(segments)
@@ -237,15 +226,14 @@ class GatewayResource(Resource):
             return Target("not_found", "CORE", mount, segments, self.own_max_body)
         return Target("proxy", route.name, mount, segments, 0, route)
 
-    @staticmethod
-    def _label(request: IRequest, target: Target) -> None:
+    def _label(self, request: IRequest, target: Target) -> None:
         """
         Note the access-log and metrics label of ``target`` on ``request``.
         """
         if target.kind == "preflight":
             note_route(request, "PREFLIGHT")
         elif target.kind == "own":
-            label, login = ENDPOINT_LABELS.get(
+            label, login = self.endpoint_labels.get(
                 b"/".join(target.segments), ("AUTH", None)
             )
             note_route(request, label, login)

@@ -36,7 +36,12 @@ from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 
 from metagateway.auth.tokens import Claims, InvalidToken, TokenAuthority, request_token
-from metagateway.errors import GatewayError, error_response, request_id_of
+from metagateway.errors import (
+    GatewayError,
+    error_response,
+    payload_too_large,
+    request_id_of,
+)
 from metagateway.http.channel import BodyListener, StreamingBody, when_done
 from metagateway.observability.accesslog import note_subject, note_upstream
 from metagateway.routes import Route
@@ -251,15 +256,6 @@ def buffered_length(request: IRequest) -> int:
     size = content.seek(0, 2)
     content.seek(0, 0)
     return int(size)
-
-
-def payload_too_large(route: str, limit: int) -> GatewayError:
-    """
-    ``413 PAYLOAD_TOO_LARGE``: a body over ``limit`` bytes.
-    """
-    return GatewayError(
-        413, "PAYLOAD_TOO_LARGE", "Request body too large", route, {"limit": limit}
-    )
 
 
 def tls_failure(failure: Failure) -> Optional[BaseException]:

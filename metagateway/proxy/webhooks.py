@@ -8,7 +8,9 @@ with the status each target gave.
 
 Paths and methods:
 
-- ``/webhooks`` and ``/webhooks/``: ``400 INVALID_SOURCE``;
+- ``/webhooks/``: ``400 INVALID_SOURCE`` (``/webhooks`` without the slash
+  is not a webhook path: the root resource answers it ``404 NOT_FOUND``,
+  route ``CORE``, and never sends it here);
 - ``/webhooks/{other}``: ``404 UNKNOWN_SOURCE`` (the source is matched
   without regard to case);
 - another method than ``POST`` on ``/webhooks/notion``, or a path below it:
@@ -35,9 +37,14 @@ from twisted.web.iweb import IAgent, IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from metagateway.auth.app import too_large
-from metagateway.auth.github import read_limited, timed_out
-from metagateway.errors import GatewayError, error_response, internal_error, write_json
+from metagateway.errors import (
+    GatewayError,
+    error_response,
+    internal_error,
+    payload_too_large,
+    write_json,
+)
+from metagateway.http.client import read_limited, timed_out
 from metagateway.proxy.resource import HOP_BY_HOP, connection_tokens
 
 log = Logger()
@@ -254,14 +261,14 @@ class WebhooksResource(Resource):
         declared = request.getHeader(b"content-length")
         if declared is not None and declared.strip().isdigit():
             if int(declared) > self.max_body:
-                raise too_large(ROUTE, self.max_body)
+                raise payload_too_large(ROUTE, self.max_body)
         content = request.content
         if content is None:
             return b""
         content.seek(0)
         data = content.read(self.max_body + 1)
         if len(data) > self.max_body:
-            raise too_large(ROUTE, self.max_body)
+            raise payload_too_large(ROUTE, self.max_body)
         return bytes(data)
 
     def forward(

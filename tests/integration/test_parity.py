@@ -439,6 +439,13 @@ class ConfiguredDaemonTests(ParityTestCase):
                 "INVALID_SOURCE",
                 "WEBHOOK",
             )
+            for method in ("GET", "POST"):
+                self.assert_error(
+                    await self.request(method, "/webhooks", headers=signed),
+                    404,
+                    "NOT_FOUND",
+                    "CORE",
+                )
             self.assert_error(
                 await self.post("/webhooks/slack", b"{}", headers=signed),
                 404,

@@ -7,6 +7,8 @@ a restart, and refuses logged-out tokens.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 from twisted.internet import reactor
@@ -224,6 +226,103 @@ class DaemonSecurityTests(TestCase):
             self.assertEqual(response.code, 403)
             uris = [uri for _, uri, _, _ in self.upstream.requests]
             self.assertEqual(uris, [b"/svc/before"])
+
+        return ensureDeferred(go())
+
+    def test_session_needs_core_token(self) -> Deferred[None]:
+        """
+        ``/core/session`` and its refresh take only a token that may reach
+        ``CORE``: a guest token for ``BUILD`` gets ``403 INVALID_SESSION``
+        and ``403 REFRESH_FAILED`` (never a ``CORE`` token), an ``AUTH``
+        login token a session. ``/core/logout`` revokes the ``BUILD`` token.
+        """
+
+        async def go() -> None:
+            base = await self.start()
+            response = await self.http.post(base + "/auth/guest", b'{"route":"build"}')
+            build_token = json.loads(await response.content())["token"]
+            response = await self.get(base + "/build/before", build_token)
+            self.assertEqual(response.code, 200)
+            response = await self.http.get(
+                base + "/core/session",
+                headers={"Authorization": "Bearer " + build_token},
+            )
+            body = json.loads(await response.content())
+            self.assertEqual(
+                (response.code, body["code"], body["route"]),
+                (403, "INVALID_SESSION", "CORE"),
+            )
+            response = await self.http.post(
+                base + "/core/session/refresh",
+                headers={"Authorization": "Bearer " + build_token},
+            )
+            body = json.loads(await response.content())
+            self.assertEqual(
+                (response.code, body["code"], body["route"]),
+                (403, "REFRESH_FAILED", "CORE"),
+            )
+            self.assertNotIn("token", body)
+            response = await self.get(base + "/core/session", await self.token(base))
+            self.assertEqual(response.code, 200)
+            response = await self.http.post(
+                base + "/core/logout",
+                headers={"Authorization": "Bearer " + build_token},
+            )
+            self.assertEqual(json.loads(await response.content()), {"success": True})
+            response = await self.get(base + "/build/after", build_token)
+            self.assertEqual(response.code, 403)
+            uris = [uri for _, uri, _, _ in self.upstream.requests]
+            self.assertEqual(uris, [b"/svc/before"])
+
+        return ensureDeferred(go())
+
+    def admin(self, *argv: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+        """
+        Run ``metagateway-admin`` on the test accounts, as a script would:
+        standard input a pipe holding ``stdin``.
+        """
+        return subprocess.run(  # noqa: S603
+            [
+                sys.executable,
+                "-c",
+                "from metagateway.admin import main; main()",
+                "--accounts-dir",
+                self.accounts.path,
+                *argv,
+            ],
+            input=stdin,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def test_admin_password_stdin(self) -> Deferred[None]:
+        """
+        Accounts made from a script with ``--password-stdin`` (``add-user``,
+        then ``set-password``) log in to the daemon with the password piped
+        in, its newline stripped; without the option the script is told to
+        add it and nothing changes.
+        """
+
+        async def go() -> None:
+            done = self.admin("add-user", "scripted", "--password-stdin", stdin=b"p1\n")
+            self.assertEqual(done.returncode, 0, done.stderr)
+            done = self.admin("set-password", "scripted", stdin=b"p2\n")
+            self.assertEqual(done.returncode, 2)
+            self.assertIn(b"--password-stdin", done.stderr)
+            base = await self.start()
+            response = await self.login(base, "scripted", "p1")
+            await response.content()
+            self.assertEqual(response.code, 200)
+            done = self.admin(
+                "set-password", "scripted", "--password-stdin", stdin=b"p2\n"
+            )
+            self.assertEqual(done.returncode, 0, done.stderr)
+            response = await self.login(base, "scripted", "p1")
+            await response.content()
+            self.assertEqual(response.code, 401)
+            response = await self.login(base, "scripted", "p2")
+            await response.content()
+            self.assertEqual(response.code, 200)
 
         return ensureDeferred(go())
 

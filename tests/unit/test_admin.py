@@ -18,7 +18,12 @@ from twisted.internet.task import Clock
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from metagateway.admin import run
+from metagateway.admin import (
+    COMMANDS,
+    is_terminal,
+    report_failure,
+    run,
+)
 from metagateway.auth.passwords import check_password, make_record
 from metagateway.credentials.directory import DirectoryCredentialStore
 from tests.fakes3 import SETTINGS, FakeS3
@@ -70,9 +75,13 @@ class AdminTests(SynchronousTestCase):
         environ: Optional[Mapping[str, str]] = None,
         accounts: bool = True,
         http_client: Any = None,
+        default_prompt: bool = False,
     ) -> tuple[int, str, str]:
         """
         Run one command; return its status, stdout and stderr.
+
+        :param default_prompt: pass no prompt, leaving the command its
+            default (the terminal, which a ``StringIO`` is not).
         """
         out, err = io.StringIO(), io.StringIO()
         args: Sequence[str] = argv
@@ -86,7 +95,7 @@ class AdminTests(SynchronousTestCase):
                 io.StringIO(stdin),
                 out,
                 err,
-                prompt or Prompt(),
+                None if default_prompt else (prompt or Prompt()),
                 http_client=http_client,
             )
         )
@@ -183,6 +192,54 @@ class AdminTests(SynchronousTestCase):
         self.assertOneLineError(
             self.admin("add-user", "alice", "--password-stdin", stdin=""), "empty"
         )
+
+    def test_stdin_ends(self) -> None:
+        """
+        ``--password-stdin`` with nothing on standard input says so.
+        """
+        result = self.admin("add-user", "alice", "--password-stdin", stdin="")
+        self.assertOneLineError(result, "standard input is empty")
+        self.assertEqual(self.successResultOf(self.store.usernames()), [])
+
+    def test_stdin_not_a_terminal(self) -> None:
+        """
+        ``add-user`` and ``set-password`` without ``--password-stdin``,
+        standard input not a terminal and no prompt given: a usage error
+        (status 2) saying to add ``--password-stdin``, before anything is
+        read or written; the password waiting on standard input is not
+        taken.
+        """
+        self.successResultOf(self.store.store(make_record("carol", "old")))
+        for command, name in (("add-user", "alice"), ("set-password", "carol")):
+            result = self.admin(command, name, stdin="pw\n", default_prompt=True)
+            self.assertOneLineError(result, "add --password-stdin")
+            self.assertIn("not a terminal", result[2])
+            self.assertEqual(result[0], 2)
+        self.assertEqual(self.successResultOf(self.store.usernames()), ["carol"])
+        self.assertTrue(check_password(self.record("carol"), "old"))
+        status, _, err = self.admin(
+            "add-user", "alice", "--password-stdin", stdin="pw\n", default_prompt=True
+        )
+        self.assertEqual(status, 0, err)
+        self.assertTrue(check_password(self.record("alice"), "pw"))
+
+    def test_is_terminal(self) -> None:
+        """
+        ``is_terminal`` is true only for an open terminal: not for a pipe
+        or file, a closed stream, or no stream.
+        """
+
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                super().isatty()  # ValueError once closed, as a real one
+                return True
+
+        closed = Terminal()
+        closed.close()
+        self.assertTrue(is_terminal(Terminal()))
+        self.assertFalse(is_terminal(io.StringIO()))
+        self.assertFalse(is_terminal(closed))
+        self.assertFalse(is_terminal(None))
 
     def test_prompt_eof(self) -> None:
         """
@@ -354,6 +411,30 @@ class AdminTests(SynchronousTestCase):
         self.assertEqual(status, 0)
         self.assertIn("--password-stdin", out)
 
+    def test_every_command_carried_out(self) -> None:
+        """
+        The four documented commands are the parser's and each has its
+        function in ``COMMANDS``; nothing else is a command.
+        """
+        documented = ["add-user", "set-password", "remove-user", "list-users"]
+        self.assertEqual(sorted(COMMANDS), sorted(documented))
+        for name in documented:
+            status, out, _ = self.admin(name, "--help", accounts=False)
+            self.assertEqual(status, 0, name)
+        self.assertOneLineError(self.admin("rename-user", "alice"), "invalid choice")
+
+    def test_unexpected_error(self) -> None:
+        """
+        An unexpected failure is one line naming its type only (its
+        message could hold anything), status 1.
+        """
+        err = io.StringIO()
+        status = report_failure(ValueError("secret detail"), err)
+        self.assertEqual(
+            (status, err.getvalue()),
+            (1, "metagateway-admin: unexpected error: ValueError\n"),
+        )
+
 
 class AdminR2Tests(SynchronousTestCase):
     """
@@ -466,6 +547,22 @@ class MainTests(SynchronousTestCase):
         done = self.main("list-users")
         self.assertEqual(done.returncode, 1)
         self.assertIn(b"R2_ENDPOINT_URL", done.stderr)
+
+    def test_piped_without_password_stdin(self) -> None:
+        """
+        Run from a script (standard input a pipe) without
+        ``--password-stdin``, ``add-user`` does not wait at a prompt: it
+        exits 2 at once with one line saying to add ``--password-stdin``,
+        and creates nothing.
+        """
+        accounts = self.mktemp()
+        done = self.main("--accounts-dir", accounts, "add-user", "alice", stdin=b"pw\n")
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertEqual(done.stderr.count(b"\n"), 1, done.stderr)
+        self.assertIn(b"--password-stdin", done.stderr)
+        self.assertEqual(done.stdout, b"")
+        done = self.main("--accounts-dir", accounts, "list-users")
+        self.assertEqual(done.stdout, b"")
 
     def test_module(self) -> None:
         """

@@ -9,11 +9,13 @@ import json
 from typing import Any
 
 import jwt
+from klein import Klein
 from zope.interface import implementer
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
+from metagateway.auth.app import VIEW_LABELS, AuthApp, endpoint_labels, own_endpoints
 from metagateway.auth.passwords import make_record
 from metagateway.auth.tokens import AUDIENCE, ISSUER
 from metagateway.credentials.interfaces import (
@@ -312,3 +314,88 @@ class HealthTests(SynchronousTestCase):
         )
         self.assertEqual(store.lookups, 0)
         self.assertEqual(h.upstream.requests, [])
+
+    def test_head(self) -> None:
+        """
+        ``HEAD /health`` is answered by the gateway: ``200``, no body.
+        """
+        h = GatewayHarness()
+        response, body = h.request(self, "HEAD", "/health")
+        self.assertEqual((response.code, body), (200, b""))
+        self.assertEqual(h.upstream.requests, [])
+
+
+class OwnEndpointsTests(SynchronousTestCase):
+    """
+    :func:`own_endpoints` and :func:`endpoint_labels`: the gateway's own
+    endpoint list and labels, derived from the Klein app's routes.
+    """
+
+    def test_endpoints(self) -> None:
+        """
+        The pairs are the contract's own endpoints, each with its one
+        method (and ``HEAD`` for ``/health`` only), paths without their
+        leading slash.
+        """
+        self.assertEqual(
+            sorted(own_endpoints(AuthApp.app)),
+            [
+                (b"GET", b"core/session"),
+                (b"GET", b"health"),
+                (b"HEAD", b"health"),
+                (b"POST", b"auth/guest"),
+                (b"POST", b"auth/login"),
+                (b"POST", b"core/auth/github"),
+                (b"POST", b"core/auth/login"),
+                (b"POST", b"core/logout"),
+                (b"POST", b"core/session/refresh"),
+            ],
+        )
+
+    def test_labels(self) -> None:
+        """
+        ``/health`` is labelled ``HEALTH``; the password logins and the
+        GitHub sign-in carry their login kind; every labelled view is one
+        of the app's.
+        """
+        self.assertEqual(
+            endpoint_labels(AuthApp.app),
+            {
+                b"health": ("HEALTH", None),
+                b"auth/login": ("AUTH", "password"),
+                b"core/auth/login": ("AUTH", "password"),
+                b"core/auth/github": ("AUTH", "github"),
+            },
+        )
+        self.assertLessEqual(set(VIEW_LABELS), set(AuthApp.app.endpoints))
+
+    def test_implicit_head_left_out(self) -> None:
+        """
+        The ``HEAD`` werkzeug adds to a ``GET`` rule is not an endpoint of
+        the app's: only a rule naming ``HEAD`` alone adds it.
+        """
+        app = Klein()
+        app.route("/a", methods=["GET"])(lambda request: b"")
+        app.route("/b", methods=["HEAD"])(lambda request: b"")
+        self.assertEqual(sorted(own_endpoints(app)), [(b"GET", b"a"), (b"HEAD", b"b")])
+
+    def test_unusable_rules(self) -> None:
+        """
+        A route taking any method, or with a variable part, cannot be
+        matched by exact method and path: ``ValueError``.
+        """
+        for path, methods in (("/any", None), ("/x/<name>", ["GET"])):
+            app = Klein()
+            app.route(path, methods=methods)(lambda request, **kw: b"")
+            self.assertRaises(ValueError, list, own_endpoints(app))
+            self.assertRaises(ValueError, endpoint_labels, app)
+
+    def test_head_on_core_endpoint_proxied(self) -> None:
+        """
+        ``HEAD /core/session`` is proxied to the core service, as any
+        other method the endpoint does not answer.
+        """
+        h = GatewayHarness()
+        response, _ = h.request(self, "HEAD", "/core/session")
+        self.assertEqual(response.code, 200)
+        self.assertEqual([r[:2] for r in h.upstream.requests], [(b"HEAD", b"/session")])

@@ -153,15 +153,15 @@ class SessionTests(CoreTestCase):
             },
         )
 
-    def test_any_route_token(self) -> None:
+    def test_core_and_auth_tokens(self) -> None:
         """
-        Any valid token opens a session, whatever its route: an ``AUTH``
-        login token, a guest token (role ``guest``).
+        A token that may reach ``CORE`` opens a session: an ``AUTH`` login
+        token, and a guest token for ``CORE`` (role ``guest``).
         """
         token = self.token("/auth/login")
         response, body = self.request("GET", "/core/session", headers=bearer(token))
         self.assertEqual(response.code, 200, body)
-        _, guest = self.request("POST", "/auth/guest", data=b'{"route":"kv"}')
+        _, guest = self.request("POST", "/auth/guest", data=b'{"route":"core"}')
         guest_token = json.loads(guest)["token"]
         response, body = self.request(
             "GET", "/core/session", headers=bearer(guest_token)
@@ -171,11 +171,34 @@ class SessionTests(CoreTestCase):
             json.loads(body)["user"], {"username": "guest", "role": "guest"}
         )
 
+    def test_other_route_token(self) -> None:
+        """
+        A valid token for another route (``BUILD``, ``KV``, a guest's) is a
+        bad token here: ``403 INVALID_SESSION``, route ``CORE``.
+        """
+        _, guest = self.request("POST", "/auth/guest", data=b'{"route":"kv"}')
+        tokens = [
+            self.harness.gateway.tokens.issue(USERNAME, "BUILD", ["admin"]),
+            self.harness.gateway.tokens.issue(USERNAME, "KV", ["admin"]),
+            json.loads(guest)["token"],
+        ]
+        for token in tokens:
+            response, body = self.request("GET", "/core/session", headers=bearer(token))
+            assert_json_error(
+                self,
+                response,
+                body,
+                403,
+                "INVALID_SESSION",
+                route="CORE",
+                message="Session invalid or expired",
+            )
+
     def test_no_scopes(self) -> None:
         """
         A token without scopes reports the role ``admin``.
         """
-        token = self.harness.gateway.tokens.issue("robot", "KV", [])
+        token = self.harness.gateway.tokens.issue("robot", "CORE", [])
         response, body = self.request("GET", "/core/session", headers=bearer(token))
         self.assertEqual(
             json.loads(body)["user"], {"username": "robot", "role": "admin"}
@@ -292,6 +315,27 @@ class RefreshTests(CoreTestCase):
         )
         assert_json_error(self, response, body, 403, "REFRESH_FAILED", route="CORE")
 
+    def test_other_route_token(self) -> None:
+        """
+        A valid token for another route is not widened into a ``CORE``
+        token: ``403 REFRESH_FAILED``, and no token is answered.
+        """
+        for route in ("BUILD", "KV", "BASE", "WEBHOOK"):
+            token = self.harness.gateway.tokens.issue(USERNAME, route, ["admin"])
+            response, body = self.request(
+                "POST", "/core/session/refresh", headers=bearer(token)
+            )
+            assert_json_error(
+                self,
+                response,
+                body,
+                403,
+                "REFRESH_FAILED",
+                route="CORE",
+                message="Unable to refresh session",
+            )
+            self.assertNotIn(b"token", body)
+
 
 class LogoutTests(CoreTestCase):
     """
@@ -334,6 +378,20 @@ class LogoutTests(CoreTestCase):
         self.assertEqual(response.code, 200)
         response, _ = self.request("GET", "/build/x", headers=bearer(other))
         self.assertEqual(response.code, 200)
+
+    def test_revokes_other_route_token(self) -> None:
+        """
+        A valid token for another route (``BUILD``) is revoked too: logging
+        out only takes access away, and it ends that token's session.
+        """
+        token = self.harness.gateway.tokens.issue(USERNAME, "BUILD", ["admin"])
+        response, _ = self.request("GET", "/build/x", headers=bearer(token))
+        self.assertEqual(response.code, 200)
+        response, body = self.request("POST", "/core/logout", headers=bearer(token))
+        self.assertEqual((response.code, json.loads(body)), (200, {"success": True}))
+        response, body = self.request("GET", "/build/x", headers=bearer(token))
+        assert_json_error(self, response, body, 403, "INVALID_TOKEN", route="BUILD")
+        self.assertEqual(len(self.upstream.requests), 1)
 
     def test_twice(self) -> None:
         """

@@ -626,14 +626,37 @@ class NotionWebhookTests(SynchronousTestCase):
 
     def test_no_source(self) -> None:
         """
-        ``/webhooks/`` (and ``/webhooks``) alone: ``400 INVALID_SOURCE``,
-        route ``WEBHOOK``.
+        ``/webhooks/`` alone (also spelt with dot segments): ``400
+        INVALID_SOURCE``, route ``WEBHOOK``.
         """
-        for path in ("/webhooks/", "/webhooks"):
+        for path in ("/webhooks/", "/webhooks/.", "/webhooks/x/.."):
             response, body = self.post(path)
             assert_json_error(
                 self, response, body, 400, "INVALID_SOURCE", route="WEBHOOK"
             )
+
+    def test_no_slash(self) -> None:
+        """
+        ``/webhooks`` without the slash is not a webhook path, whatever the
+        method: ``404 NOT_FOUND`` "Route not handled", route ``CORE``;
+        nothing is forwarded or proxied.
+        """
+        for method in ("GET", "POST"):
+            response, body = self.harness.request(
+                self, method, "/webhooks", headers={"X-Notion-Signature": NOTION_SECRET}
+            )
+            assert_json_error(
+                self,
+                response,
+                body,
+                404,
+                "NOT_FOUND",
+                route="CORE",
+                message="Route not handled",
+            )
+        self.assertEqual(self.upstream.requests, [])
+        for name in DEFAULT_TARGETS:
+            self.assertEqual(self.targets[name].requests, [])
 
     def test_unknown_source(self) -> None:
         """
