@@ -35,11 +35,9 @@ from typing import (
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
-from twisted.python.filepath import FilePath
 
 from metagateway.auth.passwords import make_record
 from metagateway.config import ConfigurationError, R2Settings
-from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.interfaces import (
     IWritableCredentialStore,
     StoreUnavailable,
@@ -244,41 +242,43 @@ def open_store(
     :raises AdminError: when no store is configured or R2 settings are
         incomplete.
     """
-    directory = accounts_dir or environ.get("METAGATEWAY_ACCOUNTS_DIR") or None
-    if directory:
-        root = FilePath(directory)
-        if not root.isdir():
-            if not create:
-                raise AdminError("accounts directory %s does not exist" % (directory,))
-            try:
-                os.makedirs(root.path, mode=0o700)
-            except OSError as e:
-                raise AdminError(
-                    "cannot create accounts directory %s: %s" % (directory, e.strerror)
-                ) from None
-        return DirectoryCredentialStore(root), lambda: None
-    if not environ.get("R2_ENDPOINT_URL"):
-        raise AdminError(
-            "no credential store: give --accounts-dir "
-            "(or METAGATEWAY_ACCOUNTS_DIR) or set R2_ENDPOINT_URL"
-        )
-    try:
-        settings = R2Settings.from_environ(environ)
-    except ConfigurationError as e:
-        raise AdminError(str(e)) from None
     from treq.client import HTTPClient
 
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    from metagateway.credentials.r2 import R2CredentialStore
+    from metagateway.config import STORE_RETRIES
+    from metagateway.credentials.factory import check_accounts_dir, writable_store
 
-    if http_client is not None:
-        store = R2CredentialStore(settings, http_client, reactor, timeout=R2_TIMEOUT)
-        return store, lambda: None
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    client = HTTPClient(Agent(reactor, pool=pool))
-    store = R2CredentialStore(settings, client, reactor, timeout=R2_TIMEOUT)
-    return store, pool.closeCachedConnections
+    directory = accounts_dir or environ.get("METAGATEWAY_ACCOUNTS_DIR") or None
+    settings = None
+    release: Optional[Callable[[], object]] = None
+    try:
+        if directory and create and not os.path.exists(directory):
+            try:
+                os.makedirs(directory, mode=0o700)
+            except OSError as e:
+                raise AdminError(
+                    "cannot create accounts directory %s: %s" % (directory, e.strerror)
+                ) from None
+        if directory:
+            check_accounts_dir(directory)
+        elif not environ.get("R2_ENDPOINT_URL"):
+            raise AdminError(
+                "no credential store: give --accounts-dir "
+                "(or METAGATEWAY_ACCOUNTS_DIR) or set R2_ENDPOINT_URL"
+            )
+        else:
+            settings = R2Settings.from_environ(environ)
+            if http_client is None:
+                pool = HTTPConnectionPool(reactor, persistent=True)
+                http_client = HTTPClient(Agent(reactor, pool=pool))
+                release = pool.closeCachedConnections
+        store = writable_store(
+            reactor, directory, settings, http_client, R2_TIMEOUT, STORE_RETRIES
+        )
+    except ConfigurationError as e:
+        raise AdminError(str(e)) from None
+    return store, release or (lambda: None)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ command-line options and an environment mapping.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from metagateway.addresses import TrustedProxies
 
@@ -18,6 +18,12 @@ SERVICE_VARIABLES = {
     "BASE": "BASE_SERVICE_URL",
 }
 
+
+#: Seconds each call to the R2 credential store may take, retries included.
+STORE_TIMEOUT = 5.0
+
+#: How many times a failed call to the R2 credential store is repeated.
+STORE_RETRIES = 2
 
 #: The refusal when neither credential store is configured.
 NO_STORE = (
@@ -116,6 +122,10 @@ class GatewayConfig:
     :ivar github: GitHub OAuth settings.
     :ivar notion_webhook_secret: the shared secret for ``/webhooks/notion``.
     :ivar store_cache_ttl: seconds a looked-up record is reused; 0 = off.
+    :ivar store_timeout: seconds each call to the R2 store may take,
+        retries included; past it the login answers ``503``.
+    :ivar store_retries: how many times a failed R2 call (connection
+        error, ``5xx``) is repeated within ``store_timeout``.
     :ivar drain_timeout: seconds in-flight requests get to finish on stop.
     :ivar max_header_bytes: the largest request head (request line and
         headers), in bytes; past it ``431``.
@@ -139,6 +149,8 @@ class GatewayConfig:
     github: GitHubSettings = field(default_factory=GitHubSettings)
     notion_webhook_secret: Optional[str] = field(default=None, repr=False)
     store_cache_ttl: float = 5.0
+    store_timeout: float = STORE_TIMEOUT
+    store_retries: int = STORE_RETRIES
     drain_timeout: float = 30.0
     max_header_bytes: int = 16384
     max_headers: int = 100
@@ -170,132 +182,229 @@ class GatewayConfig:
         :raises ConfigurationError: when the secret or store is missing, or
             a value is malformed.
         """
-
-        def pick(option: str, variable: str, default: object) -> object:
-            value = options.get(option)
-            if value is not None:
-                return value
-            text = environ.get(variable)
-            if text is not None and text != "":
-                return text
-            return default
-
-        def number(option: str, variable: str, default: float) -> float:
-            raw = pick(option, variable, default)
-            try:
-                value = float(raw)  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                raise ConfigurationError(
-                    "--%s / %s must be a number, not %r" % (option, variable, raw)
-                ) from None
-            if value != value or value < 0 or value == float("inf"):
-                raise ConfigurationError(
-                    "--%s / %s must be a non-negative number" % (option, variable)
-                )
-            return value
-
-        def count(option: str, variable: str, default: int) -> int:
-            value = number(option, variable, default)
-            if value != int(value):
-                raise ConfigurationError(
-                    "--%s / %s must be a whole number" % (option, variable)
-                )
-            return int(value)
-
-        secret = environ.get("GATEWAY_JWT_SECRET", "")
-        accounts_dir = pick("accounts-dir", "METAGATEWAY_ACCOUNTS_DIR", None)
-        no_store = not accounts_dir and not environ.get("R2_ENDPOINT_URL")
-        if not secret:
-            # One line naming everything missing, not just the first.
-            raise ConfigurationError(
-                "GATEWAY_JWT_SECRET is not set" + ("; " + NO_STORE if no_store else "")
-            )
-        previous = tuple(
-            s.strip()
-            for s in environ.get("GATEWAY_JWT_PREVIOUS_SECRETS", "").split(",")
-            if s.strip()
-        )
-
-        listen_option = options.get("listen")
-        listen: tuple[str, ...]
-        if listen_option and isinstance(listen_option, str):
-            listen = (listen_option,)
-        elif listen_option and isinstance(listen_option, (list, tuple)):
-            listen = tuple(str(description) for description in listen_option)
-        else:
-            listen_env = environ.get("METAGATEWAY_LISTEN", "")
-            listen = tuple(
-                part.strip() for part in listen_env.split(",") if part.strip()
-            ) or ("tcp:8080",)
-
-        r2 = None
-        if no_store:
-            raise ConfigurationError(NO_STORE)
-        if not accounts_dir:
-            accounts_dir = None
-            r2 = R2Settings.from_environ(environ)
-
-        services = {}
-        for route, variable in SERVICE_VARIABLES.items():
-            url = environ.get(variable, "").strip()
-            if not url:
-                continue
-            if not url.startswith(("http://", "https://")):
-                raise ConfigurationError(
-                    "%s must start with http:// or https://" % (variable,)
-                )
-            services[route] = url
-
-        trusted = tuple(
-            part.strip()
-            for part in str(
-                pick("trusted-proxies", "METAGATEWAY_TRUSTED_PROXIES", "")
-            ).split(",")
-            if part.strip()
-        )
-        try:
-            TrustedProxies(trusted)
-        except ValueError as e:
-            raise ConfigurationError(
-                "--trusted-proxies / METAGATEWAY_TRUSTED_PROXIES: %s" % (e,)
-            ) from None
-
+        read = _Reader(options, environ)
+        secret, accounts_dir, r2 = _secret_and_store(read)
         return cls(
             jwt_secret=secret,
-            previous_secrets=previous,
-            services=services,
-            accounts_dir=str(accounts_dir) if accounts_dir else None,
+            previous_secrets=_previous_secrets(environ),
+            services=_services(environ),
+            accounts_dir=accounts_dir,
             r2=r2,
-            listen=listen,
-            upstream_timeout=number(
-                "upstream-timeout", "METAGATEWAY_UPSTREAM_TIMEOUT", 30.0
-            ),
-            clock_skew=number("clock-skew", "METAGATEWAY_CLOCK_SKEW", 0.0),
-            login_failures_per_user=count(
-                "login-failures-per-user", "METAGATEWAY_LOGIN_FAILURES_PER_USER", 5
-            ),
-            login_failures_per_address=count(
-                "login-failures-per-address",
-                "METAGATEWAY_LOGIN_FAILURES_PER_ADDRESS",
-                20,
-            ),
-            login_window=number("login-window", "METAGATEWAY_LOGIN_WINDOW", 60.0),
-            trusted_proxies=trusted,
-            max_body=count("max-body", "METAGATEWAY_MAX_BODY", 0),
-            github=GitHubSettings(
-                client_id=environ.get("GITHUB_CLIENT_ID") or None,
-                client_secret=environ.get("GITHUB_CLIENT_SECRET") or None,
-                token_url=environ.get("GITHUB_OAUTH_TOKEN_URL")
-                or "https://github.com/login/oauth/access_token",
-                api_url=environ.get("GITHUB_API_URL") or "https://api.github.com",
-            ),
+            listen=_listen(options, environ),
+            trusted_proxies=_trusted_proxies(read),
+            github=_github(environ),
             notion_webhook_secret=environ.get("NOTION_WEBHOOK_SECRET") or None,
-            store_cache_ttl=number(
-                "store-cache-ttl", "METAGATEWAY_STORE_CACHE_TTL", 5.0
-            ),
-            drain_timeout=number("drain-timeout", "METAGATEWAY_DRAIN_TIMEOUT", 30.0),
-            max_header_bytes=count(
-                "max-header-bytes", "METAGATEWAY_MAX_HEADER_BYTES", 16384
-            ),
-            max_headers=count("max-headers", "METAGATEWAY_MAX_HEADERS", 100),
+            **_limits(read),
         )
+
+
+class _Reader:
+    """
+    Reads one setting: the option if given, else its environment variable,
+    else the default; numbers checked as they are read.
+
+    :param options: the parsed options.
+    :param environ: the environment.
+    """
+
+    def __init__(self, options: Mapping[str, object], environ: Mapping[str, str]):
+        self.options = options
+        self.environ = environ
+
+    def pick(self, option: str, variable: str, default: object) -> object:
+        """
+        The option's value, else the variable's (unless empty), else
+        ``default``.
+        """
+        value = self.options.get(option)
+        if value is not None:
+            return value
+        text = self.environ.get(variable)
+        if text is not None and text != "":
+            return text
+        return default
+
+    def number(self, option: str, variable: str, default: float) -> float:
+        """
+        A finite, non-negative number.
+
+        :raises ConfigurationError: naming the option and variable.
+        """
+        raw = self.pick(option, variable, default)
+        try:
+            value = float(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                "--%s / %s must be a number, not %r" % (option, variable, raw)
+            ) from None
+        if value != value or value < 0 or value == float("inf"):
+            raise ConfigurationError(
+                "--%s / %s must be a non-negative number" % (option, variable)
+            )
+        return value
+
+    def positive(self, option: str, variable: str, default: float) -> float:
+        """
+        A finite number above zero.
+
+        :raises ConfigurationError: naming the option and variable.
+        """
+        value = self.number(option, variable, default)
+        if value == 0:
+            raise ConfigurationError(
+                "--%s / %s must be more than 0" % (option, variable)
+            )
+        return value
+
+    def count(self, option: str, variable: str, default: int) -> int:
+        """
+        A whole, non-negative number.
+
+        :raises ConfigurationError: naming the option and variable.
+        """
+        value = self.number(option, variable, default)
+        if value != int(value):
+            raise ConfigurationError(
+                "--%s / %s must be a whole number" % (option, variable)
+            )
+        return int(value)
+
+
+def _secret_and_store(read: _Reader) -> tuple[str, Optional[str], Optional[R2Settings]]:
+    """
+    The signing secret, and the accounts directory or R2 settings.
+
+    :raises ConfigurationError: one line naming everything missing.
+    """
+    secret = read.environ.get("GATEWAY_JWT_SECRET", "")
+    accounts_dir = read.pick("accounts-dir", "METAGATEWAY_ACCOUNTS_DIR", None)
+    no_store = not accounts_dir and not read.environ.get("R2_ENDPOINT_URL")
+    if not secret:
+        # One line naming everything missing, not just the first.
+        raise ConfigurationError(
+            "GATEWAY_JWT_SECRET is not set" + ("; " + NO_STORE if no_store else "")
+        )
+    if no_store:
+        raise ConfigurationError(NO_STORE)
+    if accounts_dir:
+        return secret, str(accounts_dir), None
+    return secret, None, R2Settings.from_environ(read.environ)
+
+
+def _previous_secrets(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """
+    ``GATEWAY_JWT_PREVIOUS_SECRETS``, split on commas.
+    """
+    return tuple(
+        s.strip()
+        for s in environ.get("GATEWAY_JWT_PREVIOUS_SECRETS", "").split(",")
+        if s.strip()
+    )
+
+
+def _listen(
+    options: Mapping[str, object], environ: Mapping[str, str]
+) -> tuple[str, ...]:
+    """
+    The ``--listen`` options, else ``METAGATEWAY_LISTEN`` split on commas,
+    else ``tcp:8080``.
+    """
+    listen_option = options.get("listen")
+    if listen_option and isinstance(listen_option, str):
+        return (listen_option,)
+    if listen_option and isinstance(listen_option, (list, tuple)):
+        return tuple(str(description) for description in listen_option)
+    listen_env = environ.get("METAGATEWAY_LISTEN", "")
+    return tuple(part.strip() for part in listen_env.split(",") if part.strip()) or (
+        "tcp:8080",
+    )
+
+
+def _services(environ: Mapping[str, str]) -> dict[str, str]:
+    """
+    Route name to upstream URL, for every ``*_SERVICE_URL`` set.
+
+    :raises ConfigurationError: for a URL that is not ``http(s)://``.
+    """
+    services = {}
+    for route, variable in SERVICE_VARIABLES.items():
+        url = environ.get(variable, "").strip()
+        if not url:
+            continue
+        if not url.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                "%s must start with http:// or https://" % (variable,)
+            )
+        services[route] = url
+    return services
+
+
+def _trusted_proxies(read: _Reader) -> tuple[str, ...]:
+    """
+    ``--trusted-proxies``, split on commas.
+
+    :raises ConfigurationError: for an entry that is neither an address
+        nor a network.
+    """
+    raw = read.pick("trusted-proxies", "METAGATEWAY_TRUSTED_PROXIES", "")
+    trusted = tuple(part.strip() for part in str(raw).split(",") if part.strip())
+    try:
+        TrustedProxies(trusted)
+    except ValueError as e:
+        raise ConfigurationError(
+            "--trusted-proxies / METAGATEWAY_TRUSTED_PROXIES: %s" % (e,)
+        ) from None
+    return trusted
+
+
+def _github(environ: Mapping[str, str]) -> GitHubSettings:
+    """
+    The ``GITHUB_*`` variables.
+    """
+    return GitHubSettings(
+        client_id=environ.get("GITHUB_CLIENT_ID") or None,
+        client_secret=environ.get("GITHUB_CLIENT_SECRET") or None,
+        token_url=environ.get("GITHUB_OAUTH_TOKEN_URL")
+        or "https://github.com/login/oauth/access_token",
+        api_url=environ.get("GITHUB_API_URL") or "https://api.github.com",
+    )
+
+
+def _limits(read: _Reader) -> dict[str, Any]:
+    """
+    The numeric settings, by :class:`GatewayConfig` field name.
+
+    :raises ConfigurationError: for a value that is not a non-negative
+        number (or, for counts, a whole one).
+    """
+    number, count = read.number, read.count
+    return {
+        "upstream_timeout": number(
+            "upstream-timeout", "METAGATEWAY_UPSTREAM_TIMEOUT", 30.0
+        ),
+        "clock_skew": number("clock-skew", "METAGATEWAY_CLOCK_SKEW", 0.0),
+        "login_failures_per_user": count(
+            "login-failures-per-user", "METAGATEWAY_LOGIN_FAILURES_PER_USER", 5
+        ),
+        "login_failures_per_address": count(
+            "login-failures-per-address",
+            "METAGATEWAY_LOGIN_FAILURES_PER_ADDRESS",
+            20,
+        ),
+        "login_window": number("login-window", "METAGATEWAY_LOGIN_WINDOW", 60.0),
+        "max_body": count("max-body", "METAGATEWAY_MAX_BODY", 0),
+        "store_cache_ttl": number(
+            "store-cache-ttl", "METAGATEWAY_STORE_CACHE_TTL", 5.0
+        ),
+        "store_timeout": read.positive(
+            "store-timeout", "METAGATEWAY_STORE_TIMEOUT", STORE_TIMEOUT
+        ),
+        "store_retries": count(
+            "store-retries", "METAGATEWAY_STORE_RETRIES", STORE_RETRIES
+        ),
+        "drain_timeout": number("drain-timeout", "METAGATEWAY_DRAIN_TIMEOUT", 30.0),
+        "max_header_bytes": count(
+            "max-header-bytes", "METAGATEWAY_MAX_HEADER_BYTES", 16384
+        ),
+        "max_headers": count("max-headers", "METAGATEWAY_MAX_HEADERS", 100),
+    }

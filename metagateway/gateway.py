@@ -20,7 +20,6 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
-from twisted.python.filepath import FilePath
 from twisted.web._newclient import Request
 from twisted.web.client import (
     URI,
@@ -48,7 +47,7 @@ from metagateway.auth.passwords import PasswordChecks
 from metagateway.auth.throttle import LoginThrottle
 from metagateway.auth.tokens import TokenAuthority
 from metagateway.config import ConfigurationError, GatewayConfig
-from metagateway.credentials.directory import DirectoryCredentialStore
+from metagateway.credentials.factory import credential_store
 from metagateway.credentials.interfaces import ICredentialStore
 from metagateway.http.drain import InFlight
 from metagateway.http.site import GatewayResource
@@ -70,28 +69,22 @@ def make_store(
 ) -> ICredentialStore:
     """
     The credential store ``config`` names: the accounts directory if given,
-    else R2, behind a short record cache.
+    else R2, behind a short record cache (see
+    :func:`metagateway.credentials.factory.credential_store`).
 
     :param reactor: the reactor (a clock for timeouts and the cache).
     :param client: the HTTP client for R2.
     :raises ConfigurationError: when ``config`` names no store.
     """
-    store: ICredentialStore
-    if config.accounts_dir:
-        store = DirectoryCredentialStore(FilePath(config.accounts_dir))
-    elif config.r2 is not None:
-        from metagateway.credentials.r2 import R2CredentialStore
-
-        store = R2CredentialStore(config.r2, client, reactor)
-    else:
-        raise ConfigurationError(
-            "no credential store: set accounts_dir or r2, or pass a store"
-        )
-    if config.store_cache_ttl > 0 and not config.accounts_dir:
-        from metagateway.credentials.cache import CachingCredentialStore
-
-        store = CachingCredentialStore(store, reactor, config.store_cache_ttl)
-    return store
+    return credential_store(
+        reactor,
+        config.accounts_dir,
+        config.r2,
+        client,
+        config.store_timeout,
+        config.store_retries,
+        config.store_cache_ttl,
+    )
 
 
 def body_producer(cooperator: Cooperator, data: Any) -> IBodyProducer:
@@ -410,6 +403,66 @@ class Gateway:
             raise ConfigurationError("the JWT secret is empty")
         self.config = config
         self.reactor = reactor
+        self._connect(agent, cooperator, http_client)
+        self.store = (
+            store
+            if store is not None
+            else make_store(config, reactor, self.http_client)
+        )
+        self.tokens = TokenAuthority(
+            config.jwt_secret,
+            reactor.seconds,
+            config.previous_secrets,
+            config.clock_skew,
+        )
+        self.throttle = LoginThrottle(
+            config.login_failures_per_user,
+            config.login_failures_per_address,
+            config.login_window,
+            reactor.seconds,
+        )
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.passwords = PasswordChecks(reactor)
+        trusted = _trusted_proxies(config)
+        self.auth = self._auth_app(trusted)
+        self.webhooks = self._webhooks(webhook_agent)
+        self.recorder = RequestRecorder(
+            self.metrics,
+            reactor.seconds,
+            access_log,
+            partial(client_address, trusted_proxies=trusted),
+        )
+        self.in_flight = InFlight()
+        self.resource: IResource = GatewayResource(
+            self.auth.app.resource(),
+            self._proxies(),
+            self.webhooks,
+            self.recorder,
+            in_flight=self.in_flight,
+            own_max_body=config.auth_max_body,
+            own_endpoints=own_endpoints(self.auth.app),
+            endpoint_labels=endpoint_labels(self.auth.app),
+        )
+        self.service = GatewayService(
+            self.pool,
+            self.in_flight,
+            reactor,
+            config.drain_timeout,
+            self.passwords,
+            self.pool_timer,
+        )
+
+    def _connect(
+        self,
+        agent: Optional[IAgent],
+        cooperator: Optional[Cooperator],
+        http_client: Optional[HTTPClient],
+    ) -> None:
+        """
+        Set up the upstream connection pool, and the agent, cooperator and
+        treq client on it that were not passed.
+        """
+        reactor = self.reactor
         # The pool sets a timer each time a connection comes back to it
         # and cancels it when the connection is taken again, which is
         # every proxied request: its timers share one reactor timer.
@@ -427,7 +480,7 @@ class Gateway:
                 UpstreamEndpoints(
                     reactor,
                     BrowserLikePolicyForHTTPS(),
-                    config.upstream_timeout or None,
+                    self.config.upstream_timeout or None,
                 ),
                 self.pool,
             )
@@ -441,37 +494,27 @@ class Gateway:
         self.cooperator = cooperator
         if http_client is None:
             http_client = HTTPClient(
-                Agent(
-                    reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool
-                ),
-                data_to_body_producer=lambda data: body_producer(cooperator, data),
+                self._pooled_agent(),
+                data_to_body_producer=partial(body_producer, cooperator),
             )
         self.http_client = http_client
-        if store is None:
-            store = make_store(config, reactor, http_client)
-        self.store = store
-        self.tokens = TokenAuthority(
-            config.jwt_secret,
-            reactor.seconds,
-            config.previous_secrets,
-            config.clock_skew,
+
+    def _pooled_agent(self) -> IAgent:
+        """
+        A plain ``Agent`` on the gateway's pool, checking certificates as
+        a browser does.
+        """
+        return Agent(
+            self.reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool
         )
-        self.throttle = LoginThrottle(
-            config.login_failures_per_user,
-            config.login_failures_per_address,
-            config.login_window,
-            reactor.seconds,
-        )
-        self.metrics = metrics if metrics is not None else Metrics()
-        self.passwords = PasswordChecks(reactor)
-        # With none (the usual case) each request's "in" is a tuple's.
-        trusted: Container[str] = ()
-        if config.trusted_proxies:
-            try:
-                trusted = TrustedProxies(config.trusted_proxies)
-            except ValueError as e:
-                raise ConfigurationError("trusted_proxies: %s" % (e,)) from None
-        self.auth = AuthApp(
+
+    def _auth_app(self, trusted: Container[str]) -> AuthApp:
+        """
+        The Klein app answering ``/auth`` and the ``/core`` session
+        endpoints.
+        """
+        config, reactor = self.config, self.reactor
+        return AuthApp(
             self.tokens,
             MeasuredCredentialStore(self.store, self.metrics, reactor.seconds),
             self.throttle,
@@ -480,60 +523,60 @@ class Gateway:
             trusted,
             GitHubSignIn(
                 config.github,
-                http_client,
+                self.http_client,
                 reactor,
                 self.tokens,
                 config.upstream_timeout or 30.0,
             ),
             self.passwords,
         )
-        if webhook_agent is None:
-            webhook_agent = Agent(
-                reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self.pool
-            )
-        self.webhooks = WebhooksResource(
+
+    def _webhooks(self, webhook_agent: Optional[IAgent]) -> WebhooksResource:
+        """
+        ``/webhooks/``, posting with ``webhook_agent`` or a plain agent on
+        the pool.
+        """
+        config = self.config
+        return WebhooksResource(
             config.notion_webhook_secret,
             config.services,
-            webhook_agent,
-            reactor,
+            webhook_agent if webhook_agent is not None else self._pooled_agent(),
+            self.reactor,
             self.cooperator,
             config.upstream_timeout or 30.0,
         )
-        proxies = {
+
+    def _proxies(self) -> dict[str, GatewayProxyResource]:
+        """
+        One proxy resource per route, by route name.
+        """
+        config = self.config
+        return {
             route.name: GatewayProxyResource(
                 route,
                 config.services.get(route.name),
                 self.agent,
                 self.tokens,
-                reactor,
+                self.reactor,
                 config.upstream_timeout,
                 self.cooperator,
                 config.max_body,
             )
             for route in ROUTES
         }
-        self.recorder = RequestRecorder(
-            self.metrics,
-            reactor.seconds,
-            access_log,
-            partial(client_address, trusted_proxies=trusted),
-        )
-        self.in_flight = InFlight()
-        self.resource: IResource = GatewayResource(
-            self.auth.app.resource(),
-            proxies,
-            self.webhooks,
-            self.recorder,
-            in_flight=self.in_flight,
-            own_max_body=config.auth_max_body,
-            own_endpoints=own_endpoints(self.auth.app),
-            endpoint_labels=endpoint_labels(self.auth.app),
-        )
-        self.service = GatewayService(
-            self.pool,
-            self.in_flight,
-            reactor,
-            config.drain_timeout,
-            self.passwords,
-            self.pool_timer,
-        )
+
+
+def _trusted_proxies(config: GatewayConfig) -> Container[str]:
+    """
+    The peers whose ``X-Forwarded-For`` is believed; with none (the usual
+    case) each request's ``in`` is a tuple's.
+
+    :raises ConfigurationError: for an entry that is neither an address
+        nor a network.
+    """
+    if not config.trusted_proxies:
+        return ()
+    try:
+        return TrustedProxies(config.trusted_proxies)
+    except ValueError as e:
+        raise ConfigurationError("trusted_proxies: %s" % (e,)) from None

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
+import shutil
 import tempfile
-from typing import Any, MutableMapping
+from dataclasses import dataclass
+from typing import Any, MutableMapping, Sequence
 
+from twisted.application.service import Service
+from twisted.internet.address import UNIXAddress
 from twisted.python.filepath import FilePath
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -21,6 +26,7 @@ from twisted.web.server import Site
 from metagateway.auth.passwords import make_record
 from metagateway.config import SERVICE_VARIABLES
 from metagateway.credentials.directory import DirectoryCredentialStore
+from metagateway.daemon.workers import endpoint_kind
 
 DEMO_USER = "demo-admin"
 
@@ -58,69 +64,134 @@ class EchoResource(Resource):
         return json.dumps(document, indent=2).encode("utf-8") + b"\n"
 
 
+@dataclass
+class DevSetup:
+    """
+    What ``--dev`` prepared, to print once the gateway listens and to
+    clean up when it stops.
+
+    :ivar password: the demo user's password.
+    :ivar accounts: the accounts directory holding the demo user.
+    :ivar temporary: whether ``accounts`` was made for this run (and is
+        removed when it stops).
+    :ivar notes: lines describing what was set up.
+    """
+
+    password: str
+    accounts: str
+    temporary: bool
+    notes: list[str]
+
+    def remove_accounts(self) -> None:
+        """
+        Remove the accounts directory if it was made for this run.
+        """
+        if self.temporary:
+            shutil.rmtree(self.accounts, ignore_errors=True)
+            self.temporary = False
+
+    def lines(self, listening: Sequence[tuple[str, Any]]) -> list[str]:
+        """
+        The lines to print: what was set up, the demo user, and ``curl``
+        lines for the first endpoint listened on.
+
+        :param listening: each ``--listen`` description with the address
+            it was bound to (its ``getHost()``).
+        """
+        description, address = listening[0]
+        curl, base = curl_target(description, address)
+        return [
+            "metagateway --dev: a demo setup, never for production.",
+            *self.notes,
+            "",
+            "Demo user: %s   password: %s" % (DEMO_USER, self.password),
+            "",
+            "Try:",
+            "  TOKEN=$(%s -s -X POST %s/auth/login "
+            "-H 'Content-Type: application/json' "
+            '-d \'{"username":"%s","password":"%s"}\' '
+            "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"token\"])')"
+            % (curl, base, DEMO_USER, self.password),
+            '  %s -s %s/build/hello -H "Authorization: Bearer $TOKEN"' % (curl, base),
+            "  %s -s %s/kv/hello" % (curl, base),
+            "",
+        ]
+
+
+class DevCleanup(Service):
+    """
+    Removes ``--dev``'s temporary accounts directory when the daemon stops.
+
+    :param setup: what ``--dev`` prepared.
+    """
+
+    def __init__(self, setup: DevSetup) -> None:
+        self.setup = setup
+
+    def stopService(self) -> None:
+        """
+        Remove the temporary accounts directory.
+        """
+        super().stopService()
+        self.setup.remove_accounts()
+
+
 def prepare_dev(
     options: MutableMapping[str, Any], environ: MutableMapping[str, str], reactor: Any
-) -> list[str]:
+) -> DevSetup:
     """
     Fill ``options`` and ``environ`` with the dev defaults, starting echo
     upstreams on loopback for unset service URLs.
 
-    :return: lines to print for the user.
+    :return: what was prepared; nothing is printed yet.
     """
-    lines = ["metagateway --dev: a demo setup, never for production."]
+    notes = []
     if not environ.get("GATEWAY_JWT_SECRET"):
         environ["GATEWAY_JWT_SECRET"] = secrets.token_urlsafe(48)
-        lines.append("Generated a signing secret for this run.")
+        notes.append("Generated a signing secret for this run.")
     if not options.get("listen") and not environ.get("METAGATEWAY_LISTEN"):
         options["listen"] = ["tcp:8080:interface=127.0.0.1"]
     password = secrets.token_urlsafe(12)
     accounts = options.get("accounts-dir") or environ.get("METAGATEWAY_ACCOUNTS_DIR")
+    temporary = not accounts
     if not accounts:
         accounts = options["accounts-dir"] = tempfile.mkdtemp(prefix="metagateway-dev-")
     DirectoryCredentialStore(FilePath(accounts)).store(
         make_record(DEMO_USER, password, "admin")
     )
-    lines.append("Accounts directory: %s" % (accounts,))
+    notes.append("Accounts directory: %s" % (accounts,))
     for route, variable in SERVICE_VARIABLES.items():
         if environ.get(variable):
             continue
         port = reactor.listenTCP(0, Site(EchoResource(route)), interface="127.0.0.1")
         environ[variable] = "http://127.0.0.1:%d" % (port.getHost().port,)
-        lines.append("Echo upstream for %s at %s" % (variable, environ[variable]))
-    listen = options.get("listen") or environ["METAGATEWAY_LISTEN"].split(",")
-    base = gateway_url(listen[0])
-    lines += [
-        "",
-        "Demo user: %s   password: %s" % (DEMO_USER, password),
-        "",
-        "Try:",
-        "  TOKEN=$(curl -s -X POST %s/auth/login -H 'Content-Type: application/json' "
-        '-d \'{"username":"%s","password":"%s"}\' '
-        "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"token\"])')"
-        % (base, DEMO_USER, password),
-        '  curl -s %s/build/hello -H "Authorization: Bearer $TOKEN"' % (base,),
-        "  curl -s %s/kv/hello" % (base,),
-        "",
-    ]
-    return lines
+        notes.append("Echo upstream for %s at %s" % (variable, environ[variable]))
+    return DevSetup(password, accounts, temporary, notes)
 
 
-def gateway_url(description: str) -> str:
+def curl_target(description: str, address: Any) -> tuple[str, str]:
     """
-    A URL reaching a ``tcp:``/``ssl:`` endpoint description from this host.
+    How ``curl`` reaches a gateway listening on ``description``, bound to
+    ``address``: the command (with ``--unix-socket`` for a UNIX socket,
+    ``-k`` for TLS, whose certificate the demo does not check) and the base
+    URL.
+
+    :param description: the ``--listen`` endpoint description.
+    :param address: the bound port's ``getHost()``.
     """
-    parts = description.split(":")
-    kind = parts[0] if len(parts) > 1 else "tcp"
-    port = "8080"
-    host = "127.0.0.1"
-    for part in parts[1:]:
-        if part.isdigit() and port == "8080":
-            port = part
-        elif part.startswith("port="):
-            port = part[len("port=") :]
-        elif part.startswith("interface="):
-            host = part[len("interface=") :] or host
-    if host in ("0.0.0.0", "::"):
+    if isinstance(address, UNIXAddress):
+        name = address.name
+        path = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+        path = path or ""
+        return "curl --unix-socket %s" % (shlex.quote(path),), "http://localhost"
+    host = getattr(address, "host", "127.0.0.1")
+    if host in ("0.0.0.0", "", None):
         host = "127.0.0.1"
-    scheme = "https" if kind == "ssl" else "http"
-    return "%s://%s:%s" % (scheme, host, port)
+    elif host in ("::", "::0"):
+        host = "::1"
+    if ":" in host:
+        host = "[%s]" % (host.split("%")[0],)
+    port = getattr(address, "port", 8080)
+    if endpoint_kind(description) == "ssl":
+        return "curl -k", "https://%s:%d" % (host, port)
+    return "curl", "http://%s:%d" % (host, port)

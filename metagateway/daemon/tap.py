@@ -9,15 +9,39 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any, Callable, NoReturn, Optional, TypeVar
+from functools import partial
+from typing import Any, Callable, NoReturn, Optional, Sequence, TypeVar
 
-from twisted.application import strports
-from twisted.application.service import IService, MultiService
+import twisted
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.logger import LoggingFile
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
 from twisted.python import usage
+from twisted.python.failure import Failure
 
+from metagateway import __version__
 from metagateway.config import ConfigurationError, GatewayConfig
+from metagateway.credentials.factory import check_accounts_dir
+from metagateway.daemon.dev import DevCleanup, DevSetup, prepare_dev
+from metagateway.daemon.workers import (
+    KILL_MARGIN,
+    ProcessSettings,
+    WorkerSupervisor,
+    adopt_sockets,
+    bind_sockets,
+    endpoint_kind,
+    offset_endpoint,
+    worker_argv,
+    worker_environ,
+)
+from metagateway.gateway import Gateway
+from metagateway.http.site import GatewaySite
+from metagateway.observability.accesslog import AccessLog
+from metagateway.observability.collector import CollectorTuning
+from metagateway.observability.metrics import Metrics, MetricsSite
 
 #: Secrets shorter than this many bytes get a warning at start.
 MIN_SECRET_BYTES = 32
@@ -78,6 +102,18 @@ class Options(usage.Options):
         ],
         ["store-cache-ttl", None, None, "Seconds an R2 record is cached (5; 0: off)."],
         [
+            "store-timeout",
+            None,
+            None,
+            "Seconds each R2 call may take, retries included (5).",
+        ],
+        [
+            "store-retries",
+            None,
+            None,
+            "Times a failed R2 call is repeated within --store-timeout (2).",
+        ],
+        [
             "drain-timeout",
             None,
             None,
@@ -112,17 +148,32 @@ class Options(usage.Options):
         """
         self["listen"].append(description)
 
+    def opt_version(self) -> NoReturn:
+        """
+        Display metagateway's version (and Twisted's), then exit.
+        """
+        sys.stdout.write(version_line() + "\n")
+        sys.stdout.flush()
+        raise SystemExit(0)
+
+
+def version_line() -> str:
+    """
+    ``metagateway X.Y.Z (Twisted A.B.C)``.
+    """
+    return "metagateway %s (Twisted %s)" % (__version__, twisted.__version__)
+
 
 def _fail(message: str) -> NoReturn:
-    line = "metagateway: %s\n" % (message,)
-    sys.stderr.write(line)
+    """
+    End the start: ``message`` in one line on stderr, exit status 1.
+
+    ``makeService`` binds the listening ports itself, so every refusal
+    comes before ``twistd`` sends stderr to its log: the line is written
+    once, where the operator sees it.
+    """
+    sys.stderr.write("metagateway: %s\n" % (message,))
     sys.stderr.flush()
-    original = sys.__stderr__
-    if original is not None and isinstance(sys.stderr, LoggingFile):
-        # Once twistd has started logging, sys.stderr feeds its log: the
-        # line is in the log, and goes to the real stderr as well.
-        original.write(line)
-        original.flush()
     raise SystemExit(1)
 
 
@@ -140,15 +191,76 @@ def _bound(bind: Callable[[], _T]) -> _T:
         _fail(str(e).rstrip("."))
 
 
-class _Daemon(MultiService):
+class Listener(Service):
     """
-    The single-process daemon's services: its ports are bound when
-    ``twistd`` starts it (before dropping privileges), through
-    :func:`_bound`.
+    Serves ``factory`` on ``endpoint``: listens when first started (by
+    ``privilegedStartService``, or ``startService``), stops listening when
+    stopped.
+
+    :param description: the endpoint's description, as given.
+    :param endpoint: the server endpoint; it must listen at once, as the
+        ``tcp:``, ``ssl:`` and ``unix:`` ones do.
+    :param factory: the factory to serve.
+
+    :ivar port: the listening port, while listening.
     """
 
+    def __init__(
+        self, description: str, endpoint: IStreamServerEndpoint, factory: Factory
+    ) -> None:
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: Optional[IListeningPort] = None
+
     def privilegedStartService(self) -> None:
-        _bound(super().privilegedStartService)
+        """
+        Listen, if not listening yet.
+
+        :raises CannotListenError: when the port cannot be bound.
+        """
+        super().privilegedStartService()
+        if self.port is None:
+            result: list[Any] = []
+            self.endpoint.listen(self.factory).addBoth(result.append)
+            if not result:
+                raise CannotListenError(
+                    None, self.description, ValueError("did not listen at once")
+                )
+            if isinstance(result[0], Failure):
+                result[0].raiseException()
+            self.port = result[0]
+
+    def startService(self) -> None:
+        """
+        Listen, if ``privilegedStartService`` has not.
+        """
+        super().startService()
+        self.privilegedStartService()
+
+    def stopService(self) -> Optional[Deferred[None]]:
+        """
+        Stop listening.
+        """
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        return port.stopListening()  # type: ignore[no-any-return]
+
+
+def _listener(reactor: Any, option: str, description: str, factory: Any) -> Listener:
+    """
+    A :class:`Listener` for ``description``.
+
+    :raises SystemExit: after one line on stderr when the description is
+        malformed.
+    """
+    try:
+        endpoint = serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError) as e:
+        _fail("bad --%s %r: %s" % (option, description, e))
+    return Listener(description, endpoint, factory)
 
 
 def _stop_on_sigint() -> None:
@@ -163,34 +275,52 @@ def _stop_on_sigint() -> None:
 
 def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
     """
-    Build the daemon's service from parsed options and the environment.
+    Build the daemon's service from parsed options and the environment, and
+    bind its listening ports (before ``twistd`` starts logging and drops
+    privileges), so that a port in use ends the start at once, in one line.
 
     :param options: the parsed :class:`Options`.
     :param reactor: the reactor; the global one if omitted.
     :raises SystemExit: after one line on stderr when the configuration is
-        incomplete.
+        incomplete or a port cannot be bound.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
         _stop_on_sigint()
-    from metagateway.gateway import Gateway
-    from metagateway.http.site import GatewaySite
-
     environ = dict(os.environ)
     settings = dict(options)
-    if options["dev"]:
-        from metagateway.daemon.dev import prepare_dev
-
-        for line in prepare_dev(settings, environ, reactor):
+    dev = prepare_dev(settings, environ, reactor) if options["dev"] else None
+    try:
+        config, process = _configure(settings, environ)
+        service = _build(options, config, process, environ, reactor, dev)
+        _bound(service.privilegedStartService)
+    except BaseException:
+        if dev is not None:
+            dev.remove_accounts()
+        raise
+    if dev is not None:
+        for line in dev.lines(_listening(service)):
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
-    from metagateway.daemon.workers import ProcessSettings
+    return service
 
+
+def _configure(
+    settings: dict[str, Any], environ: dict[str, str]
+) -> tuple[GatewayConfig, ProcessSettings]:
+    """
+    The gateway's and the process's settings, checked.
+
+    :raises SystemExit: after one line on stderr when they are incomplete
+        or malformed, or the accounts directory cannot be read.
+    """
     try:
         config = GatewayConfig.from_options(settings, environ)
         process = ProcessSettings.from_options(settings, environ)
+        if config.accounts_dir is not None:
+            check_accounts_dir(config.accounts_dir)
     except ConfigurationError as e:
         _fail(str(e))
     if len(config.jwt_secret.encode("utf-8")) < MIN_SECRET_BYTES:
@@ -198,62 +328,100 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
             "metagateway: warning: GATEWAY_JWT_SECRET is shorter than %d bytes\n"
             % (MIN_SECRET_BYTES,)
         )
+    return config, process
+
+
+def _build(
+    options: Options,
+    config: GatewayConfig,
+    process: ProcessSettings,
+    environ: dict[str, str],
+    reactor: Any,
+    dev: Optional[DevSetup],
+) -> IService:
+    """
+    The supervisor of ``--workers N``, or one process's services.
+    """
     if process.workers > 1:
-        if options["dev"]:
+        if dev is not None:
             sys.stderr.write("metagateway: warning: --dev runs one process\n")
         else:
             return _supervisor(options, config, process, environ, reactor)
-    from metagateway.observability.accesslog import AccessLog
-    from metagateway.observability.metrics import Metrics, MetricsSite
+    return _single(config, process, reactor, dev)
 
-    access_log = None
+
+def _access_log(process: ProcessSettings, reactor: Any) -> Optional[AccessLog]:
+    """
+    The access log ``--access-log`` names.
+    """
     if process.access_log == "text":
-        access_log = AccessLog("text")
-    elif process.access_log == "json":
+        return AccessLog("text")
+    if process.access_log == "json":
         # Lines are buffered briefly and written in batches; whatever is
         # left is written once the drain is over and the reactor stops.
         access_log = AccessLog("json", sys.stdout, clock=reactor)
         reactor.addSystemEventTrigger("after", "shutdown", access_log.flush)
+        return access_log
+    return None
+
+
+def _single(
+    config: GatewayConfig,
+    process: ProcessSettings,
+    reactor: Any,
+    dev: Optional[DevSetup],
+) -> MultiService:
+    """
+    One process serving the gateway: on the ``--listen`` endpoints, or on
+    the sockets a worker inherited.
+    """
     gateway = Gateway(
         config,
         reactor,
-        access_log=access_log,
+        access_log=_access_log(process, reactor),
         metrics=Metrics(worker=process.worker_index),
     )
-    top = _Daemon()
+    top = MultiService()
     gateway.service.setServiceParent(top)
     site = GatewaySite(gateway.resource)
     site.max_header_bytes = config.max_header_bytes
     site.max_headers = config.max_headers
     if process.is_worker:
-        from metagateway.daemon.workers import adopt_sockets
-
         adopt_sockets(reactor, process, site, top)
-    for description in () if process.is_worker else config.listen:
-        try:
-            listener = strports.service(description, site, reactor=reactor)
-        except (ValueError, KeyError, TypeError) as e:
-            _fail("bad --listen %r: %s" % (description, e))
-        listener.setServiceParent(top)
+    else:
+        for description in config.listen:
+            _listener(reactor, "listen", description, site).setServiceParent(top)
     if process.metrics_listen:
-        try:
-            listener = strports.service(
-                process.metrics_listen, MetricsSite(gateway.metrics), reactor=reactor
-            )
-        except (ValueError, KeyError, TypeError) as e:
-            _fail("bad --metrics-listen %r: %s" % (process.metrics_listen, e))
-        listener.setServiceParent(top)
-    from metagateway.observability.collector import CollectorTuning
-
+        _listener(
+            reactor,
+            "metrics-listen",
+            process.metrics_listen,
+            MetricsSite(gateway.metrics),
+        ).setServiceParent(top)
+    if dev is not None:
+        DevCleanup(dev).setServiceParent(top)
     # Last, so that what the other services set up at start is frozen too.
     CollectorTuning().setServiceParent(top)
     return top
 
 
+def _listening(service: IService) -> Sequence[tuple[str, Any]]:
+    """
+    Each ``--listen`` description of ``service`` with its bound address.
+    """
+    return [
+        (child.description, child.port.getHost())
+        for child in service  # type: ignore[attr-defined]
+        if isinstance(child, Listener)
+        and child.port is not None
+        and isinstance(child.factory, GatewaySite)
+    ]
+
+
 def _supervisor(
     options: Options,
     config: GatewayConfig,
-    process: Any,
+    process: ProcessSettings,
     environ: dict[str, str],
     reactor: Any,
 ) -> IService:
@@ -261,18 +429,6 @@ def _supervisor(
     The parent of ``--workers N``: binds the ``--listen`` endpoints and
     supervises N worker processes (:mod:`metagateway.daemon.workers`).
     """
-    from functools import partial
-
-    from metagateway.daemon.workers import (
-        KILL_MARGIN,
-        WorkerSupervisor,
-        bind_sockets,
-        endpoint_kind,
-        offset_endpoint,
-        worker_argv,
-        worker_environ,
-    )
-
     try:
         for description in config.listen:
             if endpoint_kind(description) not in ("tcp", "tcp6", "unix"):

@@ -6,6 +6,7 @@ front of real upstream servers.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from twisted.internet import reactor
@@ -247,6 +248,7 @@ class RefusalTests(TestCase):
             self.assertNotIn(b"Traceback", child.output)
             self.assertNotIn(b"Usage", child.output)
             self.last_line = lines[0]
+            self.output = child.output
 
         return ensureDeferred(go())
 
@@ -300,7 +302,7 @@ class RefusalTests(TestCase):
     def test_port_in_use(self) -> Deferred[None]:
         """
         A ``--listen`` port another process holds, one process or
-        ``--workers 2``.
+        ``--workers 2``: reported once (on stderr, not again in the log).
         """
         import socket
 
@@ -309,6 +311,8 @@ class RefusalTests(TestCase):
         holder.bind(("127.0.0.1", 0))
         holder.listen(1)
         port = holder.getsockname()[1]
+        accounts = self.mktemp()
+        os.makedirs(accounts)
 
         async def go() -> None:
             for extra in ((), ("--workers", "2")):
@@ -316,10 +320,122 @@ class RefusalTests(TestCase):
                     {"GATEWAY_JWT_SECRET": SECRET},
                     "Couldn't listen on 127.0.0.1:%d" % (port,),
                     "--accounts-dir",
-                    self.mktemp(),
+                    accounts,
                     *extra,
                     "--listen",
                     "tcp:%d:interface=127.0.0.1" % (port,),
                 )
+                self.assertEqual(self.output.count(b"Couldn't listen"), 1)
+
+        return ensureDeferred(go())
+
+    def test_accounts_dir_missing(self) -> Deferred[None]:
+        """
+        An ``--accounts-dir`` that does not exist, or is a file.
+        """
+        missing = self.mktemp()
+        afile = self.mktemp()
+        with open(afile, "w"):
+            pass
+
+        async def go() -> None:
+            await self._check(
+                {"GATEWAY_JWT_SECRET": SECRET},
+                "accounts directory %s does not exist" % (missing,),
+                "--accounts-dir",
+                missing,
+            )
+            await self._check(
+                {"GATEWAY_JWT_SECRET": SECRET, "METAGATEWAY_ACCOUNTS_DIR": afile},
+                "accounts directory %s is not a directory" % (afile,),
+            )
+
+        return ensureDeferred(go())
+
+    def test_bad_store_timeout(self) -> Deferred[None]:
+        """
+        A malformed ``--store-timeout`` or ``METAGATEWAY_STORE_RETRIES``.
+        """
+        accounts = self.mktemp()
+        os.makedirs(accounts)
+
+        async def go() -> None:
+            await self._check(
+                {"GATEWAY_JWT_SECRET": SECRET},
+                "--store-timeout / METAGATEWAY_STORE_TIMEOUT",
+                "--accounts-dir",
+                accounts,
+                "--store-timeout",
+                "soon",
+            )
+            await self._check(
+                {"GATEWAY_JWT_SECRET": SECRET, "METAGATEWAY_STORE_RETRIES": "x"},
+                "--store-retries / METAGATEWAY_STORE_RETRIES",
+                "--accounts-dir",
+                accounts,
+            )
+
+        return ensureDeferred(go())
+
+
+class CommandLineTests(TestCase):
+    """
+    ``twistd metagateway --version`` and ``--dev`` through the real
+    ``twistd``.
+    """
+
+    timeout = 60
+
+    def test_version(self) -> Deferred[None]:
+        """
+        ``--version`` prints metagateway's version and Twisted's.
+        """
+        import twisted
+
+        import metagateway
+        from tests.daemon import child_environ, spawn, twistd_command
+
+        async def go() -> None:
+            child = spawn(
+                self, [*twistd_command(), "metagateway", "--version"], child_environ({})
+            )
+            self.assertEqual(await child.ended, 0)
+            self.assertEqual(
+                child.output.decode().strip(),
+                "metagateway %s (Twisted %s)"
+                % (metagateway.__version__, twisted.__version__),
+            )
+
+        return ensureDeferred(go())
+
+    def test_dev(self) -> Deferred[None]:
+        """
+        ``--dev`` on ``tcp:0`` prints curl lines for the port it bound; the
+        printed password logs in there; its temporary accounts directory is
+        gone once it stops.
+        """
+        import re
+
+        from tests.daemon import child_environ, daemon_argv, spawn
+
+        async def go() -> None:
+            child = spawn(self, daemon_argv("--dev"), child_environ({}))
+            port = await child.wait_for_port()
+            text = child.output.decode()
+            self.assertIn(
+                "curl -s -X POST http://127.0.0.1:%d/auth/login" % (port,), text
+            )
+            password = re.search(r"password: (\S+)", text).group(1)  # type: ignore[union-attr]
+            accounts = re.search(r"Accounts directory: (\S+)", text).group(1)  # type: ignore[union-attr]
+            self.assertTrue(os.path.isdir(accounts))
+            response = await http_client(self).post(
+                "http://127.0.0.1:%d/auth/login" % (port,),
+                json={"username": "demo-admin", "password": password},
+            )
+            self.assertEqual(response.code, 200)
+            await response.content()
+            child.signal("TERM")
+            await child.ended
+            self.assertFalse(os.path.exists(accounts))
 
         return ensureDeferred(go())

@@ -70,7 +70,10 @@ class DaemonTests(EnvironmentMixin, SynchronousTestCase):
         The daemon's service tree holds a :class:`CollectorTuning`.
         """
         self.use_environ(
-            {"GATEWAY_JWT_SECRET": "x" * 40, "METAGATEWAY_ACCOUNTS_DIR": self.mktemp()}
+            {
+                "GATEWAY_JWT_SECRET": "x" * 40,
+                "METAGATEWAY_ACCOUNTS_DIR": self.accounts_dir(),
+            }
         )
         options = Options()
         options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1"])

@@ -191,3 +191,54 @@ class FromOptionsTests(SynchronousTestCase):
         self.assertEqual(
             config.trusted_proxies, ("10.0.0.7", "10.1.0.0/16", "fd00::/8")
         )
+
+
+class StoreSettingsTests(SynchronousTestCase):
+    """
+    ``--store-timeout`` and ``--store-retries``.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Unset, they are 5 seconds and 2 retries.
+        """
+        config = GatewayConfig.from_options({}, BASE_ENV)
+        self.assertEqual((config.store_timeout, config.store_retries), (5.0, 2))
+
+    def test_option_and_variable(self) -> None:
+        """
+        The variable is read; the option wins over it.
+        """
+        env = {
+            **BASE_ENV,
+            "METAGATEWAY_STORE_TIMEOUT": "1.5",
+            "METAGATEWAY_STORE_RETRIES": "4",
+        }
+        config = GatewayConfig.from_options({}, env)
+        self.assertEqual((config.store_timeout, config.store_retries), (1.5, 4))
+        config = GatewayConfig.from_options(
+            {"store-timeout": "9", "store-retries": "0"}, env
+        )
+        self.assertEqual((config.store_timeout, config.store_retries), (9.0, 0))
+
+    def test_bad_values(self) -> None:
+        """
+        A malformed, negative, zero (timeout) or fractional (retries) value
+        is refused, naming the option and the variable.
+        """
+        for options, needle in (
+            ({"store-timeout": "soon"}, "must be a number"),
+            ({"store-timeout": "-1"}, "non-negative"),
+            ({"store-timeout": "0"}, "more than 0"),
+            ({"store-timeout": "inf"}, "non-negative"),
+            ({"store-retries": "2.5"}, "whole number"),
+            ({"store-retries": "-2"}, "non-negative"),
+        ):
+            e = self.assertRaises(
+                ConfigurationError, GatewayConfig.from_options, options, BASE_ENV
+            )
+            name = next(iter(options))
+            self.assertIn(
+                "--%s / METAGATEWAY_%s" % (name, name.upper().replace("-", "_")), str(e)
+            )
+            self.assertIn(needle, str(e))

@@ -14,6 +14,7 @@ import sys
 from typing import Any, Optional
 
 from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -592,6 +593,54 @@ class ParentWatchTests(SynchronousTestCase):
         os.close(self.write_end)
 
 
+class HeldPort:
+    """
+    A listening port as :func:`bind_sockets` holds it, without a socket.
+
+    :param port: the port number.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reading = True
+
+    def stopReading(self) -> None:
+        """
+        Stop accepting (the workers accept).
+        """
+        self.reading = False
+
+    def fileno(self) -> int:
+        """
+        No descriptor.
+        """
+        return -1
+
+    def getHost(self) -> IPv4Address:
+        """
+        The bound address.
+        """
+        return IPv4Address("TCP", "127.0.0.1", self.port)
+
+    def stopListening(self) -> None:
+        """
+        Nothing to close.
+        """
+
+
+class HoldingReactor(MemoryReactorClock):
+    """
+    A memory reactor whose TCP ports can be held for workers.
+    """
+
+    def listenTCP(self, port: int, *args: Any, **kw: Any) -> Any:
+        """
+        Record the port, and answer a :class:`HeldPort`.
+        """
+        super().listenTCP(port, *args, **kw)
+        return HeldPort(port)
+
+
 class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
     """
     What ``makeService`` builds for the process options.
@@ -605,7 +654,7 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
     def make(self, *argv: str) -> Any:
         options = Options()
         options.parseOptions(["--accounts-dir", self.accounts, *argv])
-        reactor = MemoryReactorClock()
+        reactor = HoldingReactor()
         return makeService(options, reactor), reactor
 
     def test_supervisor(self) -> None:
@@ -613,8 +662,11 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
         ``--workers 2`` makes the parent: a supervisor of two workers whose
         command line runs this module.
         """
-        service, _ = self.make("--workers", "2", "--listen", "tcp:8080")
+        service, reactor = self.make("--workers", "2", "--listen", "tcp:8080")
         self.assertIsInstance(service, WorkerSupervisor)
+        # The parent bound the port before twistd starts logging.
+        self.assertEqual([port for port, *_ in reactor.tcpServers], [8080])
+        self.assertEqual([s.port.port for s in service.sockets], [8080])
         self.assertEqual(service.count, 2)
         argv = service.argv(1)
         self.assertEqual(argv[:3], [sys.executable, "-m", "metagateway.daemon.worker"])
@@ -718,3 +770,34 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
         service = makeService(options, MemoryReactorClock())
         self.assertIsInstance(service, MultiService)
         self.assertIn("--dev runs one process", stderr.getvalue())
+
+
+class ImportTests(SynchronousTestCase):
+    """
+    The supervisor and the worker entry point import one way.
+    """
+
+    def test_supervisor_does_not_import_tap(self) -> None:
+        """
+        ``daemon/workers.py`` (the supervisor) imports nothing from
+        ``daemon/tap.py`` or ``daemon/worker.py``; the worker entry may.
+        """
+        import ast
+
+        import metagateway.daemon.workers as supervisor
+
+        with open(supervisor.__file__, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        imported = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+        } | {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        self.assertFalse(
+            imported & {"metagateway.daemon.tap", "metagateway.daemon.worker"}
+        )
