@@ -38,7 +38,7 @@ from twisted.web.server import NOT_DONE_YET
 from metagateway.auth.app import too_large
 from metagateway.auth.github import read_limited, timed_out
 from metagateway.errors import GatewayError, error_response, internal_error, write_json
-from metagateway.proxy.resource import HOP_BY_HOP, connection_tokens
+from metagateway.proxy.headers import HOP_BY_HOP, connection_tokens
 
 log = Logger()
 

@@ -1,6 +1,6 @@
 """
-Tests for :class:`metagateway.gateway.UpstreamEndpoints`, the proxy
-``Agent``'s endpoint factory, and :class:`~metagateway.gateway.UpstreamAgent`,
+Tests for :class:`metagateway.proxy.upstream.UpstreamEndpoints`, the proxy
+``Agent``'s endpoint factory, and :class:`~metagateway.proxy.upstream.UpstreamAgent`,
 the proxy's HTTP client.
 """
 
@@ -20,7 +20,7 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
 
-from metagateway.gateway import UpstreamAgent, UpstreamEndpoints
+from metagateway.proxy.upstream import UpstreamAgent, UpstreamEndpoints
 
 
 @implementer(IPolicyForHTTPS)

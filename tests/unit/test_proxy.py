@@ -29,7 +29,8 @@ from metagateway import errors
 from metagateway.errors import new_request_id
 from metagateway.gateway import GatewayService
 from metagateway.http.drain import InFlight
-from metagateway.proxy.resource import _Watchdog, upstream_host
+from metagateway.proxy.headers import upstream_host
+from metagateway.proxy.resource import _Watchdog
 from metagateway.timers import SharedTimer
 from tests.unit.test_streaming import (
     CLIENT,
