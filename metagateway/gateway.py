@@ -34,12 +34,8 @@ from metagateway.http.site import GatewayResource
 from metagateway.observability.accesslog import AccessLog, RequestRecorder
 from metagateway.observability.metrics import MeasuredCredentialStore, Metrics
 from metagateway.proxy.resource import GatewayProxyResource
-from metagateway.proxy.upstream import (
-    UpstreamAgent,
-    UpstreamEndpoints,
-    _QuietClientFactory,
-    body_producer,
-)
+from metagateway.proxy.twisted_internals import use_gateway_factory
+from metagateway.proxy.upstream import UpstreamAgent, UpstreamEndpoints, body_producer
 from metagateway.proxy.webhooks import WebhooksResource
 from metagateway.routes import ROUTES
 from metagateway.timers import SharedTimer
@@ -223,9 +219,8 @@ class Gateway:
         )
         self.pool = HTTPConnectionPool(self.pool_timer, persistent=True)
         self.pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
-        # Twisted's documented way to keep the pool from logging "Starting
-        # factory" for every upstream connection.
-        self.pool._factory = _QuietClientFactory
+        # Quiet connections (no "Starting factory" log line for each).
+        use_gateway_factory(self.pool)
         if agent is None:
             agent = UpstreamAgent(
                 reactor,

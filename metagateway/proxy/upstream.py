@@ -15,13 +15,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Cooperator
-from twisted.web._newclient import Request
 from twisted.web.client import (
     URI,
     Agent,
     FileBodyProducer,
     HTTPConnectionPool,
-    _HTTP11ClientFactory,
 )
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
@@ -32,6 +30,8 @@ from twisted.web.iweb import (
     IPolicyForHTTPS,
     IResponse,
 )
+
+from metagateway.proxy.twisted_internals import pool_request
 
 
 def body_producer(cooperator: Cooperator, data: Any) -> IBodyProducer:
@@ -136,9 +136,10 @@ class UpstreamAgent:
     a handful of origins, with a ``Host`` header already set: this agent
     splits the origin off the URL with one regular expression, remembers
     each origin's pool key and endpoint, and hands the pool's connection a
-    :class:`~twisted.web._newclient.Request` built by its public
-    constructor (which still checks the method and the target), exactly as
-    the ``Agent`` does. Connections come from the same
+    request built by its public constructor (which still checks the method
+    and the target), exactly as the ``Agent`` does
+    (:func:`~metagateway.proxy.twisted_internals.pool_request`).
+    Connections come from the same
     :class:`~twisted.web.client.HTTPConnectionPool`, so keep-alive, the
     retry of idempotent requests on a stale connection, and TLS (from the
     endpoints) are the ``Agent``'s.
@@ -196,19 +197,6 @@ class UpstreamAgent:
                 self._origins.clear()
             self._origins[origin] = known
         key, endpoint = known
-        persistent = self.pool.persistent
-
-        def connected(protocol: Any) -> Deferred[IResponse]:
-            return protocol.request(  # type: ignore[no-any-return]
-                Request(method, target, headers, bodyProducer, persistent)
-            )
-
-        return self.pool.getConnection(key, endpoint).addCallback(connected)
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """
-    The pool's connection factory, without a log line per connection.
-    """
-
-    noisy = False
+        return pool_request(
+            self.pool, key, endpoint, method, target, headers, bodyProducer
+        )
