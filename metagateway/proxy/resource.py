@@ -1,8 +1,15 @@
 """
-The proxy: a :class:`twisted.web.proxy.ReverseProxyResource` subclass that
-checks tokens per route, strips the route prefix, and relays requests to an
-upstream through a pooled :class:`twisted.web.client.Agent`, streaming both
-bodies with backpressure (CONTRACT §5, ``docs/proxy.rst``).
+The proxy: a :class:`~twisted.web.resource.Resource` that checks tokens
+per route, strips the route prefix, and relays requests to an upstream
+through a pooled ``Agent``, streaming both bodies with backpressure
+(CONTRACT §5, ``docs/proxy.rst``).
+
+It is not a :class:`twisted.web.proxy.ReverseProxyResource` subclass,
+though it plays that part: the stock class's constructor arguments (a
+plain-TCP host, port and path), its ``getChild`` (a new resource per
+segment, each re-quoted) and its ``render`` (the whole body read, a
+``Connection: close`` client, a 501 HTML page on failure) are all things
+the gateway must not use, so there would be nothing of it left to inherit.
 
 One request's trip is an :class:`_Exchange`: it sends the request (its body
 streamed from a :class:`~metagateway.http.channel.StreamingBody` when the
@@ -16,7 +23,6 @@ from __future__ import annotations
 
 import re
 from typing import Any, Callable, Optional
-from urllib.parse import urlsplit
 
 from zope.interface import implementer
 
@@ -31,7 +37,7 @@ from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
-from twisted.web.proxy import ReverseProxyResource
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from metagateway.auth.tokens import Claims, InvalidToken, TokenAuthority, request_token
@@ -504,15 +510,15 @@ class _BodyRelay(Protocol):
             cut_client(request)
 
 
-class GatewayProxyResource(ReverseProxyResource):
+class GatewayProxyResource(Resource):
     """
     Relays one route's requests to its upstream.
 
-    Unlike the stock class, it speaks through a pooled ``Agent`` (HTTP/1.1,
-    keep-alive, TLS), streams both bodies, times the upstream, and answers
-    failures in the contract's JSON. The root resource hands it a request
-    whose ``postpath`` holds the raw (still percent-encoded) segments after
-    the prefix.
+    Unlike the stock ``ReverseProxyResource``, it speaks through a pooled
+    ``Agent`` (HTTP/1.1, keep-alive, TLS), streams both bodies, times the
+    upstream, and answers failures in the contract's JSON. The root
+    resource hands it a request whose ``postpath`` holds the raw (still
+    percent-encoded) segments after the prefix.
 
     :param route: the route this resource serves.
     :param base_url: the service URL, or ``None`` when unset.
@@ -539,13 +545,7 @@ class GatewayProxyResource(ReverseProxyResource):
         cooperator: Optional[Cooperator] = None,
         max_body: int = 0,
     ) -> None:
-        parts = urlsplit(base_url or "http://unset.invalid")
-        super().__init__(
-            parts.hostname or "",
-            parts.port or (443 if parts.scheme == "https" else 80),
-            parts.path.rstrip("/").encode("utf-8"),
-            clock,
-        )
+        super().__init__()
         self.route = route
         self.base_url = base_url
         self.agent = agent
