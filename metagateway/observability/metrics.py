@@ -29,6 +29,7 @@ from metagateway.credentials.interfaces import (
     StoreUnavailable,
     UnknownAccount,
 )
+from metagateway.errors import GatewayError, error_response
 
 #: Upper bounds, in seconds, of the request latency histogram's buckets.
 LATENCY_BUCKETS = (
@@ -425,8 +426,6 @@ class MetricsResource(Resource):
         """
         Answer a scrape.
         """
-        from metagateway.errors import GatewayError, error_response
-
         if request.path != b"/metrics" or request.method not in (b"GET", b"HEAD"):
             return error_response(
                 request, GatewayError(404, "NOT_FOUND", "Route not handled", "CORE")

@@ -24,6 +24,8 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Optional
 
+from OpenSSL.SSL import Error as OpenSSLError
+from service_identity import VerificationError
 from zope.interface import implementer
 
 from twisted.internet.defer import Deferred, TimeoutError
@@ -134,24 +136,9 @@ def tls_failure(failure: Failure) -> Optional[BaseException]:
     return None
 
 
-def _tls_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [CertificateError]
-    try:
-        from OpenSSL.SSL import Error as OpenSSLError
-
-        errors.append(OpenSSLError)
-    except ImportError:  # pragma: no cover - TLS not installed
-        pass
-    try:
-        from service_identity import VerificationError
-
-        errors.append(VerificationError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
-
-
-_TLS_ERRORS = _tls_errors()
+#: What a failed TLS handshake or certificate check raises (``twisted[tls]``
+#: is a dependency: pyOpenSSL and service_identity are always there).
+_TLS_ERRORS = (CertificateError, OpenSSLError, VerificationError)
 
 
 def describe(failure: Failure) -> str:

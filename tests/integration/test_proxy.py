@@ -15,9 +15,14 @@ import json
 import platform
 from typing import Any, Callable, Optional
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from treq import collect
 from zope.interface import implementer
 
-from twisted.internet import reactor
+from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
@@ -284,11 +289,6 @@ def self_signed(directory: FilePath) -> str:
     Write a self-signed certificate and key for ``127.0.0.1``; return the
     PEM file's path.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -440,8 +440,6 @@ class ProxyDaemonTests(TestCase):
                 nonlocal size
                 size += len(data)
                 digest.update(data)
-
-            from treq import collect
 
             await collect(response, take)
             self.assertEqual((size, digest.hexdigest()), (BIG, big_digest()))
@@ -610,8 +608,6 @@ class ProxyDaemonTests(TestCase):
         """
 
         async def go() -> None:
-            from twisted.internet import ssl
-
             try:
                 pem = self_signed(FilePath(self.mktemp()))
             except ImportError:

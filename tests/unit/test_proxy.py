@@ -18,7 +18,7 @@ from zope.interface import directlyProvides
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
@@ -30,7 +30,7 @@ from metagateway.errors import new_request_id
 from metagateway.gateway import GatewayService
 from metagateway.http.drain import InFlight
 from metagateway.proxy.headers import upstream_host
-from metagateway.proxy.resource import _Watchdog
+from metagateway.proxy.resource import _Discard, _Watchdog
 from metagateway.timers import SharedTimer
 from tests.unit.test_streaming import (
     CLIENT,
@@ -58,8 +58,6 @@ class LogCapture:
         case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     def text(self) -> str:
-        from twisted.logger import formatEvent
-
         return "\n".join(formatEvent(event) for event in self.events)
 
 
@@ -529,8 +527,6 @@ class BackpressureTests(SynchronousTestCase):
         self.assertEqual(h.response().code, 504)
         # A racing answer (the fake's Deferred is already cancelled, so
         # hand it to the relay's stand-in directly).
-        from metagateway.proxy.resource import _Discard
-
         response = FakeResponse()
         response.deliverBody(_Discard())
         self.assertEqual(response.transport.producerState, "stopped")
