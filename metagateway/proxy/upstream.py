@@ -11,8 +11,14 @@ from typing import Any, Optional
 
 from zope.interface import implementer
 
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Cooperator
 from twisted.web.client import (
@@ -58,7 +64,10 @@ class UpstreamEndpoints:
     ``HostnameEndpoint`` each time (encoding the host name through IDNA).
     This one builds the same endpoints (TCP for ``http``; TCP and TLS, with
     ``policy``'s verification, for ``https``; the same connect timeout) and
-    remembers them by scheme, host and port. The proxy only ever asks for
+    remembers them by scheme, host and port. A host that is an IPv4 or IPv6
+    address gets a plain ``TCP4ClientEndpoint`` or ``TCP6ClientEndpoint``:
+    nothing to resolve, so a refused connection is reported at once rather
+    than after ``HostnameEndpoint``'s attempt delay. The proxy only ever asks for
     its configured upstreams; at most :attr:`max_cached` are kept.
 
     :param reactor: the reactor the endpoints connect with.
@@ -107,7 +116,16 @@ class UpstreamEndpoints:
         kwargs: dict[str, Any] = {}
         if self.connect_timeout is not None:
             kwargs["timeout"] = self.connect_timeout
-        endpoint = HostnameEndpoint(self.reactor, host, uri.port, **kwargs)
+        endpoint: IStreamClientEndpoint
+        # An address needs no name resolution: HostnameEndpoint would still
+        # resolve it, and wait out its attempt delay (0.3 s) before it
+        # reports a refused connection.
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self.reactor, host, uri.port, **kwargs)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self.reactor, host, uri.port, **kwargs)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, host, uri.port, **kwargs)
         if uri.scheme == b"http":
             return endpoint
         if uri.scheme == b"https":
