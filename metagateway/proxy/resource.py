@@ -52,6 +52,7 @@ from metagateway.proxy.headers import (
     upstream_host,
     upstream_url,
 )
+from metagateway.proxy.twisted_internals import lost_uncleanly
 from metagateway.routes import Route
 from metagateway.timers import SharedTimer
 
@@ -303,7 +304,7 @@ class _Exchange(BodyListener):
         note_upstream(request, status=response.code)
         request.setResponseCode(response.code, response.phrase)
         adopt_response_headers(response, request)
-        self.relay = _BodyRelay(self)
+        self.relay = _BodyRelay(self, response)
         response.deliverBody(self.relay)
         return None
 
@@ -436,10 +437,14 @@ class _BodyRelay(Protocol):
     """
     Writes an upstream's answer body to the client as it arrives, pausing
     the upstream while the client is not reading.
+
+    :param exchange: the exchange the answer belongs to.
+    :param response: the upstream's answer.
     """
 
-    def __init__(self, exchange: _Exchange) -> None:
+    def __init__(self, exchange: _Exchange, response: IResponse) -> None:
         self.exchange = exchange
+        self.response = response
         self.request: Any = exchange.request
         self._registered = False
 
@@ -484,6 +489,10 @@ class _BodyRelay(Protocol):
             request.unregisterProducer()
         # isinstance rather than Failure.check, which builds the names of
         # every class in the exception's hierarchy, on every answer.
+        if isinstance(reason.value, PotentialDataLoss):
+            # A body that ends with its connection: complete if the
+            # upstream closed it, truncated if the connection was reset.
+            reason = lost_uncleanly(self.response) or reason
         if isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
             request.finish()
         else:

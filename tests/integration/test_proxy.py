@@ -13,6 +13,8 @@ import datetime
 import hashlib
 import json
 import platform
+import socket
+import struct
 from typing import Any, Callable, Optional
 
 from cryptography import x509
@@ -25,7 +27,11 @@ from zope.interface import implementer
 from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -246,6 +252,7 @@ class RawClient(Protocol):
         self.data = b""
         self.closed: Deferred[bytes] = Deferred()
         self.arrived: Optional[Deferred[None]] = None
+        self.reason: Optional[Failure] = None
         self._want = 0
 
     def dataReceived(self, data: bytes) -> None:
@@ -267,6 +274,7 @@ class RawClient(Protocol):
         return d
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.reason = reason
         self.closed.callback(self.data)
 
 
@@ -608,6 +616,71 @@ class ProxyDaemonTests(TestCase):
 
         return ensureDeferred(go())
 
+    def reset_mid_close_delimited_body(self, upstream: RawUpstream) -> None:
+        """
+        Answer with a body that ends with the connection (no length, not
+        chunked), then reset the connection (``SO_LINGER`` 0: an RST, not
+        a FIN) instead of closing it.
+        """
+        transport: Any = upstream.transport
+        transport.write(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n" + b"x" * 1000)
+
+        def reset() -> None:
+            transport.getHandle().setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            transport.abortConnection()
+
+        # After the bytes have gone: the gateway must see them, then the RST.
+        reactor.callLater(0.2, reset)
+
+    def test_close_delimited_body_reset(self) -> Deferred[None]:
+        """
+        An upstream answer delimited by its connection's end, cut by a
+        reset: an HTTP/1.0 client's connection (its answer delimited the
+        same way) is reset, not closed as if the answer were complete.
+        """
+
+        async def go() -> None:
+            _, url = self.raw(self.reset_mid_close_delimited_body)
+            await self.daemon(url)
+            client = await self.connect()
+            client.transport.write(b"GET /kv/x HTTP/1.0\r\n\r\n")  # type: ignore[union-attr]
+            data = await client.closed
+            self.assertEqual(parse(data)[0], 200)
+            assert client.reason is not None
+            self.assertIsInstance(client.reason.value, ConnectionLost)
+            self.assertNotIsInstance(client.reason.value, ConnectionDone)
+
+        return ensureDeferred(go())
+
+    def test_close_delimited_body_reset_chunked(self) -> Deferred[None]:
+        """
+        The same cut answer to an HTTP/1.1 client, relayed chunked: it
+        never gets the last chunk; closed cleanly instead, it does.
+        """
+
+        async def go() -> None:
+            def answer(upstream: RawUpstream) -> None:
+                if upstream.data.startswith(b"GET /reset "):
+                    self.reset_mid_close_delimited_body(upstream)
+                    return
+                transport: Any = upstream.transport
+                transport.write(b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 1000)
+                transport.loseConnection()
+
+            _, url = self.raw(answer)
+            await self.daemon(url)
+            head = b"HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+            data = await self.exchange(b"GET /kv/reset " + head)
+            status, headers, body = parse(data)
+            self.assertEqual((status, headers[b"transfer-encoding"]), (200, b"chunked"))
+            self.assertNotIn(b"0\r\n\r\n", body)
+            data = await self.exchange(b"GET /kv/close " + head)
+            self.assertTrue(parse(data)[2].endswith(b"\r\n0\r\n\r\n"))
+
+        return ensureDeferred(go())
+
     def test_tls_verification_fails(self) -> Deferred[None]:
         """
         An HTTPS upstream whose certificate is not trusted: ``502``, and a
@@ -722,7 +795,8 @@ class ProxyDaemonTests(TestCase):
 
     def test_header_hygiene(self) -> Deferred[None]:
         """
-        Hop-by-hop headers cross neither way, the forwarding headers are
+        Hop-by-hop headers (and those ``Connection`` names) cross neither
+        way, the forwarding headers are
         set, the request id goes upstream (and the answer carries no header
         the upstream did not send but the CORS one), and repeated headers
         keep all their values.
@@ -733,7 +807,8 @@ class ProxyDaemonTests(TestCase):
                 upstream.transport.write(  # type: ignore[union-attr]
                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
                     b"Keep-Alive: timeout=5\r\nUpgrade: h2c\r\nTrailer: X-Sum\r\n"
-                    b"Proxy-Authenticate: Basic\r\n"
+                    b"Proxy-Authenticate: Basic\r\nConnection: X-Secret\r\n"
+                    b"X-Secret: 1\r\n"
                     b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nok"
                 )
 
@@ -765,7 +840,13 @@ class ProxyDaemonTests(TestCase):
             self.assertEqual(names.count(b"accept"), 2)
             status, headers, body = parse(data)
             self.assertEqual((status, body), (200, b"ok"))
-            for hop in (b"keep-alive", b"upgrade", b"trailer", b"proxy-authenticate"):
+            for hop in (
+                b"keep-alive",
+                b"upgrade",
+                b"trailer",
+                b"proxy-authenticate",
+                b"x-secret",
+            ):
                 self.assertNotIn(hop, headers)
             self.assertNotIn(b"x-request-id", headers)
             self.assertEqual(

@@ -11,18 +11,25 @@ change is seen at once rather than as a slower or less careful proxy.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Optional
 
 import twisted
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import _newclient, client
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from metagateway.proxy.twisted_internals import (
     GatewayClientFactory,
+    GatewayClientProtocol,
+    lost_uncleanly,
     pool_request,
     use_gateway_factory,
 )
@@ -224,3 +231,159 @@ class PoolRequestGuards(GuardTestCase):
             self.hook,
             "the connection did not go back to the pool",
         )
+
+
+class BodyCollector(Protocol):
+    """
+    Takes a response body: its bytes and the reason it ended.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.reason: Optional[Failure] = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.reason = reason
+
+
+def connected(protocol: Any) -> tuple[StringTransport, Deferred[Any]]:
+    """
+    Connect ``protocol`` to a ``StringTransport`` and send a ``GET``.
+    """
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    answered = protocol.request(
+        _newclient.Request(b"GET", b"/", Headers({b"Host": [b"h"]}), None, True)
+    )
+    return transport, answered
+
+
+class ClientProtocolGuards(GuardTestCase):
+    """
+    ``HTTP11ClientProtocol`` and its parser, subclassed by
+    ``GatewayClientProtocol``.
+    """
+
+    hook = "twisted.web._newclient.HTTP11ClientProtocol"
+
+    def test_connection_header_kept_aside(self) -> None:
+        """
+        The stock parser files a response's ``Connection`` header in its
+        private ``connHeaders``, not in ``response.headers``: that is why
+        ``GatewayClientProtocol`` copies it, from ``_parser``.
+        """
+        protocol = _newclient.HTTP11ClientProtocol()
+        _, answered = connected(protocol)
+        parser = getattr(protocol, "_parser", None)
+        self.guard(parser is not None, self.hook + "._parser", "unset by request")
+        protocol.dataReceived(
+            b"HTTP/1.1 200 OK\r\nConnection: x-a\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n"
+        )
+        response = self.successResultOf(answered)
+        self.guard(
+            parser.connHeaders.getRawHeaders(b"connection") == [b"x-a"]
+            and not response.headers.hasHeader(b"connection"),
+            "twisted.web._newclient.HTTPClientParser.connHeaders",
+            "the Connection header is in response.headers (%r) or not in "
+            "connHeaders: GatewayClientProtocol's copy may be redundant"
+            % (list(response.headers.getAllRawHeaders()),),
+        )
+
+    def test_close_delimited_end_loses_reason(self) -> None:
+        """
+        A body with neither length nor chunking, ended by a clean close
+        or by a reset, is reported ``PotentialDataLoss`` either way; the
+        parser is ``_parser``, with its ``response``, until then.
+        """
+        for reason in (ConnectionDone(), ConnectionLost()):
+            protocol = _newclient.HTTP11ClientProtocol()
+            _, answered = connected(protocol)
+            protocol.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nab")
+            body = BodyCollector()
+            self.successResultOf(answered).deliverBody(body)
+            self.guard(
+                getattr(getattr(protocol, "_parser", None), "response", None)
+                is not None,
+                self.hook + "._parser.response",
+                "unset while the body arrives",
+            )
+            protocol.connectionLost(Failure(reason))
+            self.guard(
+                body.data == b"ab"
+                and body.reason is not None
+                and body.reason.check(PotentialDataLoss) is not None,
+                self.hook + ".connectionLost",
+                "a close-delimited body ended by %r is reported as %r"
+                % (reason, body.reason),
+            )
+
+    def test_factory_quiescent_callback(self) -> None:
+        """
+        The stock factory keeps the pool's callback as
+        ``_quiescentCallback``, which ``GatewayClientFactory`` passes on.
+        """
+        callback = object()
+        factory = client._HTTP11ClientFactory(callback, "metadata")
+        self.guard(
+            getattr(factory, "_quiescentCallback", None) is callback,
+            "twisted.web.client._HTTP11ClientFactory._quiescentCallback",
+            "it is gone",
+        )
+
+
+class GatewayClientProtocolTests(SynchronousTestCase):
+    """
+    What ``GatewayClientProtocol`` adds: the ``Connection`` header and how
+    a body's connection ended.
+    """
+
+    def test_connection_header(self) -> None:
+        """
+        The response's ``Connection`` header is in ``response.headers``.
+        """
+        protocol = GatewayClientProtocol()
+        _, answered = connected(protocol)
+        protocol.dataReceived(
+            b"HTTP/1.1 200 OK\r\nConnection: x-a, close\r\nContent-Length: 0\r\n\r\n"
+        )
+        response = self.successResultOf(answered)
+        self.assertEqual(response.headers.getRawHeaders(b"connection"), [b"x-a, close"])
+
+    def test_reset_remembered(self) -> None:
+        """
+        A close-delimited body cut by a reset: :func:`lost_uncleanly`
+        gives the reason; closed cleanly, ``None``.
+        """
+        for reason, expected in (
+            (ConnectionLost("reset"), ConnectionLost),
+            (ConnectionDone(), None),
+        ):
+            protocol = GatewayClientProtocol()
+            _, answered = connected(protocol)
+            protocol.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nab")
+            response = self.successResultOf(answered)
+            body = BodyCollector()
+            response.deliverBody(body)
+            protocol.connectionLost(Failure(reason))
+            lost = lost_uncleanly(response)
+            if expected is None:
+                self.assertIsNone(lost)
+            else:
+                assert lost is not None
+                self.assertIsInstance(lost.value, expected)
+
+    def test_complete_body_then_reset(self) -> None:
+        """
+        A body complete by its ``Content-Length`` is not marked when the
+        connection is reset afterwards.
+        """
+        protocol = GatewayClientProtocol()
+        _, answered = connected(protocol)
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nab")
+        response = self.successResultOf(answered)
+        response.deliverBody(BodyCollector())
+        protocol.connectionLost(Failure(ConnectionLost("reset")))
+        self.assertIsNone(lost_uncleanly(response))
