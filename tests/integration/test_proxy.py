@@ -555,6 +555,31 @@ class ProxyDaemonTests(TestCase):
 
         return ensureDeferred(go())
 
+    def test_own_answers_carry_request_id(self) -> Deferred[None]:
+        """
+        The gateway's own answers (health, the preflight, a 404, an
+        upstream failure) carry the client's ``X-Request-Id``.
+        """
+
+        async def go() -> None:
+            base = await self.daemon("http://127.0.0.1:%d" % (refusing_port(self),))
+            sent = {b"X-Request-Id": [b"trace-1"]}
+            for method, path, status in (
+                ("GET", "/health", 200),
+                ("OPTIONS", "/kv/x", 204),
+                ("GET", "/nowhere", 404),
+                ("GET", "/kv/x", 502),
+            ):
+                response = await self.http.request(method, base + path, headers=sent)
+                await response.content()
+                self.assertEqual(
+                    (response.code, response.headers.getRawHeaders(b"x-request-id")),
+                    (status, [b"trace-1"]),
+                    (method, path),
+                )
+
+        return ensureDeferred(go())
+
     def test_upstream_resets(self) -> Deferred[None]:
         """
         An upstream that resets the connection on the request:
