@@ -256,8 +256,9 @@ class GatewayResource(Resource):
             note_route(request, label, login)
         elif target.kind == "webhooks":
             note_route(request, "WEBHOOK")
-        elif target.proxied is not None:
-            note_route(request, target.proxied.name)
+        else:
+            # A route's name, or the error's route (CORE for a 404).
+            note_route(request, target.route)
 
     def _dispatch(self, request: IRequest) -> Any:
         target = self.classify(request)

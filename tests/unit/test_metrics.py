@@ -156,7 +156,7 @@ class RequestMetricsTests(SynchronousTestCase):
             self.metrics.requests,
             {
                 ("HEALTH", "GET", "2xx"): 2,
-                ("NONE", "GET", "4xx"): 1,
+                ("CORE", "GET", "4xx"): 1,
                 ("KV", "OTHER", "4xx"): 1,
             },
         )
