@@ -187,11 +187,13 @@ def set_json_headers(
     request: IRequest, status: int, headers: Optional[Mapping[bytes, bytes]] = None
 ) -> None:
     """
-    Set the status code and the JSON and CORS headers on ``request``.
+    Set the status code, the JSON and CORS headers and the request's
+    ``X-Request-Id`` on ``request``.
     """
     request.setResponseCode(status, REASON_PHRASES.get(status))
     for name, value in JSON_HEADERS:
         request.setHeader(name, value)
+    request.setHeader(b"X-Request-Id", request_id_of(request).encode("latin-1"))
     for name, value in (headers or {}).items():
         request.setHeader(name, value)
 
@@ -225,7 +227,6 @@ def error_response(request: IRequest, error: GatewayError) -> bytes:
     # For the access log and metrics (metagateway.observability.accesslog).
     request.metagatewayError = error.code  # type: ignore[attr-defined]
     set_json_headers(request, error.status, error.headers)
-    request.setHeader(b"X-Request-Id", request_id_of(request).encode("latin-1"))
     request.setHeader(b"Content-Length", b"%d" % (len(body),))
     return body
 

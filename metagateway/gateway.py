@@ -6,38 +6,17 @@ service. The daemon goes through this same code path.
 
 from __future__ import annotations
 
-import io
-import re
 from functools import partial
 from typing import Any, Container, Optional
 
 from treq.client import HTTPClient
-from zope.interface import implementer
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
-from twisted.web._newclient import Request
-from twisted.web.client import (
-    URI,
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    FileBodyProducer,
-    HTTPConnectionPool,
-    _HTTP11ClientFactory,
-)
-from twisted.web.error import SchemeNotSupported
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import (
-    IAgent,
-    IAgentEndpointFactory,
-    IBodyProducer,
-    IPolicyForHTTPS,
-    IResponse,
-)
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 
 from metagateway.addresses import TrustedProxies
@@ -54,6 +33,8 @@ from metagateway.http.site import GatewayResource
 from metagateway.observability.accesslog import AccessLog, RequestRecorder
 from metagateway.observability.metrics import MeasuredCredentialStore, Metrics
 from metagateway.proxy.resource import GatewayProxyResource
+from metagateway.proxy.twisted_internals import use_gateway_factory
+from metagateway.proxy.upstream import UpstreamAgent, UpstreamEndpoints, body_producer
 from metagateway.proxy.webhooks import WebhooksResource
 from metagateway.routes import ROUTES
 from metagateway.timers import SharedTimer
@@ -85,186 +66,6 @@ def make_store(
         config.store_retries,
         config.store_cache_ttl,
     )
-
-
-def body_producer(cooperator: Cooperator, data: Any) -> IBodyProducer:
-    """
-    treq's conversion of a request's ``data`` to a body (its
-    ``data_to_body_producer``), with bytes and files written by
-    ``cooperator`` instead of Twisted's global one.
-    """
-    if isinstance(data, bytes):
-        data = io.BytesIO(data)
-    if hasattr(data, "read"):
-        return FileBodyProducer(data, cooperator=cooperator)
-    return IBodyProducer(data)
-
-
-@implementer(IAgentEndpointFactory)
-class UpstreamEndpoints:
-    """
-    The proxy ``Agent``'s endpoints, built once per upstream rather than
-    once per request.
-
-    The ``Agent`` asks for an endpoint on every request, even when its pool
-    has a connection to reuse, and its standard factory builds a new
-    ``HostnameEndpoint`` each time (encoding the host name through IDNA).
-    This one builds the same endpoints (TCP for ``http``; TCP and TLS, with
-    ``policy``'s verification, for ``https``; the same connect timeout) and
-    remembers them by scheme, host and port. The proxy only ever asks for
-    its configured upstreams; at most :attr:`max_cached` are kept.
-
-    :param reactor: the reactor the endpoints connect with.
-    :param policy: the TLS policy, such as ``BrowserLikePolicyForHTTPS()``.
-    :param connect_timeout: seconds to wait for a connection; ``None`` for
-        the endpoint's default.
-    """
-
-    max_cached = 64
-
-    def __init__(
-        self,
-        reactor: Any,
-        policy: IPolicyForHTTPS,
-        connect_timeout: Optional[float] = None,
-    ) -> None:
-        self.reactor = reactor
-        self.policy = policy
-        self.connect_timeout = connect_timeout
-        self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
-
-    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        """
-        The endpoint for ``uri``'s scheme, host and port.
-
-        :raises SchemeNotSupported: for a scheme other than ``http`` or
-            ``https``.
-        :raises ValueError: for a host that is not ASCII.
-        """
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._cache.get(key)
-        if endpoint is None:
-            endpoint = self._build(uri)
-            if len(self._cache) >= self.max_cached:
-                self._cache.clear()
-            self._cache[key] = endpoint
-        return endpoint
-
-    def _build(self, uri: Any) -> IStreamClientEndpoint:
-        try:
-            host = uri.host.decode("ascii")
-        except UnicodeDecodeError:
-            raise ValueError(
-                "The host of the URI (%r) is not ASCII" % (uri.host,)
-            ) from None
-        kwargs: dict[str, Any] = {}
-        if self.connect_timeout is not None:
-            kwargs["timeout"] = self.connect_timeout
-        endpoint = HostnameEndpoint(self.reactor, host, uri.port, **kwargs)
-        if uri.scheme == b"http":
-            return endpoint
-        if uri.scheme == b"https":
-            creator = self.policy.creatorForNetloc(uri.host, uri.port)
-            return wrapClientTLS(creator, endpoint)
-        raise SchemeNotSupported("Unsupported scheme: %r" % (uri.scheme,))
-
-
-#: A request method as HTTP defines it (a token, RFC 9110 §9.1).
-_METHOD = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-
-#: An absolute ``http`` or ``https`` URL as the proxy builds them: the
-#: origin (no user information), then a path of visible ASCII.
-_POOLED_URL = re.compile(rb"\A(https?://[^/?#@\s]+)(/[\x21-\x7e]*)\Z")
-
-
-@implementer(IAgent)
-class UpstreamAgent:
-    """
-    The proxy's HTTP client: a lean :class:`~twisted.web.client.Agent` for
-    the gateway's own upstreams.
-
-    For every request the stock ``Agent`` parses the URL (``urlparse``,
-    several copies), validates it, looks up its endpoint and rebuilds the
-    request target from the parsed parts. The proxy sends every request to
-    a handful of origins, with a ``Host`` header already set: this agent
-    splits the origin off the URL with one regular expression, remembers
-    each origin's pool key and endpoint, and hands the pool's connection a
-    :class:`~twisted.web._newclient.Request` built by its public
-    constructor (which still checks the method and the target), exactly as
-    the ``Agent`` does. Connections come from the same
-    :class:`~twisted.web.client.HTTPConnectionPool`, so keep-alive, the
-    retry of idempotent requests on a stale connection, and TLS (from the
-    endpoints) are the ``Agent``'s.
-
-    Anything else (no ``Host`` header, another scheme, user information in
-    the URL, an unusual method) goes through a stock ``Agent`` on the same
-    pool and endpoints, which behaves, and fails, as documented.
-
-    :param reactor: the reactor.
-    :param endpoints: makes (and caches) the upstreams' endpoints.
-    :param pool: the persistent connection pool.
-    """
-
-    max_cached = 64
-
-    def __init__(
-        self, reactor: Any, endpoints: UpstreamEndpoints, pool: HTTPConnectionPool
-    ) -> None:
-        self.pool = pool
-        self.endpoints = endpoints
-        self.fallback: IAgent = Agent.usingEndpointFactory(
-            reactor, endpoints, pool=pool
-        )
-        self._origins: dict[bytes, tuple[tuple[bytes, bytes, int], Any]] = {}
-
-    def request(
-        self,
-        method: bytes,
-        uri: bytes,
-        headers: Optional[Headers] = None,
-        bodyProducer: Optional[IBodyProducer] = None,
-    ) -> Deferred[IResponse]:
-        """
-        Send ``method`` ``uri`` upstream (see ``IAgent.request``).
-        """
-        match = _POOLED_URL.match(uri)
-        if (
-            match is None
-            or headers is None
-            or not headers.hasHeader(b"host")
-            or not _METHOD.match(method)
-        ):
-            return self.fallback.request(method, uri, headers, bodyProducer)
-        origin, target = match.groups()
-        known = self._origins.get(origin)
-        if known is None:
-            try:
-                parsed = URI.fromBytes(origin)
-                endpoint = self.endpoints.endpointForURI(parsed)
-            except (ValueError, SchemeNotSupported):
-                # The stock Agent fails such a URL as documented.
-                return self.fallback.request(method, uri, headers, bodyProducer)
-            known = ((parsed.scheme, parsed.host, parsed.port), endpoint)
-            if len(self._origins) >= self.max_cached:
-                self._origins.clear()
-            self._origins[origin] = known
-        key, endpoint = known
-        persistent = self.pool.persistent
-
-        def connected(protocol: Any) -> Deferred[IResponse]:
-            return protocol.request(  # type: ignore[no-any-return]
-                Request(method, target, headers, bodyProducer, persistent)
-            )
-
-        return self.pool.getConnection(key, endpoint).addCallback(connected)
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """
-    The pool's connection factory, without a log line per connection.
-    """
-
-    noisy = False
 
 
 class GatewayService(Service):
@@ -471,9 +272,8 @@ class Gateway:
         )
         self.pool = HTTPConnectionPool(self.pool_timer, persistent=True)
         self.pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
-        # Twisted's documented way to keep the pool from logging "Starting
-        # factory" for every upstream connection.
-        self.pool._factory = _QuietClientFactory
+        # Quiet connections (no "Starting factory" log line for each).
+        use_gateway_factory(self.pool)
         if agent is None:
             agent = UpstreamAgent(
                 reactor,

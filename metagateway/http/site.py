@@ -19,7 +19,12 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.server import version as server_version
 
-from metagateway.errors import GatewayError, error_response, internal_error
+from metagateway.errors import (
+    GatewayError,
+    error_response,
+    internal_error,
+    request_id_of,
+)
 from metagateway.http.channel import (
     GatewayChannel,
     StreamingRequest,
@@ -239,8 +244,9 @@ class GatewayResource(Resource):
             note_route(request, label, login)
         elif target.kind == "webhooks":
             note_route(request, "WEBHOOK")
-        elif target.proxied is not None:
-            note_route(request, target.proxied.name)
+        else:
+            # A route's name, or the error's route (CORE for a 404).
+            note_route(request, target.route)
 
     def _dispatch(self, request: IRequest) -> Any:
         target = self.classify(request)
@@ -249,6 +255,7 @@ class GatewayResource(Resource):
             request.setResponseCode(204)
             for name, value in PREFLIGHT_HEADERS:
                 request.setHeader(name, value)
+            request.setHeader(b"X-Request-Id", request_id_of(request).encode("latin-1"))
             # Finished here: returning b"" would have Twisted add the
             # Content-Length a 204 must not carry.
             request.finish()

@@ -126,7 +126,7 @@ def note_route(request: IRequest, route: str, login: Optional[str] = None) -> No
 
     :param route: the label: a route name (``BUILD``, ``KV``, ``CORE``,
         ``BASE``) for proxied requests, else ``AUTH``, ``HEALTH``,
-        ``WEBHOOK``, ``PREFLIGHT`` (an unhandled path stays ``NONE``).
+        ``WEBHOOK``, ``PREFLIGHT`` (a request never routed stays ``NONE``).
     :param login: ``password`` or ``github`` when the request is a login.
     """
     request.metagatewayRoute = route  # type: ignore[attr-defined]

@@ -29,6 +29,7 @@ from metagateway.credentials.interfaces import (
     StoreUnavailable,
     UnknownAccount,
 )
+from metagateway.errors import GatewayError, error_response
 
 #: Upper bounds, in seconds, of the request latency histogram's buckets.
 LATENCY_BUCKETS = (
@@ -138,7 +139,7 @@ class Histogram:
             yield '%s_bucket{%sle="%s"} %d' % (name, labels, _number(bound), running)
         running += self.counts[-1]
         yield '%s_bucket{%sle="+Inf"} %d' % (name, labels, running)
-        braces = "{%s}" % (labels.rstrip(","),) if labels else ""
+        braces = _braces(labels)
         yield "%s_sum%s %s" % (name, braces, _number(self.sum))
         yield "%s_count%s %d" % (name, braces, self.count)
 
@@ -239,101 +240,122 @@ class Metrics:
         """
         Everything, in the Prometheus text format.
         """
-        worker = "" if self.worker is None else 'worker="%d",' % (self.worker,)
-        lines: list[str] = []
-
-        def family(name: str, kind: str, help_text: str) -> None:
-            lines.append("# HELP %s %s" % (name, help_text))
-            lines.append("# TYPE %s %s" % (name, kind))
-
-        def labels(**values: str) -> str:
-            return worker + "".join(
-                '%s="%s",' % (key, _escape(value)) for key, value in values.items()
-            )
-
-        def braces(text: str) -> str:
-            return "{%s}" % (text.rstrip(","),) if text else ""
-
-        family("metagateway_info", "gauge", "The gateway's version.")
-        lines.append("metagateway_info%s 1" % (braces(labels(version=__version__)),))
-
-        family(
+        out = _Exposition(self.worker)
+        out.family("metagateway_info", "gauge", "The gateway's version.")
+        out.sample("metagateway_info", 1, version=__version__)
+        out.counter(
             "metagateway_requests_total",
-            "counter",
             "Requests answered, by route, method and status class.",
+            self.requests.items(),
+            ("route", "method", "status"),
         )
-        for (route, method, status), count in sorted(self.requests.items()):
-            lines.append(
-                "metagateway_requests_total%s %d"
-                % (braces(labels(route=route, method=method, status=status)), count)
-            )
-
-        family(
+        out.family(
             "metagateway_requests_in_flight",
             "gauge",
             "Requests received and not yet answered.",
         )
-        lines.append(
-            "metagateway_requests_in_flight%s %d" % (braces(worker), self.in_flight)
-        )
-
-        family(
+        out.sample("metagateway_requests_in_flight", self.in_flight)
+        out.family(
             "metagateway_request_duration_seconds",
             "histogram",
             "Time from receiving a request to the end of its answer, by route.",
         )
         for route, histogram in sorted(self.latency.items()):
-            lines.extend(
-                histogram.samples(
-                    "metagateway_request_duration_seconds", labels(route=route)
-                )
+            out.histogram(
+                "metagateway_request_duration_seconds", histogram, route=route
             )
-
-        family(
+        out.counter(
             "metagateway_upstream_errors_total",
-            "counter",
             "Upstream failures by route and kind "
             "(timeout, unavailable, missing_target, truncated).",
+            self.upstream_errors.items(),
+            ("route", "error"),
         )
-        for (route, kind), count in sorted(self.upstream_errors.items()):
-            lines.append(
-                "metagateway_upstream_errors_total%s %d"
-                % (braces(labels(route=route, error=kind)), count)
-            )
-
-        family(
+        out.counter(
             "metagateway_logins_total",
-            "counter",
             "Login attempts by kind (password, github) and outcome.",
+            self.logins.items(),
+            ("kind", "outcome"),
         )
-        for (kind, outcome), count in sorted(self.logins.items()):
-            lines.append(
-                "metagateway_logins_total%s %d"
-                % (braces(labels(kind=kind, outcome=outcome)), count)
-            )
-
-        family(
+        out.counter(
             "metagateway_credential_store_lookups_total",
-            "counter",
             "Credential-store lookups by result (found, unknown, unavailable, error).",
+            [((result,), count) for result, count in self.store_lookups.items()],
+            ("result",),
         )
-        for result, count in sorted(self.store_lookups.items()):
-            lines.append(
-                "metagateway_credential_store_lookups_total%s %d"
-                % (braces(labels(result=result)), count)
-            )
-
-        family(
+        out.family(
             "metagateway_credential_store_lookup_seconds",
             "histogram",
             "Credential-store lookup latency.",
         )
-        lines.extend(
-            self.store_latency.samples(
-                "metagateway_credential_store_lookup_seconds", worker
-            )
+        out.histogram("metagateway_credential_store_lookup_seconds", self.store_latency)
+        return out.text()
+
+
+class _Exposition:
+    """
+    The lines of one exposition, being written: each sample carries the
+    ``worker`` label first, when there is one.
+
+    :param worker: the worker index, or ``None`` in a single process.
+    """
+
+    def __init__(self, worker: Optional[int]) -> None:
+        self.worker = "" if worker is None else 'worker="%d",' % (worker,)
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        """
+        Announce a metric family: its ``HELP`` and ``TYPE`` lines.
+        """
+        self.lines.append("# HELP %s %s" % (name, help_text))
+        self.lines.append("# TYPE %s %s" % (name, kind))
+
+    def labels(self, **values: str) -> str:
+        """
+        The worker label and ``values``, each as ``key="value",`` (values
+        escaped), in order.
+        """
+        return self.worker + "".join(
+            '%s="%s",' % (key, _escape(value)) for key, value in values.items()
         )
-        return ("\n".join(lines) + "\n").encode("utf-8")
+
+    def sample(self, name: str, value: int, **labels: str) -> None:
+        """
+        One sample line of an integer ``value``.
+        """
+        self.lines.append("%s%s %d" % (name, _braces(self.labels(**labels)), value))
+
+    def counter(
+        self,
+        name: str,
+        help_text: str,
+        counts: Iterable[tuple[tuple[str, ...], int]],
+        label_names: tuple[str, ...],
+    ) -> None:
+        """
+        A counter family: one sample per ``(key, count)`` of ``counts``,
+        sorted by key, the key's parts the values of ``label_names``.
+        """
+        self.family(name, "counter", help_text)
+        for key, count in sorted(counts):
+            self.sample(name, count, **dict(zip(label_names, key)))
+
+    def histogram(self, name: str, histogram: Histogram, **labels: str) -> None:
+        """
+        The sample lines of one histogram.
+        """
+        self.lines.extend(histogram.samples(name, self.labels(**labels)))
+
+    def text(self) -> bytes:
+        """
+        The exposition's bytes.
+        """
+        return ("\n".join(self.lines) + "\n").encode("utf-8")
+
+
+def _braces(labels: str) -> str:
+    return "{%s}" % (labels.rstrip(","),) if labels else ""
 
 
 @implementer(ICredentialStore)
@@ -404,8 +426,6 @@ class MetricsResource(Resource):
         """
         Answer a scrape.
         """
-        from metagateway.errors import GatewayError, error_response
-
         if request.path != b"/metrics" or request.method not in (b"GET", b"HEAD"):
             return error_response(
                 request, GatewayError(404, "NOT_FOUND", "Route not handled", "CORE")

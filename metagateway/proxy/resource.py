@@ -1,8 +1,15 @@
 """
-The proxy: a :class:`twisted.web.proxy.ReverseProxyResource` subclass that
-checks tokens per route, strips the route prefix, and relays requests to an
-upstream through a pooled :class:`twisted.web.client.Agent`, streaming both
-bodies with backpressure (CONTRACT §5, ``docs/proxy.rst``).
+The proxy: a :class:`~twisted.web.resource.Resource` that checks tokens
+per route, strips the route prefix, and relays requests to an upstream
+through a pooled ``Agent``, streaming both bodies with backpressure
+(CONTRACT §5, ``docs/proxy.rst``).
+
+It is not a :class:`twisted.web.proxy.ReverseProxyResource` subclass,
+though it plays that part: the stock class's constructor arguments (a
+plain-TCP host, port and path), its ``getChild`` (a new resource per
+segment, each re-quoted) and its ``render`` (the whole body read, a
+``Connection: close`` client, a 501 HTML page on failure) are all things
+the gateway must not use, so there would be nothing of it left to inherit.
 
 One request's trip is an :class:`_Exchange`: it sends the request (its body
 streamed from a :class:`~metagateway.http.channel.StreamingBody` when the
@@ -16,11 +23,11 @@ from __future__ import annotations
 
 import re
 from typing import Any, Callable, Optional
-from urllib.parse import urlsplit
 
+from OpenSSL.SSL import Error as OpenSSLError
+from service_identity import VerificationError
 from zope.interface import implementer
 
-from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import CertificateError
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -28,11 +35,11 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import URI, FileBodyProducer, ResponseDone
-from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
+from twisted.web.client import FileBodyProducer, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
-from twisted.web.proxy import ReverseProxyResource
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from metagateway.auth.tokens import Claims, InvalidToken, TokenAuthority, request_token
@@ -44,51 +51,17 @@ from metagateway.errors import (
 )
 from metagateway.http.channel import BodyListener, StreamingBody, when_done
 from metagateway.observability.accesslog import note_subject, note_upstream
+from metagateway.proxy.headers import (
+    adopt_response_headers,
+    upstream_headers,
+    upstream_host,
+    upstream_url,
+)
+from metagateway.proxy.twisted_internals import lost_uncleanly
 from metagateway.routes import Route
 from metagateway.timers import SharedTimer
 
 log = Logger()
-
-#: Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded either way.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-
-#: Request headers the proxy sets itself, or must never pass on.
-#: ``Expect`` was answered by the gateway (``100 Continue``) already.
-_REQUEST_DROPPED = HOP_BY_HOP | {
-    b"authorization",
-    b"host",
-    b"content-length",
-    b"expect",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-    b"x-request-id",
-}
-
-
-def connection_tokens(headers: Headers) -> set[bytes]:
-    """
-    The header names listed in ``Connection``, lower-cased.
-    """
-    named: set[bytes] = set()
-    for value in headers.getRawHeaders(b"connection") or ():
-        for token in value.split(b","):
-            token = token.strip().lower()
-            if token:
-                named.add(token)
-    return named
 
 
 def unauthorized(status: int, code: str, route: str) -> GatewayError:
@@ -121,119 +94,6 @@ def check_token(
     if not claims.may_reach(route.name):
         raise unauthorized(403, "INVALID_TOKEN", route.name)
     return claims
-
-
-def upstream_host(base_url: str) -> bytes:
-    """
-    The ``Host`` header of requests to ``base_url``: what Twisted's
-    ``Agent`` would add (the host, its port unless the scheme's default,
-    an IPv6 address in brackets), computed once rather than per request.
-    """
-    uri = URI.fromBytes(base_url.encode("utf-8"))
-    host: bytes = uri.host
-    if isIPv6Address(host.decode("ascii", "replace")):
-        host = b"[" + host + b"]"
-    if (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443)):
-        return host
-    return b"%b:%d" % (host, uri.port)
-
-
-def upstream_headers(
-    request: IRequest,
-    route: Route,
-    claims: Optional[Claims],
-    request_id: str,
-    host_header: Optional[bytes] = None,
-) -> Headers:
-    """
-    The headers sent upstream: the client's end-to-end headers less
-    ``Authorization`` and every ``X-Gateway-*``, plus the gateway's own.
-
-    :param host_header: the upstream's ``Host``, when known; without it
-        the ``Agent`` adds one (on a copy of every header).
-    """
-    incoming = request.requestHeaders
-    dropped = _REQUEST_DROPPED
-    if incoming.hasHeader(b"connection"):
-        dropped = dropped | connection_tokens(incoming)
-    outgoing = Headers()
-    set_header = outgoing.setRawHeaders
-    forwarded = b""
-    host = None
-    for name, values in incoming.getAllRawHeaders():
-        lowered = name.lower()
-        if lowered in dropped or lowered.startswith(b"x-gateway-"):
-            if lowered == b"x-forwarded-for":
-                forwarded = b", ".join(values)
-            elif lowered == b"host" and values:
-                host = values[0]
-            continue
-        set_header(name, values)
-    set_header(b"X-Gateway-Route", [route.name.encode("ascii")])
-    if claims is not None:
-        set_header(b"X-Gateway-User", [claims.project_id.encode("utf-8")])
-        set_header(b"X-Gateway-Scopes", [",".join(claims.scopes).encode("utf-8")])
-    peer = getattr(request.getClientAddress(), "host", None)
-    if peer:
-        hop = peer.encode("ascii", "replace")
-        forwarded = forwarded + b", " + hop if forwarded else hop
-    if forwarded:
-        set_header(b"X-Forwarded-For", [forwarded])
-    set_header(b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"])
-    if host:
-        set_header(b"X-Forwarded-Host", [host])
-    set_header(b"X-Request-Id", [request_id.encode("latin-1")])
-    if host_header is not None:
-        set_header(b"Host", [host_header])
-    return outgoing
-
-
-def adopt_response_headers(response: IResponse, request: IRequest) -> None:
-    """
-    Answer ``request`` with an upstream's end-to-end response headers, and
-    add ``Access-Control-Allow-Origin: *`` unless the upstream set one: the
-    one addition CONTRACT §5 allows.
-
-    The upstream's ``Headers`` become the request's response headers (one
-    header set rather than a copy of each), less the hop-by-hop ones; what
-    the gateway had set already (``Server``, ``Date``, a ``Connection:
-    close``) stays only where the upstream sent no such header.
-    """
-    headers = response.headers
-    named = connection_tokens(headers)
-    dropped = (HOP_BY_HOP | named) if named else HOP_BY_HOP
-    hop = [name for name, _ in headers.getAllRawHeaders() if name.lower() in dropped]
-    for name in hop:
-        headers.removeHeader(name)
-    for name, values in request.responseHeaders.getAllRawHeaders():
-        if not headers.hasHeader(name):
-            headers.setRawHeaders(name, values)
-    request.responseHeaders = headers
-    if not headers.hasHeader(b"access-control-allow-origin"):
-        headers.setRawHeaders(b"Access-Control-Allow-Origin", [b"*"])
-    # The client parser keeps Content-Length out of ``headers``. A 204 must
-    # not carry one, and a 304's would describe another answer's body, not
-    # the empty one Twisted's client reports.
-    if (
-        isinstance(response.length, int)
-        and request.method != b"HEAD"
-        and response.code not in NO_BODY_CODES
-    ):
-        headers.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])
-
-
-def upstream_url(base: bytes, rest: list[bytes], uri: bytes) -> bytes:
-    """
-    The upstream URL: the service URL without its trailing slash, then the
-    rest of the path (``/`` if nothing is left), then the original query
-    string, byte for byte.
-
-    :param base: the service URL without its trailing slash, as bytes.
-    :param rest: the raw path segments after the prefix.
-    :param uri: the original request target.
-    """
-    _, question, query = uri.partition(b"?")
-    return base + b"/" + b"/".join(rest) + question + query
 
 
 def declared_length(request: IRequest) -> Optional[int]:
@@ -273,24 +133,9 @@ def tls_failure(failure: Failure) -> Optional[BaseException]:
     return None
 
 
-def _tls_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [CertificateError]
-    try:
-        from OpenSSL.SSL import Error as OpenSSLError
-
-        errors.append(OpenSSLError)
-    except ImportError:  # pragma: no cover - TLS not installed
-        pass
-    try:
-        from service_identity import VerificationError
-
-        errors.append(VerificationError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
-
-
-_TLS_ERRORS = _tls_errors()
+#: What a failed TLS handshake or certificate check raises (``twisted[tls]``
+#: is a dependency: pyOpenSSL and service_identity are always there).
+_TLS_ERRORS = (CertificateError, OpenSSLError, VerificationError)
 
 
 def describe(failure: Failure) -> str:
@@ -455,7 +300,7 @@ class _Exchange(BodyListener):
         note_upstream(request, status=response.code)
         request.setResponseCode(response.code, response.phrase)
         adopt_response_headers(response, request)
-        self.relay = _BodyRelay(self)
+        self.relay = _BodyRelay(self, response)
         response.deliverBody(self.relay)
         return None
 
@@ -588,10 +433,14 @@ class _BodyRelay(Protocol):
     """
     Writes an upstream's answer body to the client as it arrives, pausing
     the upstream while the client is not reading.
+
+    :param exchange: the exchange the answer belongs to.
+    :param response: the upstream's answer.
     """
 
-    def __init__(self, exchange: _Exchange) -> None:
+    def __init__(self, exchange: _Exchange, response: IResponse) -> None:
         self.exchange = exchange
+        self.response = response
         self.request: Any = exchange.request
         self._registered = False
 
@@ -636,6 +485,10 @@ class _BodyRelay(Protocol):
             request.unregisterProducer()
         # isinstance rather than Failure.check, which builds the names of
         # every class in the exception's hierarchy, on every answer.
+        if isinstance(reason.value, PotentialDataLoss):
+            # A body that ends with its connection: complete if the
+            # upstream closed it, truncated if the connection was reset.
+            reason = lost_uncleanly(self.response) or reason
         if isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
             request.finish()
         else:
@@ -649,15 +502,15 @@ class _BodyRelay(Protocol):
             cut_client(request)
 
 
-class GatewayProxyResource(ReverseProxyResource):
+class GatewayProxyResource(Resource):
     """
     Relays one route's requests to its upstream.
 
-    Unlike the stock class, it speaks through a pooled ``Agent`` (HTTP/1.1,
-    keep-alive, TLS), streams both bodies, times the upstream, and answers
-    failures in the contract's JSON. The root resource hands it a request
-    whose ``postpath`` holds the raw (still percent-encoded) segments after
-    the prefix.
+    Unlike the stock ``ReverseProxyResource``, it speaks through a pooled
+    ``Agent`` (HTTP/1.1, keep-alive, TLS), streams both bodies, times the
+    upstream, and answers failures in the contract's JSON. The root
+    resource hands it a request whose ``postpath`` holds the raw (still
+    percent-encoded) segments after the prefix.
 
     :param route: the route this resource serves.
     :param base_url: the service URL, or ``None`` when unset.
@@ -684,13 +537,7 @@ class GatewayProxyResource(ReverseProxyResource):
         cooperator: Optional[Cooperator] = None,
         max_body: int = 0,
     ) -> None:
-        parts = urlsplit(base_url or "http://unset.invalid")
-        super().__init__(
-            parts.hostname or "",
-            parts.port or (443 if parts.scheme == "https" else 80),
-            parts.path.rstrip("/").encode("utf-8"),
-            clock,
-        )
+        super().__init__()
         self.route = route
         self.base_url = base_url
         self.agent = agent

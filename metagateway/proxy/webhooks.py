@@ -45,7 +45,7 @@ from metagateway.errors import (
     write_json,
 )
 from metagateway.http.client import read_limited, timed_out
-from metagateway.proxy.resource import HOP_BY_HOP, connection_tokens
+from metagateway.proxy.headers import HOP_BY_HOP, connection_tokens
 
 log = Logger()
 

@@ -226,7 +226,7 @@ class MetricsTests(DaemonCase):
             )
             text = (await r.content()).decode("utf-8")
             self.assertIn(
-                'metagateway_requests_total{route="NONE",method="GET",status="4xx"} 1',
+                'metagateway_requests_total{route="CORE",method="GET",status="4xx"} 1',
                 text,
             )
             self.assertIn(

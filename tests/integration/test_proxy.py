@@ -13,14 +13,25 @@ import datetime
 import hashlib
 import json
 import platform
+import socket
+import struct
 from typing import Any, Callable, Optional
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from treq import collect
 from zope.interface import implementer
 
-from twisted.internet import reactor
+from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -241,6 +252,7 @@ class RawClient(Protocol):
         self.data = b""
         self.closed: Deferred[bytes] = Deferred()
         self.arrived: Optional[Deferred[None]] = None
+        self.reason: Optional[Failure] = None
         self._want = 0
 
     def dataReceived(self, data: bytes) -> None:
@@ -262,6 +274,7 @@ class RawClient(Protocol):
         return d
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.reason = reason
         self.closed.callback(self.data)
 
 
@@ -284,11 +297,6 @@ def self_signed(directory: FilePath) -> str:
     Write a self-signed certificate and key for ``127.0.0.1``; return the
     PEM file's path.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -441,8 +449,6 @@ class ProxyDaemonTests(TestCase):
                 size += len(data)
                 digest.update(data)
 
-            from treq import collect
-
             await collect(response, take)
             self.assertEqual((size, digest.hexdigest()), (BIG, big_digest()))
             self.check_memory(before)
@@ -533,12 +539,44 @@ class ProxyDaemonTests(TestCase):
 
     def test_upstream_refuses(self) -> Deferred[None]:
         """
-        Nothing listening: ``502 UPSTREAM_UNAVAILABLE``.
+        Nothing listening: ``502 UPSTREAM_UNAVAILABLE``, at once (an
+        address is not resolved: no 0.3 s attempt delay, which every such
+        answer used to take).
         """
 
         async def go() -> None:
             base = await self.daemon("http://127.0.0.1:%d" % (refusing_port(self),))
-            await self.json_error(base + "/kv/x", 502, "UPSTREAM_UNAVAILABLE")
+            took = []
+            for _ in range(5):
+                started = reactor.seconds()
+                await self.json_error(base + "/kv/x", 502, "UPSTREAM_UNAVAILABLE")
+                took.append(reactor.seconds() - started)
+            self.assertLess(min(took), 0.25, took)
+
+        return ensureDeferred(go())
+
+    def test_own_answers_carry_request_id(self) -> Deferred[None]:
+        """
+        The gateway's own answers (health, the preflight, a 404, an
+        upstream failure) carry the client's ``X-Request-Id``.
+        """
+
+        async def go() -> None:
+            base = await self.daemon("http://127.0.0.1:%d" % (refusing_port(self),))
+            sent = {b"X-Request-Id": [b"trace-1"]}
+            for method, path, status in (
+                ("GET", "/health", 200),
+                ("OPTIONS", "/kv/x", 204),
+                ("GET", "/nowhere", 404),
+                ("GET", "/kv/x", 502),
+            ):
+                response = await self.http.request(method, base + path, headers=sent)
+                await response.content()
+                self.assertEqual(
+                    (response.code, response.headers.getRawHeaders(b"x-request-id")),
+                    (status, [b"trace-1"]),
+                    (method, path),
+                )
 
         return ensureDeferred(go())
 
@@ -603,6 +641,71 @@ class ProxyDaemonTests(TestCase):
 
         return ensureDeferred(go())
 
+    def reset_mid_close_delimited_body(self, upstream: RawUpstream) -> None:
+        """
+        Answer with a body that ends with the connection (no length, not
+        chunked), then reset the connection (``SO_LINGER`` 0: an RST, not
+        a FIN) instead of closing it.
+        """
+        transport: Any = upstream.transport
+        transport.write(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n" + b"x" * 1000)
+
+        def reset() -> None:
+            transport.getHandle().setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            transport.abortConnection()
+
+        # After the bytes have gone: the gateway must see them, then the RST.
+        reactor.callLater(0.2, reset)
+
+    def test_close_delimited_body_reset(self) -> Deferred[None]:
+        """
+        An upstream answer delimited by its connection's end, cut by a
+        reset: an HTTP/1.0 client's connection (its answer delimited the
+        same way) is reset, not closed as if the answer were complete.
+        """
+
+        async def go() -> None:
+            _, url = self.raw(self.reset_mid_close_delimited_body)
+            await self.daemon(url)
+            client = await self.connect()
+            client.transport.write(b"GET /kv/x HTTP/1.0\r\n\r\n")  # type: ignore[union-attr]
+            data = await client.closed
+            self.assertEqual(parse(data)[0], 200)
+            assert client.reason is not None
+            self.assertIsInstance(client.reason.value, ConnectionLost)
+            self.assertNotIsInstance(client.reason.value, ConnectionDone)
+
+        return ensureDeferred(go())
+
+    def test_close_delimited_body_reset_chunked(self) -> Deferred[None]:
+        """
+        The same cut answer to an HTTP/1.1 client, relayed chunked: it
+        never gets the last chunk; closed cleanly instead, it does.
+        """
+
+        async def go() -> None:
+            def answer(upstream: RawUpstream) -> None:
+                if upstream.data.startswith(b"GET /reset "):
+                    self.reset_mid_close_delimited_body(upstream)
+                    return
+                transport: Any = upstream.transport
+                transport.write(b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 1000)
+                transport.loseConnection()
+
+            _, url = self.raw(answer)
+            await self.daemon(url)
+            head = b"HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+            data = await self.exchange(b"GET /kv/reset " + head)
+            status, headers, body = parse(data)
+            self.assertEqual((status, headers[b"transfer-encoding"]), (200, b"chunked"))
+            self.assertNotIn(b"0\r\n\r\n", body)
+            data = await self.exchange(b"GET /kv/close " + head)
+            self.assertTrue(parse(data)[2].endswith(b"\r\n0\r\n\r\n"))
+
+        return ensureDeferred(go())
+
     def test_tls_verification_fails(self) -> Deferred[None]:
         """
         An HTTPS upstream whose certificate is not trusted: ``502``, and a
@@ -610,8 +713,6 @@ class ProxyDaemonTests(TestCase):
         """
 
         async def go() -> None:
-            from twisted.internet import ssl
-
             try:
                 pem = self_signed(FilePath(self.mktemp()))
             except ImportError:
@@ -719,7 +820,8 @@ class ProxyDaemonTests(TestCase):
 
     def test_header_hygiene(self) -> Deferred[None]:
         """
-        Hop-by-hop headers cross neither way, the forwarding headers are
+        Hop-by-hop headers (and those ``Connection`` names) cross neither
+        way, the forwarding headers are
         set, the request id goes upstream (and the answer carries no header
         the upstream did not send but the CORS one), and repeated headers
         keep all their values.
@@ -730,7 +832,8 @@ class ProxyDaemonTests(TestCase):
                 upstream.transport.write(  # type: ignore[union-attr]
                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
                     b"Keep-Alive: timeout=5\r\nUpgrade: h2c\r\nTrailer: X-Sum\r\n"
-                    b"Proxy-Authenticate: Basic\r\n"
+                    b"Proxy-Authenticate: Basic\r\nConnection: X-Secret\r\n"
+                    b"X-Secret: 1\r\n"
                     b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nok"
                 )
 
@@ -762,7 +865,13 @@ class ProxyDaemonTests(TestCase):
             self.assertEqual(names.count(b"accept"), 2)
             status, headers, body = parse(data)
             self.assertEqual((status, body), (200, b"ok"))
-            for hop in (b"keep-alive", b"upgrade", b"trailer", b"proxy-authenticate"):
+            for hop in (
+                b"keep-alive",
+                b"upgrade",
+                b"trailer",
+                b"proxy-authenticate",
+                b"x-secret",
+            ):
                 self.assertNotIn(hop, headers)
             self.assertNotIn(b"x-request-id", headers)
             self.assertEqual(

@@ -212,13 +212,14 @@ class ProxiedRequestTests(SynchronousTestCase):
 
     def test_unhandled_path(self) -> None:
         """
-        A path no route handles is logged under route ``NONE``.
+        A path no route handles is logged under route ``CORE``, the
+        ``route`` of its ``404`` body.
         """
         self.send(get(b"/nowhere?x=1"))
         event = self.events.one(self)
         self.assertEqual(
             (event["route"], event["status"], event["path"]),
-            ("NONE", 404, "/nowhere"),
+            ("CORE", 404, "/nowhere"),
         )
 
     def test_preflight(self) -> None:
@@ -379,7 +380,7 @@ class JSONTests(SynchronousTestCase):
         harness.send(get(b"/health"))
         lines = out.getvalue().splitlines()
         self.assertEqual(
-            [json.loads(line)["route"] for line in lines], ["NONE", "HEALTH"]
+            [json.loads(line)["route"] for line in lines], ["CORE", "HEALTH"]
         )
 
     def test_buffered_stream(self) -> None:
@@ -398,7 +399,7 @@ class JSONTests(SynchronousTestCase):
         clock.advance(0.5)
         lines = out.getvalue().splitlines()
         self.assertEqual(
-            [json.loads(line)["route"] for line in lines], ["NONE", "HEALTH"]
+            [json.loads(line)["route"] for line in lines], ["CORE", "HEALTH"]
         )
         harness.send(get(b"/nowhere"))
         access_log.flush()

@@ -1,6 +1,6 @@
 """
-Tests for :class:`metagateway.gateway.UpstreamEndpoints`, the proxy
-``Agent``'s endpoint factory, and :class:`~metagateway.gateway.UpstreamAgent`,
+Tests for :class:`metagateway.proxy.upstream.UpstreamEndpoints`, the proxy
+``Agent``'s endpoint factory, and :class:`~metagateway.proxy.upstream.UpstreamAgent`,
 the proxy's HTTP client.
 """
 
@@ -12,15 +12,22 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+)
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
 
-from metagateway.gateway import UpstreamAgent, UpstreamEndpoints
+from metagateway.proxy.upstream import UpstreamAgent, UpstreamEndpoints
 
 
 @implementer(IPolicyForHTTPS)
@@ -94,6 +101,39 @@ class UpstreamEndpointsTests(SynchronousTestCase):
         endpoint.connect(Factory.forProtocol(Protocol))
         [(host, port, _, timeout, _)] = self.reactor.tcpClients
         self.assertEqual((host, port, timeout), ("127.0.0.1", 8443, 7.5))
+
+    def test_addresses_not_resolved(self) -> None:
+        """
+        A host that is an IPv4 or IPv6 address gets a plain TCP endpoint
+        (nothing to resolve); a name gets a ``HostnameEndpoint``.
+        """
+        four = self.endpoints.endpointForURI(uri(b"http://127.0.0.1:8080/"))
+        six = self.endpoints.endpointForURI(uri(b"http://[::1]:8080/"))
+        name = self.endpoints.endpointForURI(uri(b"http://localhost:8080/"))
+        self.assertIsInstance(four, TCP4ClientEndpoint)
+        self.assertIsInstance(six, TCP6ClientEndpoint)
+        self.assertIsInstance(name, HostnameEndpoint)
+        six.connect(Factory.forProtocol(Protocol))
+        [(host, port, _, timeout, _)] = self.reactor.tcpClients
+        self.assertEqual((host, port, timeout), ("::1", 8080, 7.5))
+
+    def test_address_refused_at_once(self) -> None:
+        """
+        A refused connection to an address fails the connection attempt
+        at once, with no time passing (``HostnameEndpoint`` waited out its
+        0.3 s attempt delay first).
+        """
+        for url in (b"http://127.0.0.1:8080/", b"https://127.0.0.1:8443/"):
+            reactor = MemoryReactorClock()
+            endpoints = UpstreamEndpoints(reactor, self.policy, 7.5)
+            attempt = endpoints.endpointForURI(uri(url)).connect(
+                Factory.forProtocol(Protocol)
+            )
+            [(_, _, factory, _, _)] = reactor.tcpClients
+            connector = reactor.connectors[0]
+            factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+            self.failureResultOf(attempt, ConnectionRefusedError)
+            self.assertEqual(reactor.seconds(), 0)
 
     def test_scheme_and_port_keyed(self) -> None:
         """

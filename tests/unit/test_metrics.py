@@ -19,6 +19,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
+from metagateway import __version__
 from metagateway.auth.passwords import make_record
 from metagateway.credentials.interfaces import (
     AccountRecord,
@@ -155,7 +156,7 @@ class RequestMetricsTests(SynchronousTestCase):
             self.metrics.requests,
             {
                 ("HEALTH", "GET", "2xx"): 2,
-                ("NONE", "GET", "4xx"): 1,
+                ("CORE", "GET", "4xx"): 1,
                 ("KV", "OTHER", "4xx"): 1,
             },
         )
@@ -406,6 +407,85 @@ class MeasuredStoreTests(SynchronousTestCase):
         self.assertEqual(self.metrics.store_lookups, {"error": 1})
 
 
+#: What ``ExpositionTests.test_whole_text`` expects.
+WHOLE_TEXT = """\
+# HELP metagateway_info The gateway's version.
+# TYPE metagateway_info gauge
+metagateway_info{worker="2",version="VERSION"} 1
+# HELP metagateway_requests_total Requests answered, by route, method and status class.
+# TYPE metagateway_requests_total counter
+metagateway_requests_total{worker="2",route="KV",method="GET",status="5xx"} 1
+metagateway_requests_total{worker="2",route="a\\"b",method="OTHER",status="2xx"} 1
+# HELP metagateway_requests_in_flight Requests received and not yet answered.
+# TYPE metagateway_requests_in_flight gauge
+metagateway_requests_in_flight{worker="2"} 1
+# HELP metagateway_request_duration_seconds Time from receiving a request to the end of its answer, by route.
+# TYPE metagateway_request_duration_seconds histogram
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="0.001"} 0
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="0.0025"} 0
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="0.005"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="0.01"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="0.025"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="0.05"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="0.1"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="0.25"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="0.5"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="1.0"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="2.5"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="5.0"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="10.0"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="30.0"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="60.0"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="KV",le="+Inf"} 1
+metagateway_request_duration_seconds_sum{worker="2",route="KV"} 0.003
+metagateway_request_duration_seconds_count{worker="2",route="KV"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="0.001"} 0
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="0.0025"} 0
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="0.005"} 0
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="0.01"} 0
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="0.025"} 0
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="0.05"} 0
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="0.1"} 0
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="0.25"} 0
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="0.5"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="1.0"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="2.5"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="5.0"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="10.0"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="30.0"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="60.0"} 1
+metagateway_request_duration_seconds_bucket{worker="2",route="a\\"b",le="+Inf"} 1
+metagateway_request_duration_seconds_sum{worker="2",route="a\\"b"} 0.5
+metagateway_request_duration_seconds_count{worker="2",route="a\\"b"} 1
+# HELP metagateway_upstream_errors_total Upstream failures by route and kind (timeout, unavailable, missing_target, truncated).
+# TYPE metagateway_upstream_errors_total counter
+metagateway_upstream_errors_total{worker="2",route="KV",error="timeout"} 1
+# HELP metagateway_logins_total Login attempts by kind (password, github) and outcome.
+# TYPE metagateway_logins_total counter
+metagateway_logins_total{worker="2",kind="password",outcome="success"} 1
+# HELP metagateway_credential_store_lookups_total Credential-store lookups by result (found, unknown, unavailable, error).
+# TYPE metagateway_credential_store_lookups_total counter
+metagateway_credential_store_lookups_total{worker="2",result="found"} 1
+# HELP metagateway_credential_store_lookup_seconds Credential-store lookup latency.
+# TYPE metagateway_credential_store_lookup_seconds histogram
+metagateway_credential_store_lookup_seconds_bucket{worker="2",le="0.001"} 0
+metagateway_credential_store_lookup_seconds_bucket{worker="2",le="0.005"} 0
+metagateway_credential_store_lookup_seconds_bucket{worker="2",le="0.01"} 0
+metagateway_credential_store_lookup_seconds_bucket{worker="2",le="0.025"} 1
+metagateway_credential_store_lookup_seconds_bucket{worker="2",le="0.05"} 1
+metagateway_credential_store_lookup_seconds_bucket{worker="2",le="0.1"} 1
+metagateway_credential_store_lookup_seconds_bucket{worker="2",le="0.25"} 1
+metagateway_credential_store_lookup_seconds_bucket{worker="2",le="0.5"} 1
+metagateway_credential_store_lookup_seconds_bucket{worker="2",le="1.0"} 1
+metagateway_credential_store_lookup_seconds_bucket{worker="2",le="2.5"} 1
+metagateway_credential_store_lookup_seconds_bucket{worker="2",le="5.0"} 1
+metagateway_credential_store_lookup_seconds_bucket{worker="2",le="10.0"} 1
+metagateway_credential_store_lookup_seconds_bucket{worker="2",le="+Inf"} 1
+metagateway_credential_store_lookup_seconds_sum{worker="2"} 0.02
+metagateway_credential_store_lookup_seconds_count{worker="2"} 1
+"""
+
+
 class ExpositionTests(SynchronousTestCase):
     """
     The text format.
@@ -456,6 +536,23 @@ class ExpositionTests(SynchronousTestCase):
         text = metrics.exposition().decode("utf-8")
         self.assertIn('route="a\\"b\\\\c\\nd"', text)
         samples(text.encode("utf-8"))
+
+    def test_whole_text(self) -> None:
+        """
+        The exposition of a worker's counters, byte for byte: every family
+        in order, its ``HELP`` and ``TYPE`` lines, samples sorted by label,
+        cumulative buckets, escaped label values.
+        """
+        metrics = Metrics(2)
+        metrics.observe_request("KV", b"GET", 504, 0.003, error="UPSTREAM_TIMEOUT")
+        metrics.observe_request('a"b', b"BREW", 200, 0.5)
+        metrics.observe_login("password", 200, None)
+        metrics.observe_store_lookup(0.02, "found")
+        metrics.in_flight = 1
+        self.assertEqual(
+            metrics.exposition().decode("utf-8"),
+            WHOLE_TEXT.replace("VERSION", __version__),
+        )
 
 
 class ResourceTests(SynchronousTestCase):

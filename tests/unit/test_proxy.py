@@ -15,10 +15,15 @@ from typing import Any
 from OpenSSL import SSL
 from zope.interface import directlyProvides
 
-from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectError,
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+)
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
@@ -26,11 +31,15 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from metagateway import errors
+from metagateway.credentials.memory import MemoryCredentialStore
 from metagateway.errors import new_request_id
-from metagateway.gateway import GatewayService
+from metagateway.gateway import Gateway, GatewayService
 from metagateway.http.drain import InFlight
-from metagateway.proxy.resource import _Watchdog, upstream_host
+from metagateway.http.site import GatewaySite
+from metagateway.proxy.headers import upstream_host
+from metagateway.proxy.resource import _Discard, _Watchdog
 from metagateway.timers import SharedTimer
+from tests.helpers import make_config
 from tests.unit.test_streaming import (
     CLIENT,
     SERVER,
@@ -38,6 +47,7 @@ from tests.unit.test_streaming import (
     FakeResponse,
     ParsedResponse,
     chunk,
+    parse_responses,
     post_head,
 )
 
@@ -57,8 +67,6 @@ class LogCapture:
         case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     def text(self) -> str:
-        from twisted.logger import formatEvent
-
         return "\n".join(formatEvent(event) for event in self.events)
 
 
@@ -528,8 +536,6 @@ class BackpressureTests(SynchronousTestCase):
         self.assertEqual(h.response().code, 504)
         # A racing answer (the fake's Deferred is already cancelled, so
         # hand it to the relay's stand-in directly).
-        from metagateway.proxy.resource import _Discard
-
         response = FakeResponse()
         response.deliverBody(_Discard())
         self.assertEqual(response.transport.producerState, "stopped")
@@ -816,3 +822,144 @@ class WatchdogTests(SynchronousTestCase):
         watchdog.arm()
         self.assertEqual(len(watchdog.timer), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RealClientHarness:
+    """
+    A gateway served over a ``StringTransport``, whose ``KV`` upstream is
+    reached through its own pooled client (Twisted's HTTP/1.1 client
+    protocol) over another ``StringTransport``: what the upstream says is
+    parsed as on a real connection.
+    """
+
+    def __init__(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.gateway = Gateway(
+            make_config(services={"KV": "http://127.0.0.1:8080"}),
+            self.clock,
+            store=MemoryCredentialStore([]),
+            access_log=None,
+        )
+        site = GatewaySite(self.gateway.resource, reactor=self.clock)
+        self.channel = site.buildProtocol(CLIENT)
+        self.client = StringTransport(hostAddress=SERVER, peerAddress=CLIENT)
+        self.channel.makeConnection(self.client)
+        self.upstream: Any = None
+        self.upstream_transport = StringTransport()
+
+    def ask(self, request: bytes) -> None:
+        """
+        Send ``request`` to the gateway and connect its upstream call.
+        """
+        self.channel.dataReceived(request)
+        [(_, _, factory, _, _)] = self.clock.tcpClients
+        self.upstream = factory.buildProtocol(None)
+        self.upstream.makeConnection(self.upstream_transport)
+        assert self.upstream_transport.value().startswith(b"GET /x HTTP/1.1\r\n")
+
+    def answer(self, data: bytes) -> None:
+        """
+        The upstream sends ``data``.
+        """
+        self.upstream.dataReceived(data)
+
+    def upstream_lost(self, reason: BaseException) -> None:
+        """
+        The upstream connection ends, for ``reason``.
+        """
+        self.upstream.connectionLost(Failure(reason))
+
+
+#: An answer framed by the end of its connection (no length, not chunked).
+CLOSE_DELIMITED = b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nhello"
+
+
+class CloseDelimitedTests(SynchronousTestCase):
+    """
+    An upstream answer whose body ends with its connection is complete
+    when the upstream closes the connection, and truncated (never passed on
+    as complete) when the connection is reset.
+    """
+
+    def setUp(self) -> None:
+        self.harness = RealClientHarness()
+        self.logs = LogCapture(self)
+
+    def test_closed_is_complete(self) -> None:
+        """
+        Closed by the upstream: the client's chunked answer ends with its
+        last chunk, and its connection stays open.
+        """
+        h = self.harness
+        h.ask(get(b"/kv/x"))
+        h.answer(CLOSE_DELIMITED)
+        h.upstream_lost(ConnectionDone())
+        [response] = parse_responses(h.client.value())
+        self.assertEqual((response.code, response.body), (200, b"hello"))
+        self.assertTrue(response.complete)
+        self.assertFalse(h.client.disconnecting)
+
+    def test_reset_is_truncated(self) -> None:
+        """
+        Reset: the client's chunked answer lacks its last chunk and its
+        connection is closed; the log says why.
+        """
+        h = self.harness
+        h.ask(get(b"/kv/x"))
+        h.answer(CLOSE_DELIMITED)
+        h.upstream_lost(ConnectionLost("Connection reset by peer"))
+        [response] = parse_responses(h.client.value())
+        self.assertEqual((response.code, response.body), (200, b"hello"))
+        self.assertFalse(response.complete)
+        self.assertNotIn(b"0\r\n\r\n", h.client.value())
+        self.assertTrue(h.client.disconnecting)
+        self.assertIn("failed mid-body", self.logs.text())
+        self.assertIn("Connection reset by peer", self.logs.text())
+
+    def test_reset_http10_aborts(self) -> None:
+        """
+        Reset, for an HTTP/1.0 client whose answer also ends with its
+        connection: the client's connection is aborted, not closed.
+        """
+        h = self.harness
+        h.ask(b"GET /kv/x HTTP/1.0\r\n\r\n")
+        h.answer(CLOSE_DELIMITED)
+        h.upstream_lost(ConnectionLost("Connection reset by peer"))
+        self.assertTrue(h.client.disconnected)
+
+    def test_closed_http10_ends_cleanly(self) -> None:
+        """
+        Closed, for an HTTP/1.0 client: its connection is closed (the end
+        of the answer), not aborted.
+        """
+        h = self.harness
+        h.ask(b"GET /kv/x HTTP/1.0\r\n\r\n")
+        h.answer(CLOSE_DELIMITED)
+        h.upstream_lost(ConnectionDone())
+        self.assertTrue(h.client.value().endswith(b"\r\n\r\nhello"))
+        self.assertTrue(h.client.disconnecting)
+        self.assertFalse(h.client.disconnected)
+
+
+class ConnectionNamedHeadersTests(SynchronousTestCase):
+    """
+    Headers the upstream's answer names in its ``Connection`` header are
+    hop-by-hop (RFC 9110 §7.6.1): not passed to the client.
+    """
+
+    def test_named_headers_dropped(self) -> None:
+        """
+        ``Connection: X-Secret, keep-alive``: ``X-Secret`` and
+        ``Connection`` stay behind; the other headers come through.
+        """
+        h = RealClientHarness()
+        h.ask(get(b"/kv/x"))
+        h.answer(
+            b"HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\n"
+            b"X-Secret: 1\r\nX-Kept: 2\r\nContent-Length: 2\r\n\r\nok"
+        )
+        [response] = parse_responses(h.client.value())
+        self.assertEqual((response.code, response.body), (200, b"ok"))
+        self.assertIsNone(response.header(b"x-secret"))
+        self.assertIsNone(response.header(b"connection"))
+        self.assertEqual(response.header(b"x-kept"), b"2")

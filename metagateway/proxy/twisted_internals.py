@@ -1,0 +1,177 @@
+"""
+Where the proxy depends on private behaviour of Twisted's HTTP client.
+
+Everything here uses a name Twisted does not publish (a leading
+underscore, or a module such as ``twisted.web._newclient``) or relies on
+how a public class works inside. Each use says why it is needed;
+``tests/unit/test_twisted_client_internals.py`` checks every one of them
+(it exists, its signature, what it does) and fails naming the hook and the
+Twisted version when an upgrade changes it. Nothing else in
+:mod:`metagateway.proxy` reaches into Twisted's client.
+
+The server side has its own such module, ``metagateway.http.twisted_internals``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Optional
+from weakref import WeakKeyDictionary
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
+from twisted.python.failure import Failure
+
+# Why: the Agent hands the pool's connection a Request; UpstreamAgent does
+# the same without re-parsing the URL (see pool_request).
+# HTTP11ClientProtocol is subclassed (see GatewayClientProtocol).
+from twisted.web._newclient import HTTP11ClientProtocol, Request
+
+# Why: the only way to choose the protocol (and the log noise) of the
+# pool's connections is to give the pool another factory (see
+# use_gateway_factory).
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
+
+#: Responses whose connection was lost uncleanly (a reset, an aborted TLS
+#: session) while their body was still arriving, with the reason.
+_LOST_UNCLEANLY: WeakKeyDictionary[Any, Failure] = WeakKeyDictionary()
+
+
+class GatewayClientProtocol(HTTP11ClientProtocol):
+    """
+    Twisted's HTTP/1.1 client protocol, telling the proxy two things the
+    stock one keeps to itself.
+
+    - The response's ``Connection`` header. Why: the parser files it (with
+      ``Content-Length``, ``Transfer-Encoding`` and the other
+      connection-control headers) in its private ``connHeaders``, not in
+      ``response.headers``; without it, a header the upstream names in
+      ``Connection`` cannot be recognised as hop-by-hop (RFC 9110 §7.6.1).
+      It is copied to ``response.headers`` when the response arrives.
+    - How a close-delimited body ended. Why: a body with neither
+      ``Content-Length`` nor chunking ends with the connection, and the
+      parser reports ``PotentialDataLoss`` whether the upstream closed it
+      or it was reset: the reason is dropped. A reset truncates the body,
+      and must not be passed on as complete; see :func:`lost_uncleanly`.
+    """
+
+    def request(self, request: Request) -> Deferred[Any]:
+        """
+        Send ``request`` (see ``HTTP11ClientProtocol.request``); its
+        response carries its ``Connection`` header.
+        """
+        answered: Deferred[Any] = super().request(request)
+        # Why: _parser is the private HTTPClientParser just made for this
+        # request; it is kept here because the protocol lets go of it as
+        # soon as the response is complete, possibly before it fires.
+        parser = self._parser
+        if parser is not None:
+            answered.addCallback(_add_connection_header, parser)
+        return answered
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        """
+        Remember an unclean end of a response whose body was still
+        arriving, then let the stock protocol report it.
+        """
+        # Why: _parser is set while a response is being received, and its
+        # response attribute once the status line is in.
+        response = getattr(self._parser, "response", None)
+        if response is not None and not isinstance(reason.value, ConnectionDone):
+            _LOST_UNCLEANLY[response] = reason
+        super().connectionLost(reason)
+
+
+def _add_connection_header(response: Any, parser: Any) -> Any:
+    values = parser.connHeaders.getRawHeaders(b"connection")
+    if values and not response.headers.hasHeader(b"connection"):
+        response.headers.setRawHeaders(b"Connection", values)
+    return response
+
+
+def lost_uncleanly(response: Any) -> Optional[Failure]:
+    """
+    Why the connection of ``response`` ended, if it ended uncleanly (reset
+    or aborted, not closed) while the body was still arriving; ``None``
+    when it was closed cleanly, or ``response`` did not come through a
+    :class:`GatewayClientProtocol`.
+
+    For a body with neither ``Content-Length`` nor chunking, whose end
+    Twisted reports as ``PotentialDataLoss`` either way, this tells a
+    complete body (closed) from a truncated one (reset).
+    """
+    return _LOST_UNCLEANLY.get(response)
+
+
+class GatewayClientFactory(_HTTP11ClientFactory):
+    """
+    The pool's connection factory: :class:`GatewayClientProtocol`
+    connections, without a log line per connection.
+
+    Why: ``_HTTP11ClientFactory`` is private, and so is the pool's
+    ``_factory`` attribute that names it; Twisted documents neither, but
+    the pool offers no other way to choose its connections' protocol or to
+    stop its factories logging "Starting factory" for every upstream
+    connection.
+    """
+
+    noisy = False
+
+    def buildProtocol(self, addr: Optional[IAddress]) -> GatewayClientProtocol:
+        """
+        A connection for the pool: it goes back to the pool once quiet.
+        """
+        # Why: _quiescentCallback is the private attribute the stock
+        # buildProtocol passes on, the pool's hook to take the connection
+        # back.
+        return GatewayClientProtocol(self._quiescentCallback)
+
+
+def use_gateway_factory(pool: HTTPConnectionPool) -> None:
+    """
+    Have ``pool`` make its connections with :class:`GatewayClientFactory`.
+
+    Why: ``HTTPConnectionPool._factory`` is a private class attribute,
+    called as ``_factory(quiescentCallback, metadata)`` for each new
+    connection; setting it on the instance is the only hook.
+    """
+    pool._factory = GatewayClientFactory
+
+
+def pool_request(
+    pool: HTTPConnectionPool,
+    key: Hashable,
+    endpoint: IStreamClientEndpoint,
+    method: bytes,
+    target: bytes,
+    headers: Headers,
+    body: Optional[IBodyProducer],
+) -> Deferred[IResponse]:
+    """
+    Send one request over a connection of ``pool``, as ``Agent`` does once
+    it has parsed the URL: take a connection for ``key`` (or open one on
+    ``endpoint``) and hand it a ``twisted.web._newclient.Request``.
+
+    Why: ``Agent`` offers no entry point below the URL parsing that the
+    proxy does not need (it sends to a few fixed origins, with ``Host``
+    already set). ``Request``'s public constructor checks the method and
+    the target as ``Agent``'s private ``Request._construct`` does;
+    ``getConnection`` fires with an ``HTTP11ClientProtocol`` (or the
+    pool's retrying wrapper), whose ``request`` takes that ``Request``.
+
+    :param key: the pool key: ``(scheme, host, port)``.
+    :param target: the request target (path and query).
+    :return: what ``IAgent.request`` returns.
+    :raises ValueError: for a method or target ``Request`` refuses (in the
+        returned Deferred).
+    """
+    persistent = pool.persistent
+
+    def connected(protocol: Any) -> Deferred[IResponse]:
+        return protocol.request(  # type: ignore[no-any-return]
+            Request(method, target, headers, body, persistent)
+        )
+
+    return pool.getConnection(key, endpoint).addCallback(connected)
