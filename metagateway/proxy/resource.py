@@ -1,15 +1,8 @@
 """
-The proxy: a :class:`~twisted.web.resource.Resource` that checks tokens
-per route, strips the route prefix, and relays requests to an upstream
-through a pooled ``Agent``, streaming both bodies with backpressure
-(CONTRACT §5, ``docs/proxy.rst``).
-
-It is not a :class:`twisted.web.proxy.ReverseProxyResource` subclass,
-though it plays that part: the stock class's constructor arguments (a
-plain-TCP host, port and path), its ``getChild`` (a new resource per
-segment, each re-quoted) and its ``render`` (the whole body read, a
-``Connection: close`` client, a 501 HTML page on failure) are all things
-the gateway must not use, so there would be nothing of it left to inherit.
+The proxy: a :class:`twisted.web.proxy.ReverseProxyResource` subclass that
+checks tokens per route, strips the route prefix, and relays requests to an
+upstream through a pooled :class:`twisted.web.client.Agent`, streaming both
+bodies with backpressure (CONTRACT §5, ``docs/proxy.rst``).
 
 One request's trip is an :class:`_Exchange`: it sends the request (its body
 streamed from a :class:`~metagateway.http.channel.StreamingBody` when the
@@ -23,6 +16,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
 
 from OpenSSL.SSL import Error as OpenSSLError
 from service_identity import VerificationError
@@ -39,7 +33,7 @@ from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
-from twisted.web.resource import Resource
+from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 
 from metagateway.auth.tokens import Claims, InvalidToken, TokenAuthority, request_token
@@ -502,15 +496,23 @@ class _BodyRelay(Protocol):
             cut_client(request)
 
 
-class GatewayProxyResource(Resource):
+class GatewayProxyResource(ReverseProxyResource):
     """
     Relays one route's requests to its upstream.
 
-    Unlike the stock ``ReverseProxyResource``, it speaks through a pooled
-    ``Agent`` (HTTP/1.1, keep-alive, TLS), streams both bodies, times the
-    upstream, and answers failures in the contract's JSON. The root
-    resource hands it a request whose ``postpath`` holds the raw (still
-    percent-encoded) segments after the prefix.
+    What it keeps of the stock class is its description of the upstream:
+    ``host``, ``port`` and ``path`` are the service URL's (``path``
+    without its trailing slash), and ``reactor`` is the clock, as
+    ``ReverseProxyResource`` holds them, so code that inspects a Twisted
+    reverse proxy reads the right upstream. What it replaces is how
+    requests go there: the stock ``getChild`` (a new resource per segment,
+    each re-quoted) and ``render`` (the whole body read, a plain-TCP
+    ``Connection: close`` client, a 501 HTML page on failure) are
+    overridden, and ``isLeaf`` is set. This one speaks
+    through a pooled ``Agent`` (HTTP/1.1, keep-alive, TLS), streams both
+    bodies, times the upstream, and answers failures in the contract's
+    JSON. The root resource hands it a request whose ``postpath`` holds
+    the raw (still percent-encoded) segments after the prefix.
 
     :param route: the route this resource serves.
     :param base_url: the service URL, or ``None`` when unset.
@@ -537,7 +539,13 @@ class GatewayProxyResource(Resource):
         cooperator: Optional[Cooperator] = None,
         max_body: int = 0,
     ) -> None:
-        super().__init__()
+        parts = urlsplit(base_url or "http://unset.invalid")
+        super().__init__(
+            parts.hostname or "",
+            parts.port or (443 if parts.scheme == "https" else 80),
+            parts.path.rstrip("/").encode("utf-8"),
+            clock,
+        )
         self.route = route
         self.base_url = base_url
         self.agent = agent

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from OpenSSL import SSL
+from treq.testing import RequestTraversalAgent
 from zope.interface import directlyProvides
 
 from twisted.internet.error import (
@@ -29,17 +30,21 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
+from twisted.web.proxy import ReverseProxyResource
+from twisted.web.resource import Resource
 
 from metagateway import errors
+from metagateway.auth.tokens import TokenAuthority
 from metagateway.credentials.memory import MemoryCredentialStore
 from metagateway.errors import new_request_id
 from metagateway.gateway import Gateway, GatewayService
 from metagateway.http.drain import InFlight
 from metagateway.http.site import GatewaySite
 from metagateway.proxy.headers import upstream_host
-from metagateway.proxy.resource import _Discard, _Watchdog
+from metagateway.proxy.resource import GatewayProxyResource, _Discard, _Watchdog
+from metagateway.routes import route_for
 from metagateway.timers import SharedTimer
-from tests.helpers import make_config
+from tests.helpers import SECRET, make_config
 from tests.unit.test_streaming import (
     CLIENT,
     SERVER,
@@ -963,3 +968,47 @@ class ConnectionNamedHeadersTests(SynchronousTestCase):
         self.assertIsNone(response.header(b"x-secret"))
         self.assertIsNone(response.header(b"connection"))
         self.assertEqual(response.header(b"x-kept"), b"2")
+
+
+class StockBaseTests(SynchronousTestCase):
+    """
+    :class:`GatewayProxyResource` is a ``ReverseProxyResource`` whose
+    description of the upstream is the service URL's.
+    """
+
+    def make(self, base_url: Any) -> GatewayProxyResource:
+        clock = MemoryReactorClock()
+        return GatewayProxyResource(
+            route_for([b"build"]),  # type: ignore[arg-type]
+            base_url,
+            RequestTraversalAgent(Resource()),
+            TokenAuthority(SECRET, clock.seconds),
+            clock,
+        )
+
+    def test_upstream_described(self) -> None:
+        """
+        ``host``, ``port`` and ``path`` are the service URL's (the path
+        without its trailing slash), ``reactor`` the clock.
+        """
+        proxy = self.make("https://build.internal:8443/api/v1/")
+        self.assertIsInstance(proxy, ReverseProxyResource)
+        self.assertEqual(
+            (proxy.host, proxy.port, proxy.path),
+            ("build.internal", 8443, b"/api/v1"),
+        )
+        self.assertIs(proxy.reactor, proxy.clock)
+
+    def test_default_ports(self) -> None:
+        """
+        Without a port, the scheme's default is the port.
+        """
+        self.assertEqual(self.make("http://kv.internal").port, 80)
+        self.assertEqual(self.make("https://kv.internal").port, 443)
+
+    def test_child_is_self(self) -> None:
+        """
+        Unlike the stock class, no new resource is made per segment.
+        """
+        proxy = self.make("http://build.internal")
+        self.assertIs(proxy.getChild(b"x", None), proxy)  # type: ignore[arg-type]
