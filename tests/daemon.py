@@ -286,7 +286,7 @@ def serve_world(case: TestCase) -> tuple[Any, Any, str]:
 
     from metagateway.auth.passwords import make_record
     from metagateway.credentials.directory import DirectoryCredentialStore
-    from tests.helpers import RecordingUpstream
+    from metagateway.testing import RecordingUpstream
 
     accounts = FilePath(case.mktemp())
     DirectoryCredentialStore(accounts).store(make_record(USER, PASSWORD, "admin"))

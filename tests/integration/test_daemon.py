@@ -16,6 +16,7 @@ from twisted.web.server import Site
 
 from metagateway.auth.passwords import make_record
 from metagateway.credentials.directory import DirectoryCredentialStore
+from metagateway.testing import SECRET, RecordingUpstream
 from tests.daemon import (
     PASSWORD,
     USER,
@@ -24,7 +25,6 @@ from tests.daemon import (
     serve_world,
     start_daemon,
 )
-from tests.helpers import SECRET, RecordingUpstream
 
 
 class DaemonTests(TestCase):

@@ -24,9 +24,15 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from metagateway.auth.passwords import make_record
 from metagateway.credentials.directory import DirectoryCredentialStore
+from metagateway.testing import (
+    ACCESS_TOKEN,
+    CLIENT_SECRET,
+    OCTOCAT,
+    SECRET,
+    FakeGitHub,
+    RecordingUpstream,
+)
 from tests.daemon import http_client, refusing_port, start_daemon
-from tests.helpers import SECRET, RecordingUpstream
-from tests.unit.test_github import ACCESS_TOKEN, CLIENT_SECRET, OCTOCAT, FakeGitHub
 
 USER, PASSWORD = "operator", "s3cret-pass"
 NOTION_SECRET = "notion-integration-secret"

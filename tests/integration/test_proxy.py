@@ -30,8 +30,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from metagateway.testing import SECRET, RecordingUpstream
 from tests.daemon import ChildProcess, http_client, refusing_port, start_daemon
-from tests.helpers import SECRET, RecordingUpstream
 
 MiB = 1024 * 1024
 

@@ -18,8 +18,8 @@ from twisted.web.server import Site
 
 from metagateway.auth.passwords import make_record
 from metagateway.credentials.directory import DirectoryCredentialStore
+from metagateway.testing import SECRET, RecordingUpstream
 from tests.daemon import ChildProcess, http_client, start_daemon
-from tests.helpers import SECRET, RecordingUpstream
 
 USER, PASSWORD = "operator", "s3cret-pass"
 SCRYPT_USER = "scrypt-operator"

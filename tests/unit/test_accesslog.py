@@ -29,8 +29,16 @@ from metagateway.observability.accesslog import (
     json_line,
     logged_path,
 )
-from tests.helpers import PASSWORD, SECRET, USERNAME, GatewayHarness
-from tests.unit.test_streaming import ChannelHarness, FakeResponse, chunk, post_head
+from metagateway.testing import (
+    PASSWORD,
+    SECRET,
+    USERNAME,
+    ChannelHarness,
+    FakeResponse,
+    GatewayHarness,
+    chunk,
+    post_head,
+)
 
 
 def get(path: bytes, headers: bytes = b"") -> bytes:

@@ -15,7 +15,7 @@ from metagateway.observability.collector import (
     CollectorTuning,
     tunable,
 )
-from tests.unit.test_tap import EnvironmentMixin
+from metagateway.testing import EnvironmentMixin
 
 
 class CollectorTuningTests(SynchronousTestCase):

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from treq.testing import RequestTraversalAgent, StubTreq
+from treq.testing import RequestTraversalAgent
 from zope.interface.verify import verifyObject
 
 from twisted.application.service import IService, MultiService
@@ -34,15 +34,15 @@ from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.memory import MemoryCredentialStore
 from metagateway.gateway import Gateway, GatewayService
 from metagateway.http.site import GatewaySite
-from tests.helpers import (
+from metagateway.testing import (
     PASSWORD,
     SECRET,
     USERNAME,
     RecordingUpstream,
-    assert_json,
-    assert_json_error,
+    StubTreq,
     make_config,
 )
+from tests.helpers import assert_json, assert_json_error
 
 #: The host's own pages.
 HOST_PAGE = b"<h1>the host's own page</h1>"

@@ -30,8 +30,7 @@ from metagateway.errors import new_request_id
 from metagateway.gateway import GatewayService
 from metagateway.http.drain import InFlight
 from metagateway.proxy.resource import _Watchdog, upstream_host
-from metagateway.timers import SharedTimer
-from tests.unit.test_streaming import (
+from metagateway.testing import (
     CLIENT,
     SERVER,
     ChannelHarness,
@@ -40,6 +39,7 @@ from tests.unit.test_streaming import (
     chunk,
     post_head,
 )
+from metagateway.timers import SharedTimer
 
 
 def get(path: bytes, headers: bytes = b"") -> bytes:

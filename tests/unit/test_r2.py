@@ -10,7 +10,6 @@ import datetime
 import json
 from typing import Any
 
-from treq.testing import StubTreq
 from zope.interface.verify import verifyObject
 
 from twisted.internet.defer import CancelledError
@@ -36,8 +35,15 @@ from metagateway.credentials.r2 import (
     encode_query,
     sign_request,
 )
-from tests.fakes3 import HANG, SETTINGS, FakeS3, RefusingClient
-from tests.helpers import GatewayHarness, assert_json_error
+from metagateway.testing import (
+    HANG,
+    SETTINGS,
+    FakeS3,
+    GatewayHarness,
+    RefusingClient,
+    StubTreq,
+)
+from tests.helpers import assert_json_error
 
 # The examples in AWS's "Signature Calculations for the Authorization
 # Header: Transferring Payload in a Single Chunk (AWS Signature Version 4)"

@@ -5,7 +5,6 @@ Tests for :mod:`metagateway.daemon.tap` and the twistd plugin.
 from __future__ import annotations
 
 import io
-import os
 import sys
 from typing import Any, Iterator
 
@@ -17,30 +16,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from metagateway.daemon.tap import Options, makeService
-
-
-class EnvironmentMixin:
-    """
-    Swap ``os.environ`` and ``sys.stderr`` for the length of a test.
-    """
-
-    def use_environ(self, environ: dict[str, str]) -> None:
-        saved = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(environ)
-
-        def restore() -> None:
-            os.environ.clear()
-            os.environ.update(saved)
-
-        self.addCleanup(restore)  # type: ignore[attr-defined]
-
-    def capture_stderr(self) -> io.StringIO:
-        captured = io.StringIO()
-        saved = sys.stderr
-        sys.stderr = captured
-        self.addCleanup(setattr, sys, "stderr", saved)  # type: ignore[attr-defined]
-        return captured
+from metagateway.testing import EnvironmentMixin
 
 
 class OptionsTests(SynchronousTestCase):

@@ -39,8 +39,7 @@ from metagateway.daemon.workers import (
 )
 from metagateway.http.site import GatewaySite
 from metagateway.observability.metrics import MetricsSite
-from tests.helpers import SECRET
-from tests.unit.test_tap import EnvironmentMixin
+from metagateway.testing import SECRET, EnvironmentMixin
 
 
 class FakeProcess:
