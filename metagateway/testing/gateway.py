@@ -207,7 +207,8 @@ class GatewayHarness:
         """
         self.clock = MemoryReactorClock()
         self.clock.advance(1_800_000_000)
-        self.upstream = upstream if upstream is not None else RecordingUpstream()
+        # Any: a test reads its own fake's attributes (``requests`` ...).
+        self.upstream: Any = upstream if upstream is not None else RecordingUpstream()
         self.agent = RequestTraversalAgent(self.upstream)
         self.store = (
             store

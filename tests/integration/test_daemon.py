@@ -91,11 +91,11 @@ class DaemonContractTests(TestCase):
             make_record(USER, PASSWORD, "admin")
         )
         self.upstream = RecordingUpstream(b"kv says hi", 200, {b"X-Up": [b"1"]})
-        port = reactor.listenTCP(0, Site(self.upstream), interface="127.0.0.1")
+        port = reactor.listenTCP(0, Site(self.upstream), interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(port.stopListening)
         env = {
             "GATEWAY_JWT_SECRET": SECRET,
-            "KV_SERVICE_URL": "http://127.0.0.1:%d/" % (port.getHost().port,),
+            "KV_SERVICE_URL": "http://127.0.0.1:%d/" % (port.getHost().port,),  # type: ignore[attr-defined]
             "CORE_SERVICE_URL": "http://127.0.0.1:%d" % (refusing_port(self),),
         }
 

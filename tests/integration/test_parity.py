@@ -61,7 +61,7 @@ class Hanging(Resource):
         Drop every connection still waiting.
         """
         for request in self.pending:
-            transport = request.channel.transport if request.channel else None
+            transport = request.channel.transport if request.channel else None  # type: ignore[attr-defined]
             if transport is not None:
                 transport.abortConnection()
 
@@ -77,13 +77,17 @@ class ParityTestCase(TestCase):
 
     timeout = 60
 
+    #: The client, and the daemon's base URL, once ``setUp`` started it.
+    http: Any
+    base: str
+
     def serve(self, resource: Resource) -> int:
         """
         Serve ``resource`` on a loopback port until cleanup.
         """
-        port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+        port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(port.stopListening)
-        return int(port.getHost().port)
+        return int(port.getHost().port)  # type: ignore[attr-defined]
 
     def make_accounts(self) -> str:
         accounts = FilePath(self.mktemp())
@@ -143,7 +147,7 @@ class ConfiguredDaemonTests(ParityTestCase):
     core answer, KV is down, build never answers.
     """
 
-    def setUp(self) -> Deferred[None]:
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]
         self.github = FakeGitHub()
         github_port = self.serve(self.github.root)
         self.base_service = RecordingUpstream(b"base", 200)
@@ -550,7 +554,7 @@ class UnconfiguredDaemonTests(ParityTestCase):
     A daemon without GitHub settings or the Notion secret.
     """
 
-    def setUp(self) -> Deferred[None]:
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]
         accounts = self.make_accounts()
         core = self.serve(RecordingUpstream(b"from core"))
 

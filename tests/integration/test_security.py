@@ -39,9 +39,9 @@ class DaemonSecurityTests(TestCase):
         store.store(make_record(USER, PASSWORD, "admin"))
         store.store(make_record(SCRYPT_USER, PASSWORD, "admin", scheme="scrypt"))
         self.upstream = RecordingUpstream(b"hello from build")
-        port = reactor.listenTCP(0, Site(self.upstream), interface="127.0.0.1")
+        port = reactor.listenTCP(0, Site(self.upstream), interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(port.stopListening)
-        self.upstream_url = "http://127.0.0.1:%d/svc" % (port.getHost().port,)
+        self.upstream_url = "http://127.0.0.1:%d/svc" % (port.getHost().port,)  # type: ignore[attr-defined]
         self.http = http_client(self)
 
     async def start(self, secret: str = SECRET, *options: str, **env: str) -> str:

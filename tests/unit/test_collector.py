@@ -75,4 +75,4 @@ class DaemonTests(EnvironmentMixin, SynchronousTestCase):
         options = Options()
         options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1"])
         top = makeService(options, MemoryReactorClock())
-        self.assertIsInstance(top.getServiceNamed("collector"), CollectorTuning)
+        self.assertIsInstance(top.getServiceNamed("collector"), CollectorTuning)  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ import ast
 import gc
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from treq.testing import RequestTraversalAgent
 from zope.interface.verify import verifyObject
@@ -21,7 +21,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import Data
 
 import metagateway
@@ -54,7 +54,7 @@ class UntypedUpstream(RecordingUpstream):
     A fake upstream whose answers carry no ``Content-Type`` at all.
     """
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: Request) -> Union[bytes, int]:
         """
         Answer without the ``text/html`` default of Twisted's request.
         """

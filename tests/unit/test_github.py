@@ -58,8 +58,8 @@ class GitHubSignInTests(SynchronousTestCase):
             github_config(), upstream=self.core, outside=self.github.hosts()
         )
         self.logged: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+        globalLogPublisher.addObserver(self.logged.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)  # type: ignore[arg-type]
 
     def sign_in(self, body: Optional[bytes] = None, **kw: Any) -> Any:
         if body is None:

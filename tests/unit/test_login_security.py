@@ -697,7 +697,7 @@ class RotationTests(SecurityCase):
         An unsigned ``alg: none`` token is refused.
         """
         h = GatewayHarness()
-        token = jwt.encode(self.payload(h), None, algorithm="none")
+        token = jwt.encode(self.payload(h), None, algorithm="none")  # type: ignore[arg-type]
         self.assert_refused(h, token)
         self.assert_refused(h, token + "c2ln")
 
@@ -838,8 +838,8 @@ class HygieneTests(SecurityCase):
         no password, token, secret, salt or hash.
         """
         events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
         record = make_record(USERNAME, PASSWORD)
         h = GatewayHarness(
             config=make_config(previous_secrets=(OLD_SECRET,)),

@@ -53,8 +53,8 @@ class LogCapture:
 
     def __init__(self, case: SynchronousTestCase) -> None:
         self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
+        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
 
     def text(self) -> str:
         from twisted.logger import formatEvent
@@ -181,7 +181,7 @@ class RequestHeaderTests(SynchronousTestCase):
         the upstream answers with comes back unchanged.
         """
         headers = self.sent(b"")
-        [sent_id] = headers.getRawHeaders(b"x-request-id")
+        [sent_id] = headers.getRawHeaders(b"x-request-id")  # type: ignore[misc]
         self.assertEqual(len(sent_id), 36)
         answer = Headers({b"X-Request-Id": [b"upstream-id"]})
         self.h.agent.calls[0].answer(FakeResponse(200, answer, length=0)).finish()
@@ -306,7 +306,7 @@ class FailureTests(SynchronousTestCase):
         self.assertEqual(answer.header(b"content-type"), b"application/json")
         self.assertEqual(answer.header(b"access-control-allow-origin"), b"*")
         # The id sent upstream comes back with the error too.
-        [sent_id] = self.h.agent.calls[0].headers.getRawHeaders(b"x-request-id")
+        [sent_id] = self.h.agent.calls[0].headers.getRawHeaders(b"x-request-id")  # type: ignore[misc]
         self.assertEqual(answer.header(b"x-request-id"), sent_id)
 
     def test_refused(self) -> None:
@@ -801,7 +801,7 @@ class WatchdogTests(SynchronousTestCase):
         """
         later = self.watchdog("later")
         first = self.watchdog("first")
-        first.expired = lambda: (self.expired.append("first"), later.arm())
+        first.expired = lambda: (self.expired.append("first"), later.arm())  # type: ignore[func-returns-value]
         first.arm()
         self.clock.advance(5)
         self.assertEqual(self.expired, ["first"])

@@ -75,7 +75,9 @@ class SignerTests(SynchronousTestCase):
     :func:`sign_request` reproduces AWS's published S3 SigV4 examples.
     """
 
-    def sign(self, method: str, path: str, headers: dict[str, str], body: bytes = b""):
+    def sign(
+        self, method: str, path: str, headers: dict[str, str], body: bytes = b""
+    ) -> dict[str, str]:
         return sign_request(
             method,
             EXAMPLE_HOST + path,
@@ -204,8 +206,8 @@ class R2StoreTests(SynchronousTestCase):
         self.client = RefusingClient(self.treq)
         self.store = self.make_store()
         self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
 
     def make_store(
         self, settings: R2Settings = SETTINGS, **kwargs: Any

@@ -27,10 +27,11 @@ from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 from metagateway.http.channel import (
     BodyListener,
     BodyTooLarge,
+    GatewayChannel,
     StreamingBody,
     when_done,
 )
-from metagateway.http.site import GatewayChannel, GatewayRequest, GatewaySite, HTTPDate
+from metagateway.http.site import GatewayRequest, GatewaySite, HTTPDate
 from metagateway.testing import (
     CLIENT,
     PASSWORD,
@@ -1255,7 +1256,7 @@ class ConnectionCostTests(SynchronousTestCase):
         """
         clock = MemoryReactorClock()
         channel = GatewayChannel()
-        channel.callLater = clock.callLater  # type: ignore[method-assign]
+        channel.callLater = clock.callLater  # type: ignore[assignment, method-assign]
         channel.timeOut = 10
         transport = StringTransport(hostAddress=SERVER, peerAddress=CLIENT)
         channel.makeConnection(transport)

@@ -8,7 +8,7 @@ import io
 import sys
 from typing import Any, Iterator
 
-from twisted.application.service import IServiceMaker, MultiService
+from twisted.application.service import IService, IServiceMaker
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
@@ -61,7 +61,7 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
     """
 
     def listening(
-        self, service: MultiService, reactor: MemoryReactorClock
+        self, service: IService, reactor: MemoryReactorClock
     ) -> Iterator[int]:
         service.privilegedStartService()
         service.startService()
@@ -95,7 +95,8 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
         options.parseOptions([])
         reactor = MemoryReactorClock()
         self.assertEqual(
-            list(self.listening(makeService(options, reactor), reactor)), [8080]
+            list(self.listening(makeService(options, reactor), reactor)),
+            [8080],
         )
 
     def test_json_access_log_flushed_at_shutdown(self) -> None:

@@ -140,8 +140,8 @@ class NotionWebhookTests(SynchronousTestCase):
             notion_config(), upstream=self.upstream, outside=self.targets.hosts
         )
         self.logged: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+        globalLogPublisher.addObserver(self.logged.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)  # type: ignore[arg-type]
 
     def post(
         self,

@@ -378,7 +378,7 @@ class SupervisorTests(SynchronousTestCase):
         A worker that keeps dying young waits twice as long each time, up
         to the cap; one that lived a while starts again at the first delay.
         """
-        delays = []
+        delays: list[float] = []
         for _ in range(9):
             before = self.reactor.seconds()
             self.reactor.end(len(self.reactor.spawned) - 1)
