@@ -74,7 +74,7 @@ class ChildProcess(ProcessProtocol):
                     + self.output.decode("utf-8", "replace")
                 )
             )
-        self.ended.callback(self.exit_code)
+        self.ended.callback(self.exit_code)  # type: ignore[arg-type]
 
     def wait_for_port(self) -> Deferred[int]:
         """
@@ -286,11 +286,11 @@ def serve_world(case: TestCase) -> tuple[Any, Any, str]:
 
     from metagateway.auth.passwords import make_record
     from metagateway.credentials.directory import DirectoryCredentialStore
-    from tests.helpers import RecordingUpstream
+    from metagateway.testing import RecordingUpstream
 
     accounts = FilePath(case.mktemp())
     DirectoryCredentialStore(accounts).store(make_record(USER, PASSWORD, "admin"))
     upstream = RecordingUpstream(b"hello from build")
-    port = _reactor.listenTCP(0, Site(upstream), interface="127.0.0.1")
+    port = _reactor.listenTCP(0, Site(upstream), interface="127.0.0.1")  # type: ignore[arg-type]
     case.addCleanup(port.stopListening)
-    return accounts, upstream, "http://127.0.0.1:%d" % (port.getHost().port,)
+    return accounts, upstream, "http://127.0.0.1:%d" % (port.getHost().port,)  # type: ignore[attr-defined]

@@ -269,7 +269,7 @@ class MotoServer:
             CreateBucketConfiguration={"LocationConstraint": self.region},
         )
 
-    def s3_client(self) -> object:
+    def s3_client(self) -> Any:
         """
         A boto3 S3 client signed with the test user's key (for checking
         what the store wrote, and writing records as "any S3 client").

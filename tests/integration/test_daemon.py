@@ -17,6 +17,7 @@ from twisted.web.server import Site
 
 from metagateway.auth.passwords import make_record
 from metagateway.credentials.directory import DirectoryCredentialStore
+from metagateway.testing import SECRET, RecordingUpstream
 from tests.daemon import (
     PASSWORD,
     USER,
@@ -25,7 +26,6 @@ from tests.daemon import (
     serve_world,
     start_daemon,
 )
-from tests.helpers import SECRET, RecordingUpstream
 
 
 class DaemonTests(TestCase):
@@ -92,11 +92,11 @@ class DaemonContractTests(TestCase):
             make_record(USER, PASSWORD, "admin")
         )
         self.upstream = RecordingUpstream(b"kv says hi", 200, {b"X-Up": [b"1"]})
-        port = reactor.listenTCP(0, Site(self.upstream), interface="127.0.0.1")
+        port = reactor.listenTCP(0, Site(self.upstream), interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(port.stopListening)
         env = {
             "GATEWAY_JWT_SECRET": SECRET,
-            "KV_SERVICE_URL": "http://127.0.0.1:%d/" % (port.getHost().port,),
+            "KV_SERVICE_URL": "http://127.0.0.1:%d/" % (port.getHost().port,),  # type: ignore[attr-defined]
             "CORE_SERVICE_URL": "http://127.0.0.1:%d" % (refusing_port(self),),
         }
 

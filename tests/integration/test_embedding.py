@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
+from metagateway.testing import SECRET
 from tests.daemon import (
     PASSWORD,
     USER,
@@ -24,7 +25,6 @@ from tests.daemon import (
     serve_world,
     spawn,
 )
-from tests.helpers import SECRET
 
 #: The repository root, where ``examples/`` is.
 ROOT = FilePath(__file__).parent().parent().parent()

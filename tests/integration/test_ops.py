@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from metagateway.testing import SECRET
 from tests.daemon import (
     PASSWORD,
     USER,
@@ -25,7 +26,6 @@ from tests.daemon import (
     serve_world,
     start_daemon,
 )
-from tests.helpers import SECRET
 
 WORKER_STARTED = re.compile(rb"Worker (\d+) started \(pid (\d+)\)")
 METRICS_PORT = re.compile(rb"MetricsSite starting on (\d+)")

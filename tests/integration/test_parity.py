@@ -24,9 +24,15 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from metagateway.auth.passwords import make_record
 from metagateway.credentials.directory import DirectoryCredentialStore
+from metagateway.testing import (
+    ACCESS_TOKEN,
+    CLIENT_SECRET,
+    OCTOCAT,
+    SECRET,
+    FakeGitHub,
+    RecordingUpstream,
+)
 from tests.daemon import http_client, refusing_port, start_daemon
-from tests.helpers import SECRET, RecordingUpstream
-from tests.unit.test_github import ACCESS_TOKEN, CLIENT_SECRET, OCTOCAT, FakeGitHub
 
 USER, PASSWORD = "operator", "s3cret-pass"
 NOTION_SECRET = "notion-integration-secret"
@@ -55,7 +61,7 @@ class Hanging(Resource):
         Drop every connection still waiting.
         """
         for request in self.pending:
-            transport = request.channel.transport if request.channel else None
+            transport = request.channel.transport if request.channel else None  # type: ignore[attr-defined]
             if transport is not None:
                 transport.abortConnection()
 
@@ -71,13 +77,17 @@ class ParityTestCase(TestCase):
 
     timeout = 60
 
+    #: The client, and the daemon's base URL, once ``setUp`` started it.
+    http: Any
+    base: str
+
     def serve(self, resource: Resource) -> int:
         """
         Serve ``resource`` on a loopback port until cleanup.
         """
-        port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+        port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(port.stopListening)
-        return int(port.getHost().port)
+        return int(port.getHost().port)  # type: ignore[attr-defined]
 
     def make_accounts(self) -> str:
         accounts = FilePath(self.mktemp())
@@ -137,7 +147,7 @@ class ConfiguredDaemonTests(ParityTestCase):
     core answer, KV is down, build never answers.
     """
 
-    def setUp(self) -> Deferred[None]:
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]
         self.github = FakeGitHub()
         github_port = self.serve(self.github.root)
         self.base_service = RecordingUpstream(b"base", 200)
@@ -439,9 +449,9 @@ class ConfiguredDaemonTests(ParityTestCase):
                 "INVALID_SOURCE",
                 "WEBHOOK",
             )
-            for method in ("GET", "POST"):
+            for verb in ("GET", "POST"):
                 self.assert_error(
-                    await self.request(method, "/webhooks", headers=signed),
+                    await self.request(verb, "/webhooks", headers=signed),
                     404,
                     "NOT_FOUND",
                     "CORE",
@@ -551,7 +561,7 @@ class UnconfiguredDaemonTests(ParityTestCase):
     A daemon without GitHub settings or the Notion secret.
     """
 
-    def setUp(self) -> Deferred[None]:
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]
         accounts = self.make_accounts()
         core = self.serve(RecordingUpstream(b"from core"))
 

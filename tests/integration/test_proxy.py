@@ -41,8 +41,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from metagateway.testing import SECRET, RecordingUpstream
 from tests.daemon import ChildProcess, http_client, refusing_port, start_daemon
-from tests.helpers import SECRET, RecordingUpstream
 
 MiB = 1024 * 1024
 
@@ -178,12 +178,12 @@ class BigDownload(Resource):
         resource = self
 
         @implementer(IBodyProducer)
-        class Producer:
+        class Producer:  # type: ignore[misc]
             index = 0
 
             def resumeProducing(self) -> None:
                 if self.index >= BLOCKS:
-                    request.unregisterProducer()
+                    request.unregisterProducer()  # type: ignore[attr-defined]
                     request.finish()
                     return
                 data = block(self.index)
@@ -195,7 +195,7 @@ class BigDownload(Resource):
                 self.index = BLOCKS
 
         request.setHeader(b"Content-Length", b"%d" % (BIG,))
-        request.registerProducer(Producer(), False)
+        request.registerProducer(Producer(), False)  # type: ignore[attr-defined]
         return NOT_DONE_YET
 
 
@@ -292,7 +292,7 @@ def parse(data: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
     return int(lines[0].split(b" ")[1]), headers, body
 
 
-def self_signed(directory: FilePath) -> str:
+def self_signed(directory: FilePath[str]) -> str:
     """
     Write a self-signed certificate and key for ``127.0.0.1``; return the
     PEM file's path.
@@ -338,7 +338,7 @@ class ProxyDaemonTests(TestCase):
     def listen(self, factory: Any) -> str:
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        return "http://127.0.0.1:%d" % (port.getHost().port,)
+        return "http://127.0.0.1:%d" % (port.getHost().port,)  # type: ignore[attr-defined]
 
     def raw(self, behave: Callable[[RawUpstream], None]) -> tuple[RawServer, str]:
         server = RawServer(behave)
@@ -346,7 +346,7 @@ class ProxyDaemonTests(TestCase):
         def close_all() -> None:
             for connection in server.connections:
                 if connection.transport is not None:
-                    connection.transport.abortConnection()
+                    connection.transport.abortConnection()  # type: ignore[attr-defined]
 
         self.addCleanup(close_all)
         return server, self.listen(server)
@@ -374,8 +374,8 @@ class ProxyDaemonTests(TestCase):
         )
         self.addCleanup(
             lambda: (
-                client.transport.abortConnection()  # type: ignore[union-attr]
-                if client.transport is not None and client.transport.connected
+                client.transport.abortConnection()  # type: ignore[attr-defined, union-attr]
+                if client.transport is not None and client.transport.connected  # type: ignore[attr-defined]
                 else None
             )
         )
@@ -719,7 +719,7 @@ class ProxyDaemonTests(TestCase):
                 raise SkipTest("cryptography is not installed") from None
             with open(pem) as f:
                 certificate = ssl.PrivateCertificate.loadPEM(f.read())
-            port = reactor.listenSSL(
+            port = reactor.listenSSL(  # type: ignore[attr-defined]
                 0,
                 Site(RecordingUpstream()),
                 certificate.options(),
@@ -967,8 +967,8 @@ class ProxyDaemonTests(TestCase):
             await self.daemon(url)
             client = await self.connect()
             closed_at: list[float] = []
-            client.closed.addCallback(
-                lambda data: closed_at.append(reactor.seconds()) or data
+            client.closed.addCallback(  # type: ignore[call-overload]
+                lambda data: closed_at.append(reactor.seconds()) or data  # type: ignore[func-returns-value]
             )
             head = b"GET /kv/x HTTP/1.1\r\nHost: gw\r\nX-Slow: " + b"y" * 100
             started = reactor.seconds()

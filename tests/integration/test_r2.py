@@ -301,7 +301,7 @@ class R2DaemonTests(TestCase):
 
     timeout = 180
 
-    def setUp(self) -> Deferred[None]:
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]
         _daemon_available()
         self.server = _start_moto(self)
         self.client = _http_client(self)

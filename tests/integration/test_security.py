@@ -20,8 +20,8 @@ from twisted.web.server import Site
 
 from metagateway.auth.passwords import make_record
 from metagateway.credentials.directory import DirectoryCredentialStore
+from metagateway.testing import SECRET, RecordingUpstream
 from tests.daemon import ChildProcess, http_client, start_daemon
-from tests.helpers import SECRET, RecordingUpstream
 
 USER, PASSWORD = "operator", "s3cret-pass"
 SCRYPT_USER = "scrypt-operator"
@@ -41,9 +41,9 @@ class DaemonSecurityTests(TestCase):
         store.store(make_record(USER, PASSWORD, "admin"))
         store.store(make_record(SCRYPT_USER, PASSWORD, "admin", scheme="scrypt"))
         self.upstream = RecordingUpstream(b"hello from build")
-        port = reactor.listenTCP(0, Site(self.upstream), interface="127.0.0.1")
+        port = reactor.listenTCP(0, Site(self.upstream), interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(port.stopListening)
-        self.upstream_url = "http://127.0.0.1:%d/svc" % (port.getHost().port,)
+        self.upstream_url = "http://127.0.0.1:%d/svc" % (port.getHost().port,)  # type: ignore[attr-defined]
         self.http = http_client(self)
 
     async def start(self, secret: str = SECRET, *options: str, **env: str) -> str:

@@ -29,8 +29,16 @@ from metagateway.observability.accesslog import (
     json_line,
     logged_path,
 )
-from tests.helpers import PASSWORD, SECRET, USERNAME, GatewayHarness
-from tests.unit.test_streaming import ChannelHarness, FakeResponse, chunk, post_head
+from metagateway.testing import (
+    PASSWORD,
+    SECRET,
+    USERNAME,
+    ChannelHarness,
+    FakeResponse,
+    GatewayHarness,
+    chunk,
+    post_head,
+)
 
 
 def get(path: bytes, headers: bytes = b"") -> bytes:
@@ -44,7 +52,7 @@ class Events:
 
     def __init__(self, form: str = "text") -> None:
         self.events: list[dict[str, Any]] = []
-        self.access_log = AccessLog(form, observer=self.events.append)
+        self.access_log = AccessLog(form, observer=self.events.append)  # type: ignore[arg-type]
 
     def one(self, case: SynchronousTestCase) -> dict[str, Any]:
         case.assertEqual(len(self.events), 1, self.events)
@@ -109,7 +117,7 @@ class ProxiedRequestTests(SynchronousTestCase):
         self.assertEqual(answer.code, 201)
         event = self.events.one(self)
         self.assertEqual(event["log_namespace"], NAMESPACE)
-        [sent_id] = call.headers.getRawHeaders(b"x-request-id")
+        [sent_id] = call.headers.getRawHeaders(b"x-request-id")  # type: ignore[misc]
         self.assertEqual(event["request_id"], sent_id.decode())
         self.assertEqual(event["client"], "10.0.0.7")
         self.assertEqual(event["method"], "POST")
@@ -358,7 +366,7 @@ class JSONTests(SynchronousTestCase):
             expected = lines.line(1700000000.25, fields)
             self.assertEqual(lines.request_line(1700000000.25, fields), expected)
             document = {"time": "2023-11-14T22:13:20.250Z"}
-            document.update(zip([n for _, n in self.KEYS], fields))
+            document.update(zip([n for _, n in self.KEYS], fields))  # type: ignore[arg-type]
             self.assertEqual(
                 expected, json.dumps(document, separators=(",", ":")) + "\n"
             )
@@ -540,8 +548,8 @@ class OffTests(SynchronousTestCase):
         from twisted.logger import globalLogPublisher
 
         seen: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(seen.append)
-        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        globalLogPublisher.addObserver(seen.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)  # type: ignore[arg-type]
         harness.request(self, "GET", "/health")
         self.assertEqual([e for e in seen if e.get("log_namespace") == NAMESPACE], [])
         self.assertEqual(

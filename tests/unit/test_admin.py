@@ -11,8 +11,6 @@ import subprocess
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
-from treq.testing import StubTreq
-
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.filepath import FilePath
@@ -26,7 +24,7 @@ from metagateway.admin import (
 )
 from metagateway.auth.passwords import check_password, make_record
 from metagateway.credentials.directory import DirectoryCredentialStore
-from tests.fakes3 import SETTINGS, FakeS3
+from metagateway.testing import SETTINGS, FakeS3, StubTreq
 
 #: The environment of the R2 store the fake bucket expects.
 R2_ENVIRON = {

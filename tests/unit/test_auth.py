@@ -25,15 +25,8 @@ from metagateway.credentials.interfaces import (
     UnreadableRecord,
 )
 from metagateway.credentials.memory import MemoryCredentialStore
-from tests.helpers import (
-    PASSWORD,
-    SECRET,
-    USERNAME,
-    GatewayHarness,
-    assert_invalid_credentials,
-    assert_json,
-    assert_json_error,
-)
+from metagateway.testing import PASSWORD, SECRET, USERNAME, GatewayHarness
+from tests.helpers import assert_invalid_credentials, assert_json, assert_json_error
 
 
 @implementer(ICredentialStore)

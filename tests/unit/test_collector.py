@@ -15,7 +15,7 @@ from metagateway.observability.collector import (
     CollectorTuning,
     tunable,
 )
-from tests.unit.test_tap import EnvironmentMixin
+from metagateway.testing import EnvironmentMixin
 
 
 class CollectorTuningTests(SynchronousTestCase):
@@ -78,4 +78,4 @@ class DaemonTests(EnvironmentMixin, SynchronousTestCase):
         options = Options()
         options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1"])
         top = makeService(options, MemoryReactorClock())
-        self.assertIsInstance(top.getServiceNamed("collector"), CollectorTuning)
+        self.assertIsInstance(top.getServiceNamed("collector"), CollectorTuning)  # type: ignore[attr-defined]

@@ -14,12 +14,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from metagateway.auth.passwords import make_record
 from metagateway.auth.tokens import LIFETIME
 from metagateway.credentials.memory import MemoryCredentialStore
+from metagateway.testing import PASSWORD, USERNAME, GatewayHarness, RecordingUpstream
 from tests.helpers import (
-    PASSWORD,
-    USERNAME,
-    GatewayHarness,
-    RecordingUpstream,
     assert_invalid_credentials,
+    assert_invalid_request,
     assert_json,
     assert_json_error,
 )
@@ -102,14 +100,8 @@ class CoreLoginTests(CoreTestCase):
             b"[" * 60000,
         ):
             response, answer = self.request("POST", "/core/auth/login", data=body)
-            assert_json_error(
-                self,
-                response,
-                answer,
-                400,
-                "INVALID_REQUEST",
-                route="CORE",
-                message="Username and password are required",
+            assert_invalid_request(
+                self, response, answer, "Username and password are required"
             )
 
     def test_bad_credentials(self) -> None:

@@ -64,7 +64,7 @@ class FactoryTests(SynchronousTestCase):
         """
         root = self.mktemp()
         store = credential_store(Clock(), root, R2, None, 5.0, 2, 5.0)
-        self.assertIsInstance(store, DirectoryCredentialStore)
+        assert isinstance(store, DirectoryCredentialStore)
         self.assertEqual(store.root.path, os.path.abspath(root))
 
     def test_r2_cached(self) -> None:

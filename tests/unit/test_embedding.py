@@ -10,9 +10,9 @@ import ast
 import gc
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from treq.testing import RequestTraversalAgent, StubTreq
+from treq.testing import RequestTraversalAgent
 from zope.interface.verify import verifyObject
 
 from twisted.application.service import IService, MultiService
@@ -21,7 +21,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import Data
 
 import metagateway
@@ -34,15 +34,15 @@ from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.memory import MemoryCredentialStore
 from metagateway.gateway import Gateway, GatewayService
 from metagateway.http.site import GatewaySite
-from tests.helpers import (
+from metagateway.testing import (
     PASSWORD,
     SECRET,
     USERNAME,
     RecordingUpstream,
-    assert_json,
-    assert_json_error,
+    StubTreq,
     make_config,
 )
+from tests.helpers import assert_json, assert_json_error
 
 #: The host's own pages.
 HOST_PAGE = b"<h1>the host's own page</h1>"
@@ -54,7 +54,7 @@ class UntypedUpstream(RecordingUpstream):
     A fake upstream whose answers carry no ``Content-Type`` at all.
     """
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: Request) -> Union[bytes, int]:
         """
         Answer without the ``text/html`` default of Twisted's request.
         """

@@ -296,7 +296,7 @@ class UpstreamAgentTests(SynchronousTestCase):
             asked.append(parsed.port)
             return real(parsed)
 
-        self.endpoints.endpointForURI = counting  # type: ignore[method-assign]
+        self.endpoints.endpointForURI = counting  # type: ignore[assignment, method-assign]
         self.agent.request(b"GET", b"http://up:1/a", with_host())
         self.agent.request(b"GET", b"http://up:1/b?x", with_host())
         self.assertEqual(asked, [1])

@@ -10,160 +10,26 @@ from typing import Any, Optional
 
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
-from twisted.web.vhost import NameVirtualHost
 
 from metagateway.config import GitHubSettings
-from tests.helpers import (
+from metagateway.testing import (
+    ACCESS_TOKEN,
+    API_URL,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    OCTOCAT,
+    TOKEN_URL,
+    FakeGitHub,
     GatewayHarness,
     RecordingUpstream,
-    assert_json,
-    assert_json_error,
     make_config,
 )
-
-CLIENT_ID = "Iv1.test-client-id"
-CLIENT_SECRET = "github-client-secret-never-shown"
-ACCESS_TOKEN = "gho_access-token-never-shown"
-
-#: Where the fake GitHub is, for unit tests.
-TOKEN_URL = "http://github.test/login/oauth/access_token"
-API_URL = "http://github.test/api/"
-
-OCTOCAT = {
-    "login": "octocat",
-    "id": 583231,
-    "name": "The Octocat",
-    "avatar_url": "https://avatars.githubusercontent.com/u/583231?v=4",
-    "html_url": "https://github.com/octocat",
-}
-
-
-class FakeEndpoint(Resource):
-    """
-    One endpoint of the fake GitHub: records each request and answers as
-    GitHub would (:meth:`respond`), or with a canned answer, or never, or by
-    dropping the connection.
-
-    :ivar requests: ``(method, headers, body)`` of each request seen.
-    :ivar pending: requests left unanswered while :attr:`hang` is set.
-    """
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[tuple[bytes, Any, bytes]] = []
-        self.pending: list[IRequest] = []
-        self.hang = False
-        self.drop = False
-        self.canned: Optional[tuple[int, bytes]] = None
-
-    def answer(self, code: int, document: Any) -> None:
-        """
-        Answer from now on with ``code`` and ``document`` as JSON.
-        """
-        self.answer_raw(code, json.dumps(document).encode("utf-8"))
-
-    def answer_raw(self, code: int, body: bytes) -> None:
-        """
-        Answer from now on with ``code`` and ``body``.
-        """
-        self.canned = (code, body)
-
-    def render(self, request: IRequest) -> Any:
-        """
-        Record the request and answer it as configured.
-        """
-        body = request.content.read()
-        self.requests.append((request.method, request.requestHeaders.copy(), body))
-        if self.drop:
-            request.channel.transport.abortConnection()
-            return NOT_DONE_YET
-        if self.hang:
-            self.pending.append(request)
-            return NOT_DONE_YET
-        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        if self.canned is not None:
-            request.setResponseCode(self.canned[0])
-            return self.canned[1]
-        code, document = self.respond(request, body)
-        request.setResponseCode(code)
-        return json.dumps(document).encode("utf-8")
-
-    def respond(self, request: IRequest, body: bytes) -> tuple[int, Any]:
-        """
-        GitHub's answer: status and JSON document.
-        """
-        raise NotImplementedError()
-
-
-class TokenEndpoint(FakeEndpoint):
-    """
-    ``POST /login/oauth/access_token``: :attr:`FakeGitHub.good_code` gets
-    :data:`ACCESS_TOKEN`, any other code GitHub's ``200`` error answer.
-    """
-
-    def respond(self, request: IRequest, body: bytes) -> tuple[int, Any]:
-        try:
-            sent = json.loads(body)
-        except ValueError:
-            sent = {}
-        if request.method != b"POST" or sent.get("code") != FakeGitHub.good_code:
-            return 200, {
-                "error": "bad_verification_code",
-                "error_description": "The code passed is incorrect or expired.",
-            }
-        return 200, {"access_token": ACCESS_TOKEN, "token_type": "bearer", "scope": ""}
-
-
-class UserEndpoint(FakeEndpoint):
-    """
-    ``GET /api/user``: :data:`OCTOCAT` for :data:`ACCESS_TOKEN`, else
-    ``401``.
-    """
-
-    def respond(self, request: IRequest, body: bytes) -> tuple[int, Any]:
-        authorization = request.getHeader(b"authorization")
-        if authorization != b"Bearer " + ACCESS_TOKEN.encode("ascii"):
-            return 401, {"message": "Bad credentials"}
-        return 200, OCTOCAT
-
-
-class FakeGitHub:
-    """
-    A fake GitHub: the OAuth token endpoint at
-    ``/login/oauth/access_token`` and the API's ``/api/user``.
-
-    :ivar root: the resource to serve, over TCP or behind a vhost.
-    :ivar token: the token endpoint.
-    :ivar user: the user endpoint.
-    """
-
-    good_code = "good-code"
-
-    def __init__(self) -> None:
-        self.token = TokenEndpoint()
-        self.user = UserEndpoint()
-        self.root = Resource()
-        login = Resource()
-        oauth = Resource()
-        api = Resource()
-        self.root.putChild(b"login", login)
-        login.putChild(b"oauth", oauth)
-        oauth.putChild(b"access_token", self.token)
-        self.root.putChild(b"api", api)
-        api.putChild(b"user", self.user)
-
-    def hosts(self) -> NameVirtualHost:
-        """
-        A vhost serving this fake as ``github.test``.
-        """
-        outside = NameVirtualHost()
-        outside.addHost(b"github.test", self.root)
-        return outside
+from tests.helpers import (
+    assert_cancelled_quietly,
+    assert_invalid_request,
+    assert_json,
+    assert_json_error,
+)
 
 
 def github_config(**settings: Any) -> Any:
@@ -192,8 +58,8 @@ class GitHubSignInTests(SynchronousTestCase):
             github_config(), upstream=self.core, outside=self.github.hosts()
         )
         self.logged: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+        globalLogPublisher.addObserver(self.logged.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)  # type: ignore[arg-type]
 
     def sign_in(self, body: Optional[bytes] = None, **kw: Any) -> Any:
         if body is None:
@@ -361,15 +227,7 @@ class GitHubSignInTests(SynchronousTestCase):
             b"[" * 60000,
         ):
             response, answer = self.sign_in(body)
-            assert_json_error(
-                self,
-                response,
-                answer,
-                400,
-                "INVALID_REQUEST",
-                route="CORE",
-                message="Missing GitHub code",
-            )
+            assert_invalid_request(self, response, answer, "Missing GitHub code")
         self.assertEqual(self.github.token.requests, [])
 
     def test_not_configured(self) -> None:
@@ -547,9 +405,4 @@ class GitHubSignInTests(SynchronousTestCase):
         self.github.token.hang = True
         d = self.start()
         self.assertEqual(len(self.github.token.pending), 1)
-        d.cancel()
-        self.harness.flush()
-        self.failureResultOf(d)
-        self.harness.clock.advance(self.harness.gateway.config.upstream_timeout)
-        self.harness.flush()
-        self.assertEqual(self.flushLoggedErrors(), [])
+        assert_cancelled_quietly(self, self.harness, d)

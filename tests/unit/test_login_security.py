@@ -1,6 +1,6 @@
 """
 Security behaviour through the whole in-memory gateway
-(:class:`tests.helpers.GatewayHarness`): login throttling, trusted proxies,
+(:class:`metagateway.testing.GatewayHarness`): login throttling, trusted proxies,
 revocation by ``/core/logout``, key rotation, clock-skew leeway, scrypt
 records, and nothing secret in answers or logs.
 """
@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from metagateway.addresses import TrustedProxies
 from metagateway.auth.passwords import make_record
 from metagateway.auth.throttle import LoginThrottle
-from metagateway.auth.tokens import AUDIENCE, ISSUER, key_id
+from metagateway.auth.tokens import key_id
 from metagateway.config import ConfigurationError
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.interfaces import (
@@ -31,17 +31,20 @@ from metagateway.credentials.interfaces import (
     UnknownAccount,
 )
 from metagateway.credentials.memory import MemoryCredentialStore
-from tests.helpers import (
+from metagateway.testing import (
     PASSWORD,
     SECRET,
     USERNAME,
     FakeThreadPool,
     GatewayHarness,
     ImmediateReactor,
+    make_config,
+)
+from tests.helpers import (
     assert_invalid_credentials,
     assert_json,
     assert_json_error,
-    make_config,
+    token_claims,
 )
 
 OLD_SECRET = "the-secret-we-used-last-month-32-bytes!!"
@@ -614,21 +617,7 @@ class RotationTests(SecurityCase):
     """
 
     def payload(self, h: GatewayHarness, **overrides: Any) -> dict[str, Any]:
-        now = int(h.clock.seconds())
-        payload: dict[str, Any] = {
-            "projectId": USERNAME,
-            "route": "CORE",
-            "scopes": ["admin"],
-            "environment": "production",
-            "issuedBy": ISSUER,
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "sub": USERNAME,
-            "iat": now,
-            "exp": now + 3600,
-        }
-        payload.update(overrides)
-        return payload
+        return token_claims(int(h.clock.seconds()), **overrides)
 
     def assert_accepted(self, h: GatewayHarness, token: str) -> None:
         response, body = h.request(
@@ -708,7 +697,7 @@ class RotationTests(SecurityCase):
         An unsigned ``alg: none`` token is refused.
         """
         h = GatewayHarness()
-        token = jwt.encode(self.payload(h), None, algorithm="none")
+        token = jwt.encode(self.payload(h), None, algorithm="none")  # type: ignore[arg-type]
         self.assert_refused(h, token)
         self.assert_refused(h, token + "c2ln")
 
@@ -849,8 +838,8 @@ class HygieneTests(SecurityCase):
         no password, token, secret, salt or hash.
         """
         events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
         record = make_record(USERNAME, PASSWORD)
         h = GatewayHarness(
             config=make_config(previous_secrets=(OLD_SECRET,)),

@@ -9,7 +9,6 @@ import json
 import re
 from typing import Any
 
-from treq.testing import StubTreq
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -38,8 +37,15 @@ from metagateway.observability.metrics import (
     method_label,
     status_class,
 )
-from tests.helpers import PASSWORD, USERNAME, GatewayHarness, make_config
-from tests.unit.test_streaming import ChannelHarness, FakeResponse
+from metagateway.testing import (
+    PASSWORD,
+    USERNAME,
+    ChannelHarness,
+    FakeResponse,
+    GatewayHarness,
+    StubTreq,
+    make_config,
+)
 
 #: One sample line of the text format: name, optional labels, value.
 SAMPLE = re.compile(

@@ -27,7 +27,7 @@ from metagateway.auth.passwords import (
     sha256_hash,
 )
 from metagateway.credentials.interfaces import AccountRecord
-from tests.helpers import FakeThreadPool, ImmediateReactor
+from metagateway.testing import FakeThreadPool, ImmediateReactor
 
 #: Cheap scrypt parameters, so the tests stay fast.
 FAST = {"n": 2**8, "r": 8, "p": 1, "dklen": 32}

@@ -43,18 +43,19 @@ from metagateway.http.site import GatewaySite
 from metagateway.proxy.headers import upstream_host
 from metagateway.proxy.resource import GatewayProxyResource, _Discard, _Watchdog
 from metagateway.routes import route_for
-from metagateway.timers import SharedTimer
-from tests.helpers import SECRET, make_config
-from tests.unit.test_streaming import (
+from metagateway.testing import (
     CLIENT,
+    SECRET,
     SERVER,
     ChannelHarness,
     FakeResponse,
     ParsedResponse,
     chunk,
+    make_config,
     parse_responses,
     post_head,
 )
+from metagateway.timers import SharedTimer
 
 
 def get(path: bytes, headers: bytes = b"") -> bytes:
@@ -68,8 +69,8 @@ class LogCapture:
 
     def __init__(self, case: SynchronousTestCase) -> None:
         self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
+        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
 
     def text(self) -> str:
         return "\n".join(formatEvent(event) for event in self.events)
@@ -194,7 +195,7 @@ class RequestHeaderTests(SynchronousTestCase):
         the upstream answers with comes back unchanged.
         """
         headers = self.sent(b"")
-        [sent_id] = headers.getRawHeaders(b"x-request-id")
+        [sent_id] = headers.getRawHeaders(b"x-request-id")  # type: ignore[misc]
         self.assertEqual(len(sent_id), 36)
         answer = Headers({b"X-Request-Id": [b"upstream-id"]})
         self.h.agent.calls[0].answer(FakeResponse(200, answer, length=0)).finish()
@@ -319,7 +320,7 @@ class FailureTests(SynchronousTestCase):
         self.assertEqual(answer.header(b"content-type"), b"application/json")
         self.assertEqual(answer.header(b"access-control-allow-origin"), b"*")
         # The id sent upstream comes back with the error too.
-        [sent_id] = self.h.agent.calls[0].headers.getRawHeaders(b"x-request-id")
+        [sent_id] = self.h.agent.calls[0].headers.getRawHeaders(b"x-request-id")  # type: ignore[misc]
         self.assertEqual(answer.header(b"x-request-id"), sent_id)
 
     def test_refused(self) -> None:
@@ -812,7 +813,7 @@ class WatchdogTests(SynchronousTestCase):
         """
         later = self.watchdog("later")
         first = self.watchdog("first")
-        first.expired = lambda: (self.expired.append("first"), later.arm())
+        first.expired = lambda: (self.expired.append("first"), later.arm())  # type: ignore[func-returns-value]
         first.arm()
         self.clock.advance(5)
         self.assertEqual(self.expired, ["first"])

@@ -10,7 +10,6 @@ import datetime
 import json
 from typing import Any
 
-from treq.testing import StubTreq
 from zope.interface.verify import verifyObject
 
 from twisted.internet.defer import CancelledError
@@ -36,8 +35,15 @@ from metagateway.credentials.r2 import (
     encode_query,
     sign_request,
 )
-from tests.fakes3 import HANG, SETTINGS, FakeS3, RefusingClient
-from tests.helpers import GatewayHarness, assert_json_error
+from metagateway.testing import (
+    HANG,
+    SETTINGS,
+    FakeS3,
+    GatewayHarness,
+    RefusingClient,
+    StubTreq,
+)
+from tests.helpers import assert_json_error
 
 # The examples in AWS's "Signature Calculations for the Authorization
 # Header: Transferring Payload in a Single Chunk (AWS Signature Version 4)"
@@ -69,7 +75,9 @@ class SignerTests(SynchronousTestCase):
     :func:`sign_request` reproduces AWS's published S3 SigV4 examples.
     """
 
-    def sign(self, method: str, path: str, headers: dict[str, str], body: bytes = b""):
+    def sign(
+        self, method: str, path: str, headers: dict[str, str], body: bytes = b""
+    ) -> dict[str, str]:
         return sign_request(
             method,
             EXAMPLE_HOST + path,
@@ -198,8 +206,8 @@ class R2StoreTests(SynchronousTestCase):
         self.client = RefusingClient(self.treq)
         self.store = self.make_store()
         self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
 
     def make_store(
         self, settings: R2Settings = SETTINGS, **kwargs: Any

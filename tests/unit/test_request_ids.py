@@ -14,8 +14,13 @@ from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
 from metagateway.errors import write_json
-from tests.helpers import PASSWORD, USERNAME
-from tests.unit.test_streaming import ChannelHarness, FakeResponse, ParsedResponse
+from metagateway.testing import (
+    PASSWORD,
+    USERNAME,
+    ChannelHarness,
+    FakeResponse,
+    ParsedResponse,
+)
 
 #: A client-chosen request id.
 CLIENT_ID = b"client-id-7"

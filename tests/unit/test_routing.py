@@ -12,13 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from metagateway.auth.tokens import TokenAuthority
 from metagateway.routes import normalise_path, route_for
-from tests.helpers import (
-    SECRET,
-    GatewayHarness,
-    RecordingUpstream,
-    assert_json_error,
-    make_config,
-)
+from metagateway.testing import SECRET, GatewayHarness, RecordingUpstream, make_config
+from tests.helpers import assert_json_error
 
 
 class NormalisePathTests(SynchronousTestCase):

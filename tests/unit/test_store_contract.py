@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from treq.testing import StubTreq
 from zope.interface.verify import verifyObject
 
 from twisted.internet.task import Clock
@@ -25,8 +24,8 @@ from metagateway.credentials.interfaces import (
 )
 from metagateway.credentials.memory import MemoryCredentialStore
 from metagateway.credentials.r2 import R2CredentialStore
-from tests.fakes3 import SETTINGS, FakeS3
-from tests.helpers import GatewayHarness, assert_json_error
+from metagateway.testing import SETTINGS, FakeS3, GatewayHarness, StubTreq
+from tests.helpers import assert_json_error
 
 #: Stored bytes that are no account record, each failing the lookup with
 #: :class:`StoreUnavailable` (CONTRACT §2: fail closed, never open).

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from typing import Any, Iterator, Optional
 
-from twisted.application.service import IServiceMaker, MultiService
+from twisted.application.service import IService, IServiceMaker
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
@@ -20,38 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from metagateway.daemon.dev import curl_target
 from metagateway.daemon.tap import Listener, Options, makeService
-
-
-class EnvironmentMixin:
-    """
-    Swap ``os.environ`` and ``sys.stderr`` for the length of a test.
-    """
-
-    def use_environ(self, environ: dict[str, str]) -> None:
-        saved = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(environ)
-
-        def restore() -> None:
-            os.environ.clear()
-            os.environ.update(saved)
-
-        self.addCleanup(restore)  # type: ignore[attr-defined]
-
-    def accounts_dir(self) -> str:
-        """
-        A new, empty accounts directory.
-        """
-        path: str = self.mktemp()  # type: ignore[attr-defined]
-        os.makedirs(path)
-        return path
-
-    def capture_stderr(self) -> io.StringIO:
-        captured = io.StringIO()
-        saved = sys.stderr
-        sys.stderr = captured
-        self.addCleanup(setattr, sys, "stderr", saved)  # type: ignore[attr-defined]
-        return captured
+from metagateway.testing import EnvironmentMixin
 
 
 class OptionsTests(SynchronousTestCase):
@@ -96,7 +65,7 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
     """
 
     def listening(
-        self, service: MultiService, reactor: MemoryReactorClock
+        self, service: IService, reactor: MemoryReactorClock
     ) -> Iterator[int]:
         service.privilegedStartService()
         service.startService()
@@ -136,7 +105,8 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
         options.parseOptions([])
         reactor = MemoryReactorClock()
         self.assertEqual(
-            list(self.listening(makeService(options, reactor), reactor)), [8080]
+            list(self.listening(makeService(options, reactor), reactor)),
+            [8080],
         )
 
     def test_json_access_log_flushed_at_shutdown(self) -> None:
@@ -230,7 +200,11 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
         service.privilegedStartService()
         service.startService()
         self.assertEqual(len(reactor.tcpServers), 2)
-        listeners = [child for child in service if isinstance(child, Listener)]
+        listeners = [
+            child
+            for child in service  # type: ignore[attr-defined]
+            if isinstance(child, Listener)
+        ]
         self.assertEqual(len(listeners), 2)
         self.assertNotIn(None, [listener.port for listener in listeners])
         service.stopService()

@@ -31,8 +31,9 @@ from metagateway.auth.tokens import (
     key_id,
     request_token,
 )
+from tests.helpers import token_claims
 
-SECRET = "current-secret-that-is-at-least-32-bytes"
+SECRET = "current-secret-that-is-long-enough-for-hs512-0123456789abcdef01234567"
 OLD = "previous-secret-that-is-at-least-32-bytes"
 OLDER = "older-secret-that-is-at-least-32-bytes!!"
 STRANGER = "somebody-elses-secret-at-least-32-bytes!"
@@ -45,25 +46,7 @@ def claims(**overrides: Any) -> dict[str, Any]:
     A valid payload issued at :data:`NOW`, with ``overrides`` applied; a
     value of ``None`` removes the claim.
     """
-    payload: dict[str, Any] = {
-        "projectId": "alice",
-        "route": "CORE",
-        "scopes": ["admin"],
-        "environment": "production",
-        "issuedBy": ISSUER,
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "sub": "alice",
-        "iat": NOW,
-        "exp": NOW + LIFETIME,
-        "jti": "0123456789abcdef",
-    }
-    for name, value in overrides.items():
-        if value is None:
-            payload.pop(name, None)
-        else:
-            payload[name] = value
-    return payload
+    return token_claims(NOW, **{"jti": "0123456789abcdef", **overrides})
 
 
 def sign(

@@ -139,9 +139,10 @@ class PoolFactoryGuards(GuardTestCase):
         factory = getattr(client, "_HTTP11ClientFactory", None)
         self.guard(factory is not None, hook, "it is gone")
         self.guard(
-            parameters(factory.__init__) == ["self", "quiescentCallback", "metadata"],
+            parameters(factory.__init__)  # type: ignore[misc]
+            == ["self", "quiescentCallback", "metadata"],
             hook,
-            "its constructor's parameters: %s" % (inspect.signature(factory.__init__),),
+            "its constructor's parameters: %s" % (inspect.signature(factory.__init__),),  # type: ignore[misc]
         )
         self.guard(
             HTTPConnectionPool.__dict__.get("_factory") is factory,

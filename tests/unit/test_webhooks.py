@@ -11,7 +11,7 @@ from io import BytesIO
 from typing import Any, Optional
 
 from treq.client import HTTPClient
-from treq.testing import RequestTraversalAgent, StubTreq
+from treq.testing import RequestTraversalAgent
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Cooperator
@@ -20,9 +20,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IRequest, IResponse
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.iweb import IResponse
+from twisted.web.resource import IResource
 from twisted.web.vhost import NameVirtualHost
 
 from metagateway.credentials.memory import MemoryCredentialStore
@@ -33,17 +32,12 @@ from metagateway.proxy.webhooks import (
     forwarded_headers,
     select_targets,
 )
-from tests.helpers import (
-    GatewayHarness,
-    RecordingUpstream,
-    assert_json,
-    assert_json_error,
-    make_config,
-)
+from metagateway.testing import GatewayHarness, RecordingUpstream, StubTreq, make_config
+from tests.helpers import assert_cancelled_quietly, assert_json, assert_json_error
 
 NOTION_SECRET = "notion-shared-secret"
 
-#: The test services, as :func:`tests.helpers.make_config` sets them.
+#: The test services, as :func:`metagateway.testing.make_config` sets them.
 SERVICES = {
     "BUILD": "http://build.test/base/",
     "KV": "http://kv.test",
@@ -52,7 +46,7 @@ SERVICES = {
 }
 
 
-class Target(Resource):
+class Target(RecordingUpstream):
     """
     A fake webhook target: records each request and answers with a fixed
     status, or never, or by dropping the connection.
@@ -62,39 +56,9 @@ class Target(Resource):
     :ivar headers: response headers it answers with.
     """
 
-    isLeaf = True
-
     def __init__(self, code: int = 200) -> None:
-        super().__init__()
-        self.code = code
-        self.hang = False
-        self.drop = False
-        self.requests: list[tuple[bytes, bytes, Headers, bytes]] = []
-        self.pending: list[IRequest] = []
-        self.headers: dict[bytes, list[bytes]] = {}
-
-    def render(self, request: IRequest) -> Any:
-        """
-        Record the request and answer it as configured.
-        """
-        self.requests.append(
-            (
-                request.method,
-                request.uri,
-                request.requestHeaders.copy(),
-                request.content.read(),
-            )
-        )
-        if self.drop:
-            request.channel.transport.abortConnection()
-            return NOT_DONE_YET
-        if self.hang:
-            self.pending.append(request)
-            return NOT_DONE_YET
-        request.setResponseCode(self.code)
-        for name, values in self.headers.items():
-            request.responseHeaders.setRawHeaders(name, values)
-        return b'{"ok":true}'
+        super().__init__(b'{"ok":true}', code)
+        self.headers = {}
 
 
 class Targets:
@@ -176,8 +140,8 @@ class NotionWebhookTests(SynchronousTestCase):
             notion_config(), upstream=self.upstream, outside=self.targets.hosts
         )
         self.logged: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+        globalLogPublisher.addObserver(self.logged.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)  # type: ignore[arg-type]
 
     def post(
         self,
@@ -744,12 +708,7 @@ class NotionWebhookTests(SynchronousTestCase):
         """
         self.targets["CORE_SERVICE"].hang = True
         d = self.start()
-        d.cancel()
-        self.harness.flush()
-        self.failureResultOf(d)
-        self.harness.clock.advance(self.harness.gateway.config.upstream_timeout)
-        self.harness.flush()
-        self.assertEqual(self.flushLoggedErrors(), [])
+        assert_cancelled_quietly(self, self.harness, d)
 
 
 class WebhooksResourceTests(SynchronousTestCase):

@@ -40,8 +40,7 @@ from metagateway.daemon.workers import (
 )
 from metagateway.http.site import GatewaySite
 from metagateway.observability.metrics import MetricsSite
-from tests.helpers import SECRET
-from tests.unit.test_tap import EnvironmentMixin
+from metagateway.testing import SECRET, EnvironmentMixin
 
 
 class FakeProcess:
@@ -380,7 +379,7 @@ class SupervisorTests(SynchronousTestCase):
         A worker that keeps dying young waits twice as long each time, up
         to the cap; one that lived a while starts again at the first delay.
         """
-        delays = []
+        delays: list[float] = []
         for _ in range(9):
             before = self.reactor.seconds()
             self.reactor.end(len(self.reactor.spawned) - 1)

@@ -1,5 +1,5 @@
 """
-A fake S3 bucket: a twisted.web resource that checks each request's SigV4
+A fake S3 bucket for tests: a twisted.web resource that checks each request's SigV4
 signature (computed here independently of botocore, from the request as
 received) and serves GET, PUT, HEAD, DELETE and ListObjectsV2, path-style.
 
@@ -39,13 +39,16 @@ Fault = Union[int, str, "tuple[int, bytes]"]
 SETTINGS = R2Settings(
     endpoint_url="https://account.r2.example",
     access_key_id="AKIDEXAMPLE12345",
-    secret_access_key="fake/secret+KEY/for-tests-only",
+    secret_access_key="fake/secret+KEY/for-tests-only",  # noqa: S106 (a fake)
     bucket="metacogna-accounts",
     region="auto",
 )
 
 
 def _error(request: Request, status: int, code: str) -> bytes:
+    """
+    S3's XML error document ``code`` with ``status``.
+    """
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/xml")
     return (
@@ -55,6 +58,9 @@ def _error(request: Request, status: int, code: str) -> bytes:
 
 
 def _sign(key: bytes, message: str) -> bytes:
+    """
+    One step of SigV4's signing-key derivation.
+    """
     return hmac.new(key, message.encode("utf-8"), hashlib.sha256).digest()
 
 
@@ -93,6 +99,9 @@ class FakeS3(Resource):
         return [method for method, _, _ in self.requests]
 
     def render(self, request: Request) -> Union[bytes, int]:
+        """
+        A scripted fault if one is due, else the checked request's answer.
+        """
         method = request.method.decode("ascii")
         uri = request.uri
         headers = {
@@ -234,6 +243,10 @@ class FakeS3(Resource):
         return None
 
     def _list(self, request: Request, raw_query: str) -> bytes:
+        """
+        ListObjectsV2: :attr:`page_size` keys at a time, with a
+        continuation token.
+        """
         params = {}
         for pair in raw_query.split("&") if raw_query else []:
             name, _, value = pair.partition("=")
