@@ -14,7 +14,7 @@ from typing import Any, Container, Optional
 from treq.client import HTTPClient
 from zope.interface import implementer
 
-from twisted.application.service import Service
+from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -57,9 +57,29 @@ from metagateway.observability.metrics import MeasuredCredentialStore, Metrics
 from metagateway.proxy.resource import GatewayProxyResource
 from metagateway.proxy.webhooks import WebhooksResource
 from metagateway.routes import ROUTES
+from metagateway.state.interfaces import ISecurityState
 from metagateway.timers import SharedTimer
 
 log = Logger()
+
+
+def make_state(config: GatewayConfig, reactor: Any) -> ISecurityState:
+    """
+    The shared security state in the Redis store ``config.state`` names,
+    with ``config``'s login limits. Start it (it is an ``IService``) to
+    connect.
+    """
+    from metagateway.state.redis import RedisSecurityState
+
+    assert config.state is not None
+    return RedisSecurityState(
+        config.state,
+        reactor,
+        per_user=config.login_failures_per_user,
+        per_address=config.login_failures_per_address,
+        window=config.login_window,
+    )
+
 
 #: Idle keep-alive connections kept per upstream host.
 MAX_PERSISTENT_PER_HOST = 64
@@ -293,6 +313,8 @@ class GatewayService(Service):
     :param pool_timer: the pool's clock, when it is a
         :class:`~metagateway.timers.SharedTimer`: its reactor timer is
         cancelled once the pool is closed.
+    :param state: the shared state's connection, started and stopped with
+        this service.
     """
 
     def __init__(
@@ -303,7 +325,9 @@ class GatewayService(Service):
         drain_timeout: float = 30.0,
         passwords: Optional[PasswordChecks] = None,
         pool_timer: Optional[SharedTimer] = None,
+        state: Optional[IService] = None,
     ) -> None:
+        self.state = state
         self.pool = pool
         self.in_flight = in_flight
         self.clock = clock
@@ -318,6 +342,8 @@ class GatewayService(Service):
         super().startService()
         if self.passwords is not None:
             self.passwords.start()
+        if self.state is not None:
+            self.state.startService()
 
     def stopService(self) -> Optional[Deferred[None]]:
         """
@@ -343,6 +369,10 @@ class GatewayService(Service):
                     count=in_flight.count,
                 )
         await self.pool.closeCachedConnections()
+        if self.state is not None:
+            stopping = self.state.stopService()
+            if stopping is not None:
+                await stopping
         if self.pool_timer is not None:
             self.pool_timer.stop()
         if self.passwords is not None:
@@ -380,6 +410,10 @@ class Gateway:
         ``http_client``: treq's client adds ``Accept-Encoding: gzip`` and
         cookies to what the client sent). Pass an agent that sends the
         headers it is given unchanged and follows no redirects.
+    :param state: the shared security state (revocations, login
+        counters); by default the Redis store ``config.state`` names, else
+        one held in this process. One that is also an ``IService`` is
+        started and stopped with :attr:`service`.
 
     :raises ConfigurationError: when the secret is empty, a trusted proxy
         is not an address or network, or no store is passed and ``config``
@@ -405,6 +439,7 @@ class Gateway:
         access_log: Optional[AccessLog] = TEXT_ACCESS_LOG,
         metrics: Optional[Metrics] = None,
         webhook_agent: Optional[IAgent] = None,
+        state: Optional[ISecurityState] = None,
     ) -> None:
         if not config.jwt_secret:
             raise ConfigurationError("the JWT secret is empty")
@@ -450,17 +485,22 @@ class Gateway:
         if store is None:
             store = make_store(config, reactor, http_client)
         self.store = store
-        self.tokens = TokenAuthority(
-            config.jwt_secret,
-            reactor.seconds,
-            config.previous_secrets,
-            config.clock_skew,
-        )
+        if state is None and config.state is not None:
+            state = make_state(config, reactor)
         self.throttle = LoginThrottle(
             config.login_failures_per_user,
             config.login_failures_per_address,
             config.login_window,
             reactor.seconds,
+            state=state,
+        )
+        self.state: ISecurityState = self.throttle.state
+        self.tokens = TokenAuthority(
+            config.jwt_secret,
+            reactor.seconds,
+            config.previous_secrets,
+            config.clock_skew,
+            revocations=self.state,
         )
         self.metrics = metrics if metrics is not None else Metrics()
         self.passwords = PasswordChecks(reactor)
@@ -534,4 +574,5 @@ class Gateway:
             config.drain_timeout,
             self.passwords,
             self.pool_timer,
+            IService(self.state, None),
         )

@@ -87,6 +87,13 @@ class Options(usage.Options):
         ["max-headers", None, None, "Most header lines in a request (100)."],
         ["workers", None, None, "Processes sharing the --listen sockets (1)."],
         [
+            "state-url",
+            None,
+            None,
+            "redis://[:password@]host:port[/db] or rediss://...: the store "
+            "revocations and login counters are shared through.",
+        ],
+        [
             "access-log",
             None,
             None,

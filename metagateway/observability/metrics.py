@@ -75,6 +75,7 @@ LOGIN_OUTCOMES = {
     "INVALID_REQUEST": "invalid_request",
     "PAYLOAD_TOO_LARGE": "invalid_request",
     "CREDENTIAL_STORE_UNAVAILABLE": "store_unavailable",
+    "STATE_UNAVAILABLE": "state_unavailable",
     "GITHUB_NOT_CONFIGURED": "not_configured",
     "GITHUB_AUTH_FAILED": "upstream_failed",
 }
