@@ -195,8 +195,19 @@ class _Events(txredisapi.SubscriberProtocol):  # type: ignore[misc]
         self.link = link
         self.callLater = link.reactor.callLater
 
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-        self.link.owner.message_received(message)
+    def replyReceived(self, reply: Any) -> None:
+        # txredisapi's own compares each reply with both str and bytes,
+        # which ``python -b`` warns about; replies are str here (charset).
+        if isinstance(reply, list) and len(reply) >= 3:
+            kind = reply[-3]
+            if kind == "message":
+                self.link.owner.message_received(reply[-1])
+                return
+            if kind in ("subscribe", "unsubscribe") and not self.replyQueue.waiting:
+                return
+            self.replyQueue.put(reply[-3:])
+            return
+        self.replyQueue.put(reply)
 
     def connectionLost(self, why: Failure) -> None:
         super().connectionLost(why)
