@@ -8,6 +8,11 @@
     metagateway-admin [--accounts-dir DIR] set-password NAME [--password-stdin]
     metagateway-admin [--accounts-dir DIR] remove-user NAME
     metagateway-admin [--accounts-dir DIR] list-users
+    metagateway-admin --state-url URL revoke-user NAME
+
+With ``--state-url`` (or ``METAGATEWAY_STATE_URL``), ``revoke-user``,
+``set-password`` and ``remove-user`` refuse every token of NAME issued up
+to now, in every gateway sharing that state store (CONTRACT §7).
 
 The store is chosen as the daemon chooses it: ``--accounts-dir`` (or
 ``METAGATEWAY_ACCOUNTS_DIR``), else R2 from the ``R2_*`` variables. Every
@@ -21,6 +26,7 @@ import argparse
 import getpass as _getpass
 import os
 import sys
+from functools import partial
 from typing import Any, Callable, Mapping, NoReturn, Optional, Sequence, TextIO
 
 from twisted.internet.defer import Deferred
@@ -28,7 +34,7 @@ from twisted.internet.task import react
 from twisted.python.filepath import FilePath
 
 from metagateway.auth.passwords import make_record
-from metagateway.config import ConfigurationError, R2Settings
+from metagateway.config import ConfigurationError, R2Settings, StateSettings
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.credentials.interfaces import (
     IWritableCredentialStore,
@@ -37,6 +43,7 @@ from metagateway.credentials.interfaces import (
     UnreadableRecord,
     is_valid_username,
 )
+from metagateway.state.interfaces import StateUnavailable
 
 #: Exit status for a failure the command reports.
 EXIT_FAILURE = 1
@@ -84,6 +91,14 @@ def build_parser(stdout: TextIO) -> argparse.ArgumentParser:
     :param stdout: where ``--help`` is written.
     """
     common = _Parser(add_help=False)
+    common.add_argument(
+        "--state-url",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="the shared state store (redis://... or rediss://...; default: "
+        "$METAGATEWAY_STATE_URL): revoke-user, set-password and remove-user "
+        "end the user's live tokens there",
+    )
     common.add_argument(
         "--accounts-dir",
         metavar="DIR",
@@ -137,6 +152,11 @@ def build_parser(stdout: TextIO) -> argparse.ArgumentParser:
     remove = command("remove-user", "delete an account")
     remove.add_argument("name", metavar="NAME")
     command("list-users", "list the account names")
+    revoke = command(
+        "revoke-user",
+        "refuse every token of an account issued up to now (needs --state-url)",
+    )
+    revoke.add_argument("name", metavar="NAME")
     return parser
 
 
@@ -244,6 +264,7 @@ async def run(
     stderr: TextIO,
     prompt: Callable[[str], str] = _getpass.getpass,
     http_client: Optional[Any] = None,
+    revoke_user: Optional[Callable[[StateSettings, str], Deferred[None]]] = None,
 ) -> int:
     """
     Carry out one command.
@@ -256,6 +277,9 @@ async def run(
     :param stderr: where failures go, one line each.
     :param prompt: asks for a password without echo.
     :param http_client: the treq client for R2 (tests pass ``StubTreq``).
+    :param revoke_user: revokes a user's tokens in the state store
+        (:func:`metagateway.state.admin.revoke_user` on ``reactor`` if
+        omitted).
     :return: the exit status.
     """
     release: Callable[[], object] = lambda: None  # noqa: E731
@@ -271,6 +295,21 @@ async def run(
                 "invalid username %r: 4 to 128 bytes, no '/', '\\\\', '..' "
                 "or control characters" % (name,)
             )
+        state = _state_settings(options, environ)
+        if revoke_user is None:
+            from metagateway.state.admin import revoke_user as revoke_in_store
+
+            revoke_user = partial(revoke_in_store, reactor)
+        if command == "revoke-user":
+            if state is None:
+                raise AdminError(
+                    "revoke-user needs --state-url (or METAGATEWAY_STATE_URL): "
+                    "tokens are revoked in the shared state store"
+                )
+            await _revoke(revoke_user, state, name, "")
+            stdout.write("revoked every token of %s issued up to now\n" % (name,))
+            stdout.flush()
+            return 0
         store, release = open_store(
             reactor,
             getattr(options, "accounts_dir", None),
@@ -301,12 +340,16 @@ async def run(
             scheme = options.scheme or old.scheme
             await store.store(make_record(name, password, old.role, scheme))
             stdout.write("password changed for %s\n" % (name,))
+            await _revoke_after(
+                revoke_user, state, name, "password changed for", stdout
+            )
         elif command == "remove-user":
             try:
                 await store.remove(name)
             except UnknownAccount:
                 raise AdminError("no account named %r" % (name,)) from None
             stdout.write("removed %s\n" % (name,))
+            await _revoke_after(revoke_user, state, name, "removed", stdout)
         else:
             for username in await store.usernames():
                 stdout.write(username + "\n")
@@ -331,6 +374,65 @@ async def run(
                 await result
         except Exception:  # noqa: BLE001, S110 - closing idle connections
             pass
+
+
+def _state_settings(
+    options: argparse.Namespace, environ: Mapping[str, str]
+) -> Optional[StateSettings]:
+    """
+    The state store ``--state-url`` (or ``METAGATEWAY_STATE_URL``) names.
+
+    :raises AdminError: for a malformed URL.
+    """
+    url = getattr(options, "state_url", None) or environ.get("METAGATEWAY_STATE_URL")
+    if not url:
+        return None
+    try:
+        return StateSettings.from_url(url, "--state-url / METAGATEWAY_STATE_URL")
+    except ConfigurationError as e:
+        raise AdminError(str(e)) from None
+
+
+async def _revoke(
+    revoke_user: Callable[[StateSettings, str], Deferred[None]],
+    state: StateSettings,
+    name: str,
+    done: str,
+) -> None:
+    """
+    Revoke ``name``'s tokens in ``state``.
+
+    :param done: what was already done, for the error (``""``: nothing).
+    :raises AdminError: when the store cannot take it.
+    """
+    try:
+        await revoke_user(state, name)
+    except StateUnavailable as e:
+        raise AdminError(
+            "%sthe tokens of %s could not be revoked: %s"
+            % ("%s %s, but " % (done, name) if done else "", name, e)
+        ) from None
+
+
+async def _revoke_after(
+    revoke_user: Callable[[StateSettings, str], Deferred[None]],
+    state: Optional[StateSettings],
+    name: str,
+    done: str,
+    stdout: TextIO,
+) -> None:
+    """
+    After ``set-password`` or ``remove-user``: revoke ``name``'s tokens
+    when a state store is named, else say that they stay valid.
+    """
+    if state is None:
+        stdout.write(
+            "tokens already issued to %s stay valid until they expire; "
+            "give --state-url to revoke them\n" % (name,)
+        )
+        return
+    await _revoke(revoke_user, state, name, done)
+    stdout.write("revoked every token of %s issued up to now\n" % (name,))
 
 
 async def _exists(store: IWritableCredentialStore, name: str) -> bool:

@@ -452,6 +452,7 @@ class RedisSecurityState(Service):
         self._syncing: Optional[Deferred[None]] = None
         self._since_ready = 0
         self._waiters: list[Deferred[None]] = []
+        self._last_error = ""
 
     # -- the service
 
@@ -489,9 +490,11 @@ class RedisSecurityState(Service):
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
             if failure.check(TimeoutError_):
+                why = " (%s)" % (self._last_error,) if self._last_error else ""
                 return Failure(
                     StateUnavailable(
-                        "%s unreachable for %g s" % (self.settings.display(), timeout)
+                        "%s unreachable for %g s%s"
+                        % (self.settings.display(), timeout, why)
                     )
                 )
             return failure
@@ -566,13 +569,14 @@ class RedisSecurityState(Service):
         A connection attempt of ``link`` failed; it is tried again later.
         """
         self.stats.connected = False
+        self._last_error = failure.getErrorMessage() or repr(failure.value)
         if not self._complained:
             self._complained = True
             log.warn(
                 "Shared state store {url} unreachable ({why}); logins answer 503 "
                 "until it is reachable, retrying",
                 url=self.settings.display(),
-                why=failure.getErrorMessage() or repr(failure.value),
+                why=self._last_error,
             )
 
     # -- the mirror
