@@ -221,11 +221,23 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
         # left is written once the drain is over and the reactor stops.
         access_log = AccessLog("json", sys.stdout, clock=reactor)
         reactor.addSystemEventTrigger("after", "shutdown", access_log.flush)
+    state = None
+    if process.state_fd is not None and config.state is None:
+        from metagateway.state.supervisor import SupervisedSecurityState
+
+        state = SupervisedSecurityState(
+            reactor,
+            process.state_fd,
+            config.login_failures_per_user,
+            config.login_failures_per_address,
+            config.login_window,
+        )
     gateway = Gateway(
         config,
         reactor,
         access_log=access_log,
         metrics=Metrics(worker=process.worker_index),
+        state=state,
     )
     top = _Daemon()
     gateway.service.setServiceParent(top)
@@ -291,6 +303,22 @@ def _supervisor(
             offset_endpoint(process.metrics_listen, 0)
     except ConfigurationError as e:
         _fail(str(e))
+    hub = None
+    if config.state is None:
+        # Without a state store, the workers share the state this process
+        # holds.
+        from metagateway.state.memory import MemorySecurityState
+        from metagateway.state.supervisor import StateHub
+
+        hub = StateHub(
+            MemorySecurityState(
+                reactor.seconds,
+                config.login_failures_per_user,
+                config.login_failures_per_address,
+                config.login_window,
+            ),
+            reactor,
+        )
     flags = [str(flag[0]) for flag in Options.optFlags]
     parameters = [str(parameter[0]) for parameter in Options.optParameters]
     return WorkerSupervisor(
@@ -300,4 +328,5 @@ def _supervisor(
         process.workers,
         partial(_bound, partial(bind_sockets, reactor, config.listen)),
         config.drain_timeout + KILL_MARGIN,
+        hub,
     )

@@ -237,7 +237,6 @@ class WorkersStateTests(TestCase):
     """
 
     timeout = 90
-    skip = "the supervisor-held state is not built yet"
 
     def setUp(self) -> None:
         self.accounts, self.upstream, self.upstream_url = serve_world(self)
