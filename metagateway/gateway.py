@@ -58,6 +58,7 @@ from metagateway.proxy.resource import GatewayProxyResource
 from metagateway.proxy.webhooks import WebhooksResource
 from metagateway.routes import ROUTES
 from metagateway.state.interfaces import ISecurityState
+from metagateway.state.stats import StateStats
 from metagateway.timers import SharedTimer
 
 log = Logger()
@@ -503,6 +504,9 @@ class Gateway:
             revocations=self.state,
         )
         self.metrics = metrics if metrics is not None else Metrics()
+        stats = getattr(self.state, "stats", None)
+        if isinstance(stats, StateStats):
+            self.metrics.state = stats
         self.passwords = PasswordChecks(reactor)
         # With none (the usual case) each request's "in" is a tuple's.
         trusted: Container[str] = ()

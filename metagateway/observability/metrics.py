@@ -29,6 +29,7 @@ from metagateway.credentials.interfaces import (
     StoreUnavailable,
     UnknownAccount,
 )
+from metagateway.state.stats import StateStats
 
 #: Upper bounds, in seconds, of the request latency histogram's buckets.
 LATENCY_BUCKETS = (
@@ -173,6 +174,8 @@ class Metrics:
         self.logins: dict[tuple[str, str], int] = {}
         self.store_lookups: dict[str, int] = {}
         self.store_latency = Histogram(STORE_BUCKETS)
+        #: The shared state store's figures, when the state is shared.
+        self.state: Optional[StateStats] = None
 
     def observe_request(
         self,
@@ -334,6 +337,8 @@ class Metrics:
                 "metagateway_credential_store_lookup_seconds", worker
             )
         )
+        if self.state is not None:
+            lines.extend(self.state.samples(braces(worker)))
         return ("\n".join(lines) + "\n").encode("utf-8")
 
 

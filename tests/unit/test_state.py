@@ -210,3 +210,127 @@ class StateSettingsTests(SynchronousTestCase):
             with self.assertRaises(ConfigurationError) as caught:
                 StateSettings.from_url(url)
             self.assertIn("--state-url", str(caught.exception))
+
+
+class StateMetricsTests(SynchronousTestCase):
+    """
+    The shared state store's figures in ``/metrics``.
+    """
+
+    def test_exposition(self) -> None:
+        """
+        A gateway whose state reports figures exposes them, labelled with
+        the worker; one held in this process adds nothing.
+        """
+        from metagateway.observability.metrics import Metrics
+        from metagateway.state.stats import StateStats
+
+        metrics = Metrics(worker=1)
+        self.assertNotIn(b"metagateway_state_", metrics.exposition())
+        metrics.state = StateStats(
+            connected=True, reconnects=2, revocations_seen=7, pubsub_lag=0.25
+        )
+        text = metrics.exposition().decode("utf-8")
+        for line in (
+            "# TYPE metagateway_state_connected gauge",
+            'metagateway_state_connected{worker="1"} 1',
+            'metagateway_state_reconnects_total{worker="1"} 2',
+            'metagateway_state_revocations_seen_total{worker="1"} 7',
+            'metagateway_state_pubsub_lag_seconds{worker="1"} 0.25',
+        ):
+            self.assertIn(line + "\n", text)
+        metrics.state.connected = False
+        self.assertIn(
+            'metagateway_state_connected{worker="1"} 0\n',
+            metrics.exposition().decode("utf-8"),
+        )
+
+    def test_gateway_wires_stats(self) -> None:
+        """
+        A :class:`~metagateway.gateway.Gateway` given a state with figures
+        reports them in its metrics.
+        """
+        from metagateway.config import GatewayConfig
+        from metagateway.gateway import Gateway
+        from metagateway.state.supervisor import SupervisedSecurityState
+
+        clock = Clock()
+        state = SupervisedSecurityState(clock, None)
+        config = GatewayConfig(jwt_secret="s" * 32, accounts_dir=self.mktemp())
+        gateway = Gateway(config, clock, state=state, access_log=None)
+        self.assertIs(gateway.metrics.state, state.stats)
+        self.assertIs(gateway.tokens.revocations, state)
+        self.assertIs(gateway.throttle.state, state)
+
+
+class UnreachableStateGatewayTests(SynchronousTestCase):
+    """
+    A gateway whose Redis state store cannot be reached (CONTRACT §7):
+    logins answer ``503 STATE_UNAVAILABLE`` under their route; tokens are
+    checked against what is known; logout answers ``200`` and holds at
+    once; ``/health`` never asks the store.
+    """
+
+    def setUp(self) -> None:
+        from metagateway.state.redis import RedisSecurityState
+        from tests.helpers import GatewayHarness, make_config
+
+        self.harness = GatewayHarness(
+            make_config(state=StateSettings.from_url("redis://127.0.0.1:1/0"))
+        )
+        self.state = self.harness.gateway.state
+        self.assertIsInstance(self.state, RedisSecurityState)
+
+    def test_logins_503(self) -> None:
+        """
+        Both login endpoints answer ``503 STATE_UNAVAILABLE``, never 401.
+        """
+        import json
+
+        from tests.helpers import PASSWORD, USERNAME, assert_json_error
+
+        for path, route in (("/auth/login", "AUTH"), ("/core/auth/login", "CORE")):
+            for password in (PASSWORD, "wrong"):
+                response, body = self.harness.request(
+                    self,
+                    "POST",
+                    path,
+                    data=json.dumps(
+                        {"username": USERNAME, "password": password}
+                    ).encode(),
+                )
+                assert_json_error(self, response, body, 503, "STATE_UNAVAILABLE", route)
+
+    def test_tokens_and_logout(self) -> None:
+        """
+        A token (issued before, say) is accepted; logout answers ``200``
+        and the token is refused at once; ``/health`` answers ``200``.
+        """
+        from tests.helpers import assert_json_error
+
+        token = self.harness.gateway.tokens.issue("alice", "CORE", ["admin"])
+        headers = {"Authorization": "Bearer " + token}
+        response, _ = self.harness.request(self, "GET", "/build/x", headers=headers)
+        self.assertEqual(response.code, 200)
+        response, body = self.harness.request(
+            self, "POST", "/core/logout", headers=headers
+        )
+        self.assertEqual((response.code, body), (200, b'{"success":true}'))
+        response, body = self.harness.request(self, "GET", "/build/x", headers=headers)
+        assert_json_error(self, response, body, 403, "INVALID_TOKEN")
+        response, _ = self.harness.request(self, "GET", "/health")
+        self.assertEqual(response.code, 200)
+
+    def test_service_connects(self) -> None:
+        """
+        Starting the gateway's service starts connecting to the store
+        (both links), with the reactor given; stopping it stops that.
+        """
+        self.harness.gateway.service.startService()
+        clients = self.harness.clock.tcpClients
+        self.assertEqual(
+            [(host, port) for host, port, *_ in clients],
+            [("127.0.0.1", 1), ("127.0.0.1", 1)],
+        )
+        self.successResultOf(self.harness.gateway.service.stopService())
+        self.assertTrue(self.state.commands.stopped)
