@@ -158,6 +158,24 @@ return 1
 """
 
 
+def _wire(text: str) -> bytes:
+    """
+    ``text`` as sent to Redis: UTF-8, with lone surrogates (which a JSON
+    body can hold) kept rather than refused.
+    """
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _text(value: Any) -> str:
+    """
+    A key read back from Redis (``str`` when it was valid UTF-8, else
+    ``bytes``) as the text it was written from.
+    """
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogatepass")
+    return str(value)
+
+
 def _ms(seconds: float) -> int:
     """
     Whole milliseconds, at least 1, for ``PX``.
@@ -587,6 +605,9 @@ class RedisSecurityState(Service):
     def _key_user(self, subject: str) -> str:
         return self.prefix + "revoked:user:" + subject
 
+    def _key_failures(self, kind: str, key: str) -> bytes:
+        return _wire(self.prefix + "fail:" + kind + ":" + key)
+
     def _message(
         self,
         tokens: Sequence[tuple[str, str, float]] = (),
@@ -674,7 +695,8 @@ class RedisSecurityState(Service):
             cursor, keys = str(reply[0]), list(reply[1])
             if keys:
                 values = await protocol.execute_command("MGET", *keys)
-                for key, value in zip(keys, values):
+                for raw, value in zip(keys, values):
+                    key = _text(raw)
                     if value is None:
                         continue
                     try:
@@ -740,7 +762,7 @@ class RedisSecurityState(Service):
         message = self._message([(token_id, subject, until)]) if publish else ""
         return protocol.eval(  # type: ignore[no-any-return]
             _REVOKE,
-            [self._key_token(token_id)],
+            [_wire(self._key_token(token_id))],
             [value, _ms(ttl), self.channel if publish else "", message],
         )
 
@@ -756,7 +778,7 @@ class RedisSecurityState(Service):
         message = self._message(users=[(subject, before, until)]) if publish else ""
         return protocol.eval(  # type: ignore[no-any-return]
             _REVOKE_USER,
-            [self._key_user(subject)],
+            [_wire(self._key_user(subject))],
             [
                 "%.17g" % (before,),
                 "%.17g" % (until,),
@@ -834,8 +856,8 @@ class RedisSecurityState(Service):
             protocol.eval(
                 _BEGIN,
                 [
-                    self.prefix + "fail:user:" + user,
-                    self.prefix + "fail:address:" + address,
+                    self._key_failures("user", user),
+                    self._key_failures("address", address),
                 ],
                 [
                     "%.17g" % (self._now(),),
@@ -892,8 +914,8 @@ class RedisSecurityState(Service):
         protocol.eval(
             _END,
             [
-                self.prefix + "fail:user:" + attempt.user,
-                self.prefix + "fail:address:" + attempt.address,
+                self._key_failures("user", attempt.user),
+                self._key_failures("address", attempt.address),
             ],
             [attempt.member, "1" if succeeded else "0"],
         ).addErrback(failed)

@@ -45,6 +45,19 @@ log = Logger(namespace="metagateway.state.supervisor")
 BATCH = 150
 
 
+class _Text(amp.Argument):
+    """
+    Text as UTF-8, lone surrogates (which a JSON body can hold) included,
+    where ``amp.Unicode`` would refuse them.
+    """
+
+    def toString(self, inObject: str) -> bytes:
+        return inObject.encode("utf-8", "surrogatepass")
+
+    def fromString(self, inString: bytes) -> str:
+        return inString.decode("utf-8", "surrogatepass")
+
+
 class Revoke(amp.Command):
     """
     Revocations: from a worker to the supervisor (made there), and from
@@ -56,8 +69,8 @@ class Revoke(amp.Command):
             b"tokens",
             amp.AmpList(
                 [
-                    (b"token_id", amp.Unicode()),
-                    (b"subject", amp.Unicode()),
+                    (b"token_id", _Text()),
+                    (b"subject", _Text()),
                     (b"until", amp.Float()),
                 ]
             ),
@@ -66,7 +79,7 @@ class Revoke(amp.Command):
             b"users",
             amp.AmpList(
                 [
-                    (b"subject", amp.Unicode()),
+                    (b"subject", _Text()),
                     (b"before", amp.Float()),
                     (b"until", amp.Float()),
                 ]
@@ -83,7 +96,7 @@ class BeginLogin(amp.Command):
     (``retry_after`` then says how long; ``0``: counted).
     """
 
-    arguments = [(b"user", amp.Unicode()), (b"address", amp.Unicode())]
+    arguments = [(b"user", _Text()), (b"address", _Text())]
     response = [
         (b"retry_after", amp.Integer()),
         (b"user_time", amp.Float(optional=True)),
@@ -97,8 +110,8 @@ class EndLogin(amp.Command):
     """
 
     arguments = [
-        (b"user", amp.Unicode()),
-        (b"address", amp.Unicode()),
+        (b"user", _Text()),
+        (b"address", _Text()),
         (b"user_time", amp.Float(optional=True)),
         (b"address_time", amp.Float(optional=True)),
         (b"succeeded", amp.Boolean()),
@@ -111,7 +124,7 @@ class RetryAfter(amp.Command):
     Seconds until a login may go ahead (``0``: now). Counts nothing.
     """
 
-    arguments = [(b"user", amp.Unicode()), (b"address", amp.Unicode())]
+    arguments = [(b"user", _Text()), (b"address", _Text())]
     response = [(b"retry_after", amp.Integer())]
 
 
@@ -418,7 +431,7 @@ class SupervisedSecurityState(Service):
             return
         self.remote.callRemote(
             Revoke,
-            tokens=[{"token_id": token_id, "subject": subject, "until": until}],
+            tokens=[{"token_id": token_id, "subject": subject, "until": float(until)}],
             users=[],
         )
 
@@ -443,7 +456,13 @@ class SupervisedSecurityState(Service):
         self.remote.callRemote(
             Revoke,
             tokens=[],
-            users=[{"subject": subject, "before": issued_before, "until": until}],
+            users=[
+                {
+                    "subject": subject,
+                    "before": float(issued_before),
+                    "until": float(until),
+                }
+            ],
         )
         # Revoke needs no answer: a later command's answer shows it arrived.
         return self._call(RetryAfter, user="", address="").addCallback(lambda _: None)

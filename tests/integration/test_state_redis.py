@@ -222,3 +222,37 @@ class RedisFaultTests(RedisCase):
             self.assertTrue(b.stats.connected)
 
         return Deferred.fromCoroutine(test())
+
+    def test_unusual_names(self) -> None:
+        """
+        Names that are not valid UTF-8 text (a lone surrogate, which a JSON
+        body can hold) and names with Redis pattern characters are counted
+        and revoked like any other, and reloaded as they were.
+        """
+
+        async def test() -> None:
+            a = self.state(per_user=1)
+            await self.synced(a)
+            for name in ("\ud800lone", "star*[x]?", "zoë"):
+                await a.begin_login(name, "192.0.2.1")
+                failure = await self._fails(a.begin_login(name, "192.0.2.2"))
+                self.assertEqual(type(failure).__name__, "Throttled")
+                until = reactor.seconds() + 100
+                a.revoke("jti:" + name, name, until)
+                await self.settle_writes(a)
+                await a.revoke_user(name, reactor.seconds(), until)
+            b = self.state()
+            await self.synced(b)
+            for name in ("\ud800lone", "star*[x]?", "zoë"):
+                self.assertTrue(
+                    b.is_revoked("jti:" + name, name, reactor.seconds() + 100)
+                )
+                self.assertTrue(b.is_revoked("j", name, reactor.seconds() + 100, 0))
+
+        return Deferred.fromCoroutine(test())
+
+    async def settle_writes(self, state: Any) -> None:
+        """
+        Wait until what ``state`` sent without waiting has been applied.
+        """
+        await state.retry_after("nobody-flush", "0.0.0.0")

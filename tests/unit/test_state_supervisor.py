@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.test.iosim import IOPump, connect, makeFakeClient, makeFakeServer
 from twisted.trial.unittest import SynchronousTestCase
 
-from metagateway.state.interfaces import StateUnavailable
+from metagateway.state.interfaces import StateUnavailable, Throttled
 from metagateway.state.memory import MemorySecurityState
 from metagateway.state.supervisor import BATCH, StateHub, SupervisedSecurityState
 from tests.unit.test_state import SynchronousContractMixin
@@ -142,6 +142,34 @@ class SupervisedStateTests(SupervisedCase):
         )
         self.assertEqual(hub.connections, set())
         self.flushLoggedErrors()
+
+
+class SupervisedNamesTests(SupervisedCase):
+    """
+    Any text a login or a token can carry crosses the connection.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.clock = Clock()
+
+    def test_lone_surrogate(self) -> None:
+        """
+        A name holding a lone surrogate (a JSON body can) is counted and
+        revoked like any other.
+        """
+        hub = self.hub(per_user=1)
+        a, b = self.worker(hub), self.worker(hub)
+        name = "\ud800lone"
+        d = a.begin_login(name, "192.0.2.1")
+        self.pump_all()
+        self.successResultOf(d)
+        d = b.begin_login(name, "192.0.2.2")
+        self.pump_all()
+        self.failureResultOf(d, Throttled)
+        a.revoke("jti:" + name, name, 100)
+        self.pump_all()
+        self.assertTrue(b.is_revoked("jti:" + name, name, 100))
 
 
 class WorkerSettingsTests(SynchronousTestCase):
