@@ -135,8 +135,12 @@ def _batches(
     ``Revoke`` arguments carrying ``tokens`` and ``users``, :data:`BATCH`
     at a time.
     """
-    pending_tokens = [{"token_id": t, "subject": s, "until": u} for t, s, u in tokens]
-    pending_users = [{"subject": s, "before": b, "until": u} for s, b, u in users]
+    pending_tokens = [
+        {"token_id": t, "subject": s, "until": float(u)} for t, s, u in tokens
+    ]
+    pending_users = [
+        {"subject": s, "before": float(b), "until": float(u)} for s, b, u in users
+    ]
     while pending_tokens or pending_users:
         yield {"tokens": pending_tokens[:BATCH], "users": pending_users[:BATCH]}
         del pending_tokens[:BATCH]
