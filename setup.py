@@ -21,6 +21,7 @@ setup(
         "pyjwt>=2.8",
         "zope.interface>=6",
         "botocore>=1.31",
+        "txredisapi>=1.4",
     ],
     extras_require={
         "test": [

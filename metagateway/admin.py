@@ -8,6 +8,11 @@
     metagateway-admin [--accounts-dir DIR] set-password NAME [--password-stdin]
     metagateway-admin [--accounts-dir DIR] remove-user NAME
     metagateway-admin [--accounts-dir DIR] list-users
+    metagateway-admin --state-url URL revoke-user NAME
+
+With ``--state-url`` (or ``METAGATEWAY_STATE_URL``), ``revoke-user``,
+``set-password`` and ``remove-user`` refuse every token of NAME issued up
+to now, in every gateway sharing that state store (CONTRACT §7).
 
 The store is chosen as the daemon chooses it: ``--accounts-dir`` (or
 ``METAGATEWAY_ACCOUNTS_DIR``), else R2 from the ``R2_*`` variables. Every
@@ -22,6 +27,7 @@ import getpass as _getpass
 import os
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import (
     Any,
     Awaitable,
@@ -37,7 +43,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
 from metagateway.auth.passwords import make_record
-from metagateway.config import ConfigurationError, R2Settings
+from metagateway.config import ConfigurationError, R2Settings, StateSettings
 from metagateway.credentials.interfaces import (
     IWritableCredentialStore,
     StoreUnavailable,
@@ -45,6 +51,8 @@ from metagateway.credentials.interfaces import (
     UnreadableRecord,
     is_valid_username,
 )
+from metagateway.state.admin import revoke_user as revoke_in_store
+from metagateway.state.interfaces import StateUnavailable
 
 #: Exit status for a failure the command reports.
 EXIT_FAILURE = 1
@@ -92,6 +100,14 @@ def build_parser(stdout: TextIO) -> argparse.ArgumentParser:
     :param stdout: where ``--help`` is written.
     """
     common = _Parser(add_help=False)
+    common.add_argument(
+        "--state-url",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="the shared state store (redis://... or rediss://...; default: "
+        "$METAGATEWAY_STATE_URL): revoke-user, set-password and remove-user "
+        "end the user's live tokens there",
+    )
     common.add_argument(
         "--accounts-dir",
         metavar="DIR",
@@ -145,6 +161,11 @@ def build_parser(stdout: TextIO) -> argparse.ArgumentParser:
     remove = command("remove-user", "delete an account")
     remove.add_argument("name", metavar="NAME")
     command("list-users", "list the account names")
+    revoke = command(
+        "revoke-user",
+        "refuse every token of an account issued up to now (needs --state-url)",
+    )
+    revoke.add_argument("name", metavar="NAME")
     return parser
 
 
@@ -289,17 +310,37 @@ class Console:
     :ivar stdin: where ``--password-stdin`` reads.
     :ivar stdout: where results go.
     :ivar prompt: asks for a password without echo.
+    :ivar revoke: revokes a user's tokens in the state store ``--state-url``
+        names (``None``: no state store was named).
     """
 
     stdin: TextIO
     stdout: TextIO
     prompt: Callable[[str], str]
+    revoke: Optional[Callable[[str], Deferred[None]]] = None
 
     def password(self, from_stdin: bool) -> str:
         """
         The new password (see :func:`read_password`).
         """
         return read_password(from_stdin, self.stdin, self.prompt)
+
+    async def end_tokens(self, name: str, done: str) -> None:
+        """
+        After ``set-password`` or ``remove-user``: revoke ``name``'s
+        tokens when a state store is named, else say that they stay valid.
+
+        :param done: what was done to ``name``, for the messages.
+        :raises AdminError: when the store cannot take the revocation.
+        """
+        if self.revoke is None:
+            self.stdout.write(
+                "tokens already issued to %s stay valid until they expire; "
+                "give --state-url to revoke them\n" % (name,)
+            )
+            return
+        await _revoke(self.revoke, name, done)
+        self.stdout.write("revoked every token of %s issued up to now\n" % (name,))
 
 
 async def add_user(
@@ -343,6 +384,7 @@ async def set_password(
     scheme = options.scheme or old.scheme
     await store.store(make_record(name, password, old.role, scheme))
     console.stdout.write("password changed for %s\n" % (name,))
+    await console.end_tokens(name, "password changed for")
 
 
 async def remove_user(
@@ -358,6 +400,7 @@ async def remove_user(
     except UnknownAccount:
         raise AdminError("no account named %r" % (options.name,)) from None
     console.stdout.write("removed %s\n" % (options.name,))
+    await console.end_tokens(options.name, "removed")
 
 
 async def list_users(
@@ -446,6 +489,7 @@ async def run(
     stderr: TextIO,
     prompt: Optional[Callable[[str], str]] = None,
     http_client: Optional[Any] = None,
+    revoke_user: Optional[Callable[[StateSettings, str], Deferred[None]]] = None,
 ) -> int:
     """
     Carry out one command.
@@ -460,6 +504,9 @@ async def run(
         ``getpass``, used only when ``stdin`` is a terminal (otherwise a
         command needing a password without ``--password-stdin`` fails).
     :param http_client: the treq client for R2 (tests pass ``StubTreq``).
+    :param revoke_user: revokes a user's tokens in the state store
+        (:func:`metagateway.state.admin.revoke_user` on ``reactor`` if
+        omitted).
     :return: the exit status.
     """
     release: Callable[[], object] = lambda: None  # noqa: E731
@@ -469,6 +516,12 @@ async def run(
         except SystemExit as e:
             return int(e.code or 0)
         check_command(options, stdin, prompt)
+        state = _state_settings(options, environ)
+        if revoke_user is None:
+            revoke_user = partial(revoke_in_store, reactor)
+        if options.command == "revoke-user":
+            await _revoke_only(revoke_user, state, options.name, stdout)
+            return 0
         store, release = open_store(
             reactor,
             getattr(options, "accounts_dir", None),
@@ -476,7 +529,12 @@ async def run(
             create=options.command == "add-user",
             http_client=http_client,
         )
-        console = Console(stdin, stdout, prompt or _getpass.getpass)
+        console = Console(
+            stdin,
+            stdout,
+            prompt or _getpass.getpass,
+            None if state is None else partial(revoke_user, state),
+        )
         await COMMANDS[options.command](store, options, console)
         stdout.flush()
         return 0
@@ -484,6 +542,63 @@ async def run(
         return report_failure(e, stderr)
     finally:
         await _release(release)
+
+
+def _state_settings(
+    options: argparse.Namespace, environ: Mapping[str, str]
+) -> Optional[StateSettings]:
+    """
+    The state store ``--state-url`` (or ``METAGATEWAY_STATE_URL``) names.
+
+    :raises AdminError: for a malformed URL.
+    """
+    url = getattr(options, "state_url", None) or environ.get("METAGATEWAY_STATE_URL")
+    if not url:
+        return None
+    try:
+        return StateSettings.from_url(url, "--state-url / METAGATEWAY_STATE_URL")
+    except ConfigurationError as e:
+        raise AdminError(str(e)) from None
+
+
+async def _revoke(
+    revoke: Callable[[str], Deferred[None]], name: str, done: str
+) -> None:
+    """
+    Revoke ``name``'s tokens.
+
+    :param done: what was already done, for the error (``""``: nothing).
+    :raises AdminError: when the store cannot take it.
+    """
+    try:
+        await revoke(name)
+    except StateUnavailable as e:
+        raise AdminError(
+            "%sthe tokens of %s could not be revoked: %s"
+            % ("%s %s, but " % (done, name) if done else "", name, e)
+        ) from None
+
+
+async def _revoke_only(
+    revoke_user: Callable[[StateSettings, str], Deferred[None]],
+    state: Optional[StateSettings],
+    name: str,
+    stdout: TextIO,
+) -> None:
+    """
+    ``revoke-user NAME``: refuse every token of ``name`` issued up to now.
+    No credential store is needed, nor an account of that name.
+
+    :raises AdminError: without a state store, or when it cannot take it.
+    """
+    if state is None:
+        raise AdminError(
+            "revoke-user needs --state-url (or METAGATEWAY_STATE_URL): "
+            "tokens are revoked in the shared state store"
+        )
+    await _revoke(partial(revoke_user, state), name, "")
+    stdout.write("revoked every token of %s issued up to now\n" % (name,))
+    stdout.flush()
 
 
 async def _exists(store: IWritableCredentialStore, name: str) -> bool:

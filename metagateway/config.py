@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
+from urllib.parse import unquote, urlsplit
 
 from metagateway.addresses import TrustedProxies
 
@@ -87,6 +88,74 @@ class R2Settings:
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    """
+    Where the shared security state is (CONTRACT §7): a Redis server.
+
+    :ivar host: the server's host name or address.
+    :ivar port: its port.
+    :ivar db: the database number.
+    :ivar password: the password (``AUTH``), if any.
+    :ivar username: the ACL user name, if any.
+    :ivar tls: ``rediss://``: TLS, the server's certificate checked
+        against the system's trust roots.
+    """
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    password: Optional[str] = field(default=None, repr=False)
+    username: Optional[str] = None
+    tls: bool = False
+
+    @classmethod
+    def from_url(cls, url: str, name: str = "--state-url") -> StateSettings:
+        """
+        Read ``redis://[[user]:password@]host[:port][/db]`` or ``rediss://...``.
+
+        :param name: how errors name the setting.
+        :raises ConfigurationError: for anything else.
+        """
+        try:
+            parts = urlsplit(url.strip())
+            port = parts.port
+        except ValueError as e:
+            raise ConfigurationError("%s: %s" % (name, e)) from None
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ConfigurationError(
+                "%s must look like redis://[:password@]host:port[/db] or "
+                "rediss://..." % (name,)
+            )
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise ConfigurationError(
+                "%s: the database must be a number, not %r" % (name, path)
+            )
+        if parts.query or parts.fragment:
+            raise ConfigurationError("%s takes no query or fragment" % (name,))
+        return cls(
+            host=parts.hostname,
+            port=port or 6379,
+            db=int(path) if path else 0,
+            password=unquote(parts.password) if parts.password is not None else None,
+            username=unquote(parts.username) if parts.username else None,
+            tls=parts.scheme == "rediss",
+        )
+
+    def display(self) -> str:
+        """
+        The URL without its password, for logs.
+        """
+        host = "[%s]" % (self.host,) if ":" in self.host else self.host
+        return "%s://%s:%d/%d" % (
+            "rediss" if self.tls else "redis",
+            host,
+            self.port,
+            self.db,
+        )
+
+
+@dataclass(frozen=True)
 class GitHubSettings:
     """
     GitHub OAuth code-exchange settings.
@@ -130,6 +199,9 @@ class GatewayConfig:
     :ivar max_header_bytes: the largest request head (request line and
         headers), in bytes; past it ``431``.
     :ivar max_headers: the most header lines in a request; past it ``431``.
+    :ivar state: the shared security state's store (``--state-url``);
+        ``None``: held in this process (or by the supervisor of
+        ``--workers``).
     """
 
     jwt_secret: str = field(repr=False)
@@ -154,6 +226,7 @@ class GatewayConfig:
     drain_timeout: float = 30.0
     max_header_bytes: int = 16384
     max_headers: int = 100
+    state: Optional[StateSettings] = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> GatewayConfig:
@@ -195,6 +268,7 @@ class GatewayConfig:
             github=_github(environ),
             notion_webhook_secret=environ.get("NOTION_WEBHOOK_SECRET") or None,
             **_limits(read),
+            state=_state(read),
         )
 
 
@@ -368,6 +442,20 @@ def _github(environ: Mapping[str, str]) -> GitHubSettings:
         or "https://github.com/login/oauth/access_token",
         api_url=environ.get("GITHUB_API_URL") or "https://api.github.com",
     )
+
+
+def _state(read: _Reader) -> Optional[StateSettings]:
+    """
+    Where the shared security state is, from ``--state-url`` /
+    ``METAGATEWAY_STATE_URL``; ``None`` when neither is set.
+
+    :raises ConfigurationError: for a URL that is not ``redis://`` or
+        ``rediss://``.
+    """
+    url = read.pick("state-url", "METAGATEWAY_STATE_URL", None)
+    if not url:
+        return None
+    return StateSettings.from_url(str(url), "--state-url / METAGATEWAY_STATE_URL")
 
 
 def _limits(read: _Reader) -> dict[str, Any]:

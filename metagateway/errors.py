@@ -257,3 +257,16 @@ def store_unavailable(route: str) -> GatewayError:
         "Credential store unavailable",
         route,
     )
+
+
+def state_unavailable(route: str) -> GatewayError:
+    """
+    The answer to a login while the shared state store (CONTRACT §7) cannot
+    be reached: the failure limits cannot be enforced, so none is tried.
+    """
+    return GatewayError(
+        503,
+        "STATE_UNAVAILABLE",
+        "Shared state store unavailable",
+        route,
+    )

@@ -11,7 +11,7 @@ from typing import Any, Container, Optional
 
 from treq.client import HTTPClient
 
-from twisted.application.service import Service
+from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
@@ -37,9 +37,30 @@ from metagateway.proxy.twisted_internals import use_gateway_factory
 from metagateway.proxy.upstream import UpstreamAgent, UpstreamEndpoints, body_producer
 from metagateway.proxy.webhooks import WebhooksResource
 from metagateway.routes import ROUTES
+from metagateway.state.interfaces import ISecurityState
+from metagateway.state.stats import StateStats
 from metagateway.timers import SharedTimer
 
 log = Logger()
+
+
+def make_state(config: GatewayConfig, reactor: Any) -> ISecurityState:
+    """
+    The shared security state in the Redis store ``config.state`` names,
+    with ``config``'s login limits. Start it (it is an ``IService``) to
+    connect.
+    """
+    from metagateway.state.redis import RedisSecurityState
+
+    assert config.state is not None
+    return RedisSecurityState(
+        config.state,
+        reactor,
+        per_user=config.login_failures_per_user,
+        per_address=config.login_failures_per_address,
+        window=config.login_window,
+    )
+
 
 #: Idle keep-alive connections kept per upstream host.
 MAX_PERSISTENT_PER_HOST = 64
@@ -87,6 +108,8 @@ class GatewayService(Service):
     :param pool_timer: the pool's clock, when it is a
         :class:`~metagateway.timers.SharedTimer`: its reactor timer is
         cancelled once the pool is closed.
+    :param state: the shared state's connection, started and stopped with
+        this service.
     """
 
     def __init__(
@@ -97,7 +120,9 @@ class GatewayService(Service):
         drain_timeout: float = 30.0,
         passwords: Optional[PasswordChecks] = None,
         pool_timer: Optional[SharedTimer] = None,
+        state: Optional[IService] = None,
     ) -> None:
+        self.state = state
         self.pool = pool
         self.in_flight = in_flight
         self.clock = clock
@@ -112,6 +137,8 @@ class GatewayService(Service):
         super().startService()
         if self.passwords is not None:
             self.passwords.start()
+        if self.state is not None:
+            self.state.startService()
 
     def stopService(self) -> Optional[Deferred[None]]:
         """
@@ -137,6 +164,10 @@ class GatewayService(Service):
                     count=in_flight.count,
                 )
         await self.pool.closeCachedConnections()
+        if self.state is not None:
+            stopping = self.state.stopService()
+            if stopping is not None:
+                await stopping
         if self.pool_timer is not None:
             self.pool_timer.stop()
         if self.passwords is not None:
@@ -174,6 +205,10 @@ class Gateway:
         ``http_client``: treq's client adds ``Accept-Encoding: gzip`` and
         cookies to what the client sent). Pass an agent that sends the
         headers it is given unchanged and follows no redirects.
+    :param state: the shared security state (revocations, login
+        counters); by default the Redis store ``config.state`` names, else
+        one held in this process. One that is also an ``IService`` is
+        started and stopped with :attr:`service`.
 
     :raises ConfigurationError: when the secret is empty, a trusted proxy
         is not an address or network, or no store is passed and ``config``
@@ -199,6 +234,7 @@ class Gateway:
         access_log: Optional[AccessLog] = TEXT_ACCESS_LOG,
         metrics: Optional[Metrics] = None,
         webhook_agent: Optional[IAgent] = None,
+        state: Optional[ISecurityState] = None,
     ) -> None:
         if not config.jwt_secret:
             raise ConfigurationError("the JWT secret is empty")
@@ -210,19 +246,27 @@ class Gateway:
             if store is not None
             else make_store(config, reactor, self.http_client)
         )
-        self.tokens = TokenAuthority(
-            config.jwt_secret,
-            reactor.seconds,
-            config.previous_secrets,
-            config.clock_skew,
-        )
+        if state is None and config.state is not None:
+            state = make_state(config, reactor)
         self.throttle = LoginThrottle(
             config.login_failures_per_user,
             config.login_failures_per_address,
             config.login_window,
             reactor.seconds,
+            state=state,
+        )
+        self.state: ISecurityState = self.throttle.state
+        self.tokens = TokenAuthority(
+            config.jwt_secret,
+            reactor.seconds,
+            config.previous_secrets,
+            config.clock_skew,
+            revocations=self.state,
         )
         self.metrics = metrics if metrics is not None else Metrics()
+        stats = getattr(self.state, "stats", None)
+        if isinstance(stats, StateStats):
+            self.metrics.state = stats
         self.passwords = PasswordChecks(reactor)
         trusted = _trusted_proxies(config)
         self.auth = self._auth_app(trusted)
@@ -251,6 +295,7 @@ class Gateway:
             config.drain_timeout,
             self.passwords,
             self.pool_timer,
+            IService(self.state, None),
         )
 
     def _connect(

@@ -37,10 +37,12 @@ from metagateway.errors import (
     error_response,
     internal_error,
     payload_too_large,
+    state_unavailable,
     store_unavailable,
     write_json,
 )
 from metagateway.observability.accesslog import note_subject
+from metagateway.state.interfaces import StateUnavailable
 
 log = Logger()
 
@@ -280,7 +282,10 @@ class AuthApp:
         address = client_address(request, self.trusted_proxies)
         try:
             # Counted as a failure from here on, unless it succeeds.
-            attempt = self.throttle.begin(username, address)
+            attempt = await self.throttle.start(username, address)
+        except StateUnavailable:
+            log.warn("Shared state store unavailable during login")
+            raise state_unavailable(route) from None
         except Throttled as e:
             raise GatewayError(
                 429,

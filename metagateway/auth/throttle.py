@@ -18,156 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import math
-from array import array
-from collections import OrderedDict
 from typing import Callable, Optional
+
+from twisted.internet.defer import Deferred
 
 from metagateway.addresses import parse_address
 
-#: Most keys remembered by one counter.
-DEFAULT_MAX_KEYS = 100_000
+# Re-exported: they lived here before the state layer held them.
+from metagateway.state.counters import DEFAULT_MAX_KEYS as DEFAULT_MAX_KEYS
+from metagateway.state.counters import FailureCounter as FailureCounter
+from metagateway.state.interfaces import ILoginAttempt, ISecurityState
+from metagateway.state.interfaces import Throttled as Throttled
 
 #: Keys longer than this many UTF-8 bytes are remembered by their digest.
 _MAX_KEY_BYTES = 128
-
-
-class FailureCounter:
-    """
-    A sliding-window count of failures per key.
-
-    :param limit: failures allowed per window; ``0`` turns the limit off.
-    :param window: the window, in seconds; ``0`` also turns it off.
-    :param now: returns the current time in seconds.
-    :param max_keys: most keys remembered.
-    """
-
-    def __init__(
-        self,
-        limit: int,
-        window: float,
-        now: Callable[[], float],
-        max_keys: int = DEFAULT_MAX_KEYS,
-    ) -> None:
-        self.limit = limit
-        self.window = window
-        self._now = now
-        self._max_keys = max(1, max_keys)
-        # Keys below their limit, and keys at it (held back), each ordered
-        # from least to most recently failed; each holds its failure times,
-        # oldest first, packed as C doubles (a tenth of a deque's size).
-        self._counting: OrderedDict[str, array[float]] = OrderedDict()
-        self._held: OrderedDict[str, array[float]] = OrderedDict()
-
-    @property
-    def enabled(self) -> bool:
-        """
-        Whether this counter limits anything.
-        """
-        return self.limit > 0 and self.window > 0
-
-    def __len__(self) -> int:
-        return len(self._counting) + len(self._held)
-
-    def _recent(self, key: str) -> Optional[array[float]]:
-        """
-        ``key``'s failures still in the window, dropping older ones.
-        """
-        times = self._counting.get(key)
-        held = times is None
-        if held:
-            times = self._held.get(key)
-            if times is None:
-                return None
-        assert times is not None
-        horizon = self._now() - self.window
-        stale = 0
-        while stale < len(times) and times[stale] <= horizon:
-            stale += 1
-        del times[:stale]
-        if not times:
-            (self._held if held else self._counting).pop(key)
-            return None
-        if held and len(times) < self.limit:
-            del self._held[key]
-            self._counting[key] = times
-        return times
-
-    def retry_after(self, key: str) -> Optional[int]:
-        """
-        Whether ``key`` is held back now.
-
-        :return: ``None`` when another attempt may go ahead, else the whole
-            number of seconds (at least 1, at most the window rounded up)
-            until one may.
-        """
-        if not self.enabled:
-            return None
-        times = self._recent(key)
-        if times is None or len(times) < self.limit:
-            return None
-        wait = times[0] + self.window - self._now()
-        return max(1, min(math.ceil(self.window), math.ceil(wait)))
-
-    def record_failure(self, key: str) -> Optional[float]:
-        """
-        Count a failed attempt for ``key``.
-
-        :return: the time recorded (to :meth:`forgive` it later), or
-            ``None`` when the counter is off.
-        """
-        if not self.enabled:
-            return None
-        times = self._recent(key)
-        if times is None:
-            times = array("d")
-        else:
-            self._counting.pop(key, None)
-            self._held.pop(key, None)
-        when = self._now()
-        times.append(when)
-        del times[: -self.limit]
-        (self._held if len(times) >= self.limit else self._counting)[key] = times
-        self._bound()
-        return when
-
-    def forgive(self, key: str, when: Optional[float]) -> None:
-        """
-        Take back one failure of ``key`` recorded at ``when``.
-        """
-        if when is None:
-            return
-        times = self._counting.get(key)
-        if times is None:
-            times = self._held.get(key)
-        if times is None:
-            return
-        try:
-            times.remove(when)
-        except ValueError:
-            return
-        self._recent(key)
-
-    def reset(self, key: str) -> None:
-        """
-        Forget ``key``'s failures (after a successful login).
-        """
-        self._counting.pop(key, None)
-        self._held.pop(key, None)
-
-    def _bound(self) -> None:
-        if len(self) <= self._max_keys:
-            return
-        horizon = self._now() - self.window
-        # Keys whose newest failure has left the window cost nothing to drop.
-        for table in (self._counting, self._held):
-            while table and len(self) > self._max_keys:
-                oldest = next(iter(table.values()))
-                if oldest[-1] > horizon:
-                    break
-                table.popitem(last=False)
-        while len(self) > self._max_keys:
-            (self._counting or self._held).popitem(last=False)
 
 
 def user_key(username: str) -> str:
@@ -197,18 +61,6 @@ def address_key(address: str) -> str:
     if isinstance(parsed, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((parsed, 64), strict=False))
     return str(parsed)
-
-
-class Throttled(Exception):
-    """
-    Too many recent failures: the login is refused without being tried.
-
-    :ivar retry_after: whole seconds until another attempt may go ahead.
-    """
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(retry_after)
-        self.retry_after = retry_after
 
 
 class LoginAttempt:
@@ -258,6 +110,9 @@ class LoginThrottle:
     :param window: the window, in seconds (0 = both off).
     :param now: returns the current time.
     :param max_keys: most keys each counter remembers.
+    :param state: the shared state the logins are counted in (see
+        :meth:`start`); by default one held in this process, on
+        :attr:`users` and :attr:`addresses`.
     """
 
     def __init__(
@@ -267,9 +122,26 @@ class LoginThrottle:
         window: float,
         now: Callable[[], float],
         max_keys: int = DEFAULT_MAX_KEYS,
+        state: Optional[ISecurityState] = None,
     ) -> None:
         self.users = FailureCounter(per_user, window, now, max_keys)
         self.addresses = FailureCounter(per_address, window, now, max_keys)
+        if state is None:
+            from metagateway.state.memory import MemorySecurityState
+
+            state = MemorySecurityState(now, users=self.users, addresses=self.addresses)
+        self.state = state
+
+    def start(self, username: str, address: str) -> Deferred[ILoginAttempt]:
+        """
+        Start a login in the shared state: as :meth:`begin`, counted
+        wherever the state is shared.
+
+        :return: fires with the attempt, or fails with
+            :class:`~metagateway.state.interfaces.Throttled` or
+            :class:`~metagateway.state.interfaces.StateUnavailable`.
+        """
+        return self.state.begin_login(user_key(username), address_key(address))
 
     def retry_after(self, username: str, address: str) -> Optional[int]:
         """

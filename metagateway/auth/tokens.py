@@ -12,7 +12,8 @@ only, so a secret can be rotated without logging anyone out. A token whose
 without ``kid`` (as the original gateway issued) or with a ``kid`` naming no
 secret held here is tried against every secret.
 
-Revoked tokens are remembered in a bounded :class:`RevocationList` until
+Revoked tokens are remembered (by default) in a bounded
+:class:`~metagateway.state.revocations.RevocationList` until
 they expire. When it is full it never forgets a revocation silently: it
 refuses more tokens rather than fewer (see :class:`RevocationList`).
 """
@@ -20,7 +21,6 @@ refuses more tokens rather than fewer (see :class:`RevocationList`).
 from __future__ import annotations
 
 import hashlib
-import heapq
 import math
 import uuid
 from collections import OrderedDict
@@ -28,9 +28,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 import jwt
-from zope.interface import Interface, implementer
 
 from twisted.web.http_headers import Headers
+
+# Re-exported: they lived here before the state layer held them.
+from metagateway.state.interfaces import IRevocationList as IRevocationList
+from metagateway.state.revocations import RevocationList as RevocationList
 
 #: The route names a token may carry.
 ROUTES = ("AUTH", "KV", "BUILD", "CORE", "BASE", "WEBHOOK")
@@ -41,12 +44,6 @@ LIFETIME = 3600
 
 #: How many verified tokens are remembered, to skip re-verification.
 _VERIFIED_CACHE_SIZE = 4096
-
-#: How many revoked tokens are remembered at most, in all.
-_REVOKED_LIMIT = 100_000
-
-#: How many revoked tokens of one subject (``projectId``) are remembered.
-_REVOKED_PER_SUBJECT_LIMIT = 1_000
 
 
 class InvalidToken(Exception):
@@ -64,6 +61,8 @@ class Claims:
     :ivar token_id: what revocation remembers the token by: its ``jti``, or
         for a token without one (the original format) a digest of its
         signed part.
+    :ivar issued: its ``iat``; ``-inf`` without one (a user revocation
+        refuses it).
     """
 
     project_id: str
@@ -74,6 +73,7 @@ class Claims:
     expires: float
     jti: Optional[str]
     token_id: str = ""
+    issued: float = -math.inf
 
     def may_reach(self, route: str) -> bool:
         """
@@ -98,157 +98,6 @@ def key_id(secret: str) -> str:
     """
     digest = hashlib.sha256(b"metagateway-kid\0" + secret.encode("utf-8"))
     return digest.hexdigest()[:16]
-
-
-class IRevocationList(Interface):
-    """
-    The revoked tokens a :class:`TokenAuthority` refuses.
-
-    Both methods are synchronous: they are on every request's path. A store
-    shared by several gateways would keep a local replica (fed, say, by a
-    publish/subscribe channel) and answer from it.
-    """
-
-    def revoke(token_id: str, subject: str, until: float) -> None:
-        """
-        Refuse the token ``token_id`` of ``subject`` (its ``projectId``)
-        until the POSIX time ``until`` (its ``exp`` plus the leeway).
-        """
-
-    def is_revoked(token_id: str, subject: str, until: float) -> bool:
-        """
-        Whether the token ``token_id`` of ``subject``, valid until
-        ``until``, is refused now.
-        """
-
-
-@implementer(IRevocationList)
-class RevocationList:
-    """
-    Revoked tokens held in memory until they expire, bounded in memory.
-
-    A revocation is forgotten only once its token has expired. When more
-    live revocations arrive than the bounds allow, the one closest to its
-    expiry is dropped and replaced by a *floor*: every token (of that
-    subject, or past the overall bound of anyone) expiring no later than
-    the dropped one is refused. So the bound fails closed: a flood of
-    logouts can make some other unexpired tokens be refused early (their
-    holders log in again), never make a logged-out token valid again.
-
-    The per-subject bound keeps a flood of one subject's logouts (``guest``
-    tokens cost nothing to obtain) from touching anyone else's tokens.
-
-    :param now: returns the current POSIX time.
-    :param limit: most revocations remembered in all.
-    :param per_subject_limit: most revocations remembered per subject.
-    """
-
-    def __init__(
-        self,
-        now: Callable[[], float],
-        limit: int = _REVOKED_LIMIT,
-        per_subject_limit: int = _REVOKED_PER_SUBJECT_LIMIT,
-    ) -> None:
-        self._now = now
-        self._limit = max(1, limit)
-        self._per_subject_limit = max(1, per_subject_limit)
-        #: token id -> (until, subject)
-        self._entries: dict[str, tuple[float, str]] = {}
-        #: (until, token id) of every entry, and possibly stale pairs.
-        self._heap: list[tuple[float, str]] = []
-        #: subject -> {token id: until}
-        self._by_subject: dict[str, dict[str, float]] = {}
-        #: subject -> (until, token id) heap, possibly with stale pairs.
-        self._subject_heaps: dict[str, list[tuple[float, str]]] = {}
-        #: subject -> tokens of it expiring no later than this are refused.
-        self._floors: dict[str, float] = {}
-        #: tokens of anyone expiring no later than this are refused.
-        self._floor = -math.inf
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def revoke(self, token_id: str, subject: str, until: float) -> None:
-        """
-        Refuse the token ``token_id`` of ``subject`` until ``until``.
-        """
-        self._purge()
-        if until <= self._now() or self.is_revoked(token_id, subject, until):
-            return
-        self._entries[token_id] = (until, subject)
-        heapq.heappush(self._heap, (until, token_id))
-        mine = self._by_subject.setdefault(subject, {})
-        mine[token_id] = until
-        subject_heap = self._subject_heaps.setdefault(subject, [])
-        heapq.heappush(subject_heap, (until, token_id))
-        while len(mine) > self._per_subject_limit:
-            dropped = self._pop_valid(subject_heap, subject)
-            self._floors[subject] = max(self._floors.get(subject, -math.inf), dropped)
-        while len(self._entries) > self._limit:
-            self._floor = max(self._floor, self._pop_valid(self._heap, None))
-        self._compact(subject)
-
-    def is_revoked(self, token_id: str, subject: str, until: float) -> bool:
-        """
-        Whether the token ``token_id`` of ``subject``, valid until
-        ``until``, is refused now.
-        """
-        if until <= self._floor or until <= self._floors.get(subject, -math.inf):
-            return True
-        entry = self._entries.get(token_id)
-        return entry is not None and entry[0] > self._now()
-
-    def _pop_valid(
-        self, heap: list[tuple[float, str]], subject: Optional[str]
-    ) -> float:
-        """
-        Drop the live entry closest to expiry from ``heap`` (the overall heap
-        when ``subject`` is ``None``, else that subject's) and return its
-        ``until``.
-        """
-        while True:
-            until, token_id = heapq.heappop(heap)
-            entry = self._entries.get(token_id)
-            if entry is None or entry[0] != until:
-                continue
-            if subject is not None and entry[1] != subject:
-                continue
-            self._forget(token_id)
-            return until
-
-    def _forget(self, token_id: str) -> None:
-        until, subject = self._entries.pop(token_id)
-        mine = self._by_subject[subject]
-        del mine[token_id]
-        if not mine:
-            del self._by_subject[subject]
-            del self._subject_heaps[subject]
-
-    def _purge(self) -> None:
-        now = self._now()
-        while self._heap and self._heap[0][0] <= now:
-            until, token_id = heapq.heappop(self._heap)
-            entry = self._entries.get(token_id)
-            if entry is not None and entry[0] == until:
-                self._forget(token_id)
-        if self._floors:
-            for subject in [s for s, f in self._floors.items() if f <= now]:
-                del self._floors[subject]
-
-    def _compact(self, subject: str) -> None:
-        # Dropped entries leave stale pairs in the heaps; rebuild a heap
-        # once it is mostly stale, so memory follows the live entries. (A
-        # subject's heap only grows when it revokes, so only the subject
-        # just seen needs a look.)
-        if len(self._heap) > 2 * len(self._entries) + 64:
-            self._heap = [(u, t) for t, (u, _) in self._entries.items()]
-            heapq.heapify(self._heap)
-        heap = self._subject_heaps.get(subject)
-        if heap is not None:
-            live = self._by_subject[subject]
-            if len(heap) > 2 * len(live) + 64:
-                heap[:] = [(u, t) for t, u in live.items()]
-                heapq.heapify(heap)
 
 
 class TokenAuthority:
@@ -346,7 +195,9 @@ class TokenAuthority:
         if until <= self._now():
             self._verified.pop(token, None)
             raise InvalidToken("expired")
-        if self.revocations.is_revoked(claims.token_id, claims.project_id, until):
+        if self.revocations.is_revoked(
+            claims.token_id, claims.project_id, until, claims.issued
+        ):
             raise InvalidToken("revoked")
         return claims
 
@@ -463,6 +314,7 @@ class TokenAuthority:
             expires=times["exp"],
             jti=jti,
             token_id=token_id,
+            issued=times.get("iat", -math.inf),
         )
 
 

@@ -42,6 +42,8 @@ from metagateway.http.site import GatewaySite
 from metagateway.observability.accesslog import AccessLog
 from metagateway.observability.collector import CollectorTuning
 from metagateway.observability.metrics import Metrics, MetricsSite
+from metagateway.state.memory import MemorySecurityState
+from metagateway.state.supervisor import StateHub, SupervisedSecurityState
 
 #: Secrets shorter than this many bytes get a warning at start.
 MIN_SECRET_BYTES = 32
@@ -122,6 +124,13 @@ class Options(usage.Options):
         ["max-header-bytes", None, None, "Largest request head in bytes (16384)."],
         ["max-headers", None, None, "Most header lines in a request (100)."],
         ["workers", None, None, "Processes sharing the --listen sockets (1)."],
+        [
+            "state-url",
+            None,
+            None,
+            "redis://[:password@]host:port[/db] or rediss://...: the store "
+            "revocations and login counters are shared through.",
+        ],
         [
             "access-log",
             None,
@@ -380,6 +389,7 @@ def _single(
         reactor,
         access_log=_access_log(process, reactor),
         metrics=Metrics(worker=process.worker_index),
+        state=_worker_state(config, process, reactor),
     )
     top = MultiService()
     gateway.service.setServiceParent(top)
@@ -403,6 +413,25 @@ def _single(
     # Last, so that what the other services set up at start is frozen too.
     CollectorTuning().setServiceParent(top)
     return top
+
+
+def _worker_state(
+    config: GatewayConfig, process: ProcessSettings, reactor: Any
+) -> Optional[SupervisedSecurityState]:
+    """
+    In a worker of ``--workers N`` without ``--state-url``: the security
+    state its supervisor holds, over the socket it inherited; else
+    ``None`` (the gateway's own, or the Redis store's).
+    """
+    if process.state_fd is None or config.state is not None:
+        return None
+    return SupervisedSecurityState(
+        reactor,
+        process.state_fd,
+        config.login_failures_per_user,
+        config.login_failures_per_address,
+        config.login_window,
+    )
 
 
 def _listening(service: IService) -> Sequence[tuple[str, Any]]:
@@ -440,6 +469,19 @@ def _supervisor(
             offset_endpoint(process.metrics_listen, 0)
     except ConfigurationError as e:
         _fail(str(e))
+    hub = None
+    if config.state is None:
+        # Without a state store, the workers share the state this process
+        # holds.
+        hub = StateHub(
+            MemorySecurityState(
+                reactor.seconds,
+                config.login_failures_per_user,
+                config.login_failures_per_address,
+                config.login_window,
+            ),
+            reactor,
+        )
     flags = [str(flag[0]) for flag in Options.optFlags]
     parameters = [str(parameter[0]) for parameter in Options.optParameters]
     return WorkerSupervisor(
@@ -449,4 +491,5 @@ def _supervisor(
         process.workers,
         partial(_bound, partial(bind_sockets, reactor, config.listen)),
         config.drain_timeout + KILL_MARGIN,
+        hub,
     )

@@ -49,6 +49,7 @@ log = Logger(namespace="metagateway.daemon.workers")
 #: Environment variables a worker learns its place from (internal).
 WORKER_INDEX_VARIABLE = "METAGATEWAY_WORKER_INDEX"
 WORKER_SOCKETS_VARIABLE = "METAGATEWAY_WORKER_SOCKETS"
+WORKER_STATE_VARIABLE = "METAGATEWAY_WORKER_STATE_FD"
 
 #: The first file descriptor number the listening sockets get in a worker.
 FIRST_SOCKET_FD = 3
@@ -83,6 +84,8 @@ class ProcessSettings:
     :ivar worker_index: this worker's index, in a worker.
     :ivar sockets: ``(fd, address family)`` of the inherited listening
         sockets, in a worker.
+    :ivar state_fd: the inherited socket to the supervisor's shared
+        security state, in a worker (:mod:`metagateway.state.supervisor`).
     """
 
     workers: int = 1
@@ -90,6 +93,7 @@ class ProcessSettings:
     metrics_listen: Optional[str] = None
     worker_index: Optional[int] = None
     sockets: tuple[tuple[int, int], ...] = field(default=())
+    state_fd: Optional[int] = None
 
     @property
     def is_worker(self) -> bool:
@@ -137,6 +141,8 @@ class ProcessSettings:
         if not index_text or not sockets_text:
             return cls(workers, access_log, metrics_listen)
         try:
+            state_text = environ.get(WORKER_STATE_VARIABLE)
+            state_fd = int(state_text) if state_text else None
             index = int(index_text)
             sockets = tuple(
                 (int(fd), int(family))
@@ -148,7 +154,7 @@ class ProcessSettings:
             raise ConfigurationError(
                 "malformed %s / %s" % (WORKER_INDEX_VARIABLE, WORKER_SOCKETS_VARIABLE)
             ) from None
-        return cls(1, access_log, metrics_listen, index, sockets)
+        return cls(1, access_log, metrics_listen, index, sockets, state_fd)
 
 
 def _split_endpoint(description: str) -> list[str]:
@@ -327,6 +333,10 @@ class WorkerSupervisor(Service):
     :param count: how many workers.
     :param bind: binds the listening sockets, once, at start.
     :param stop_timeout: seconds after SIGTERM before SIGKILL.
+    :param hub: the security state the workers share, held here
+        (:class:`~metagateway.state.supervisor.StateHub`); each worker
+        inherits a socket to it. ``None``: they share none through this
+        process.
 
     :ivar sockets: the held listening sockets, once started.
     """
@@ -339,7 +349,9 @@ class WorkerSupervisor(Service):
         count: int,
         bind: Callable[[], Sequence[HeldSocket]],
         stop_timeout: float = 35.0,
+        hub: Optional[Any] = None,
     ) -> None:
+        self.hub = hub
         self.reactor = reactor
         self.argv = argv
         self.environ = dict(environ)
@@ -388,13 +400,24 @@ class WorkerSupervisor(Service):
         child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2}
         for i, held in enumerate(self.sockets):
             child_fds[FIRST_SOCKET_FD + i] = held.fd
+        state = None
+        if self.hub is not None:
+            state = self.hub.open()
+            state_fd = FIRST_SOCKET_FD + len(self.sockets)
+            child_fds[state_fd] = state.fileno()
+            env[WORKER_STATE_VARIABLE] = str(state_fd)
         argv = self.argv(index)
         protocol = _WorkerProtocol(self, index)
         worker.protocol = protocol
         worker.started = self.reactor.seconds()
-        transport = self.reactor.spawnProcess(
-            protocol, argv[0], argv, env=env, childFDs=child_fds
-        )
+        try:
+            transport = self.reactor.spawnProcess(
+                protocol, argv[0], argv, env=env, childFDs=child_fds
+            )
+        finally:
+            if state is not None:
+                # The worker has its own copy.
+                state.close()
         log.info(
             "Worker {index} started (pid {pid})",
             index=index,
@@ -531,7 +554,8 @@ def worker_environ(environ: Mapping[str, str]) -> dict[str, str]:
     env = {
         k: v
         for k, v in environ.items()
-        if k not in (WORKER_INDEX_VARIABLE, WORKER_SOCKETS_VARIABLE)
+        if k
+        not in (WORKER_INDEX_VARIABLE, WORKER_SOCKETS_VARIABLE, WORKER_STATE_VARIABLE)
     }
     env.pop("METAGATEWAY_METRICS_LISTEN", None)
     env.pop("METAGATEWAY_WORKERS", None)

@@ -30,6 +30,7 @@ from metagateway.credentials.interfaces import (
     UnknownAccount,
 )
 from metagateway.errors import GatewayError, error_response
+from metagateway.state.stats import StateStats
 
 #: Upper bounds, in seconds, of the request latency histogram's buckets.
 LATENCY_BUCKETS = (
@@ -76,6 +77,7 @@ LOGIN_OUTCOMES = {
     "INVALID_REQUEST": "invalid_request",
     "PAYLOAD_TOO_LARGE": "invalid_request",
     "CREDENTIAL_STORE_UNAVAILABLE": "store_unavailable",
+    "STATE_UNAVAILABLE": "state_unavailable",
     "GITHUB_NOT_CONFIGURED": "not_configured",
     "GITHUB_AUTH_FAILED": "upstream_failed",
 }
@@ -173,6 +175,8 @@ class Metrics:
         self.logins: dict[tuple[str, str], int] = {}
         self.store_lookups: dict[str, int] = {}
         self.store_latency = Histogram(STORE_BUCKETS)
+        #: The shared state store's figures, when the state is shared.
+        self.state: Optional[StateStats] = None
 
     def observe_request(
         self,
@@ -289,6 +293,8 @@ class Metrics:
             "Credential-store lookup latency.",
         )
         out.histogram("metagateway_credential_store_lookup_seconds", self.store_latency)
+        if self.state is not None:
+            out.lines.extend(self.state.samples(out.braces()))
         return out.text()
 
 
@@ -319,6 +325,12 @@ class _Exposition:
         return self.worker + "".join(
             '%s="%s",' % (key, _escape(value)) for key, value in values.items()
         )
+
+    def braces(self) -> str:
+        """
+        The worker label alone, braces included; ``""`` in a single process.
+        """
+        return _braces(self.worker)
 
     def sample(self, name: str, value: int, **labels: str) -> None:
         """

@@ -1,0 +1,921 @@
+"""
+The shared security state in Redis (``--state-url redis://...``), through
+txredisapi's protocol on connections this module makes and remakes itself
+(with the injected reactor, and a backoff).
+
+Layout in Redis (every key under :data:`PREFIX`):
+
+- ``revoked:token:<token id>``: ``{"s": subject, "u": until}``, expiring at
+  ``until``;
+- ``revoked:user:<subject>``: ``{"b": issued_before, "u": until}``, expiring
+  at ``until``; a later revocation only ever raises both;
+- ``fail:user:<key>`` and ``fail:address:<key>``: sorted sets of failed
+  logins (member: an attempt id, score: its time), trimmed to the window
+  and expiring a window after the last failure;
+- the channel ``revocations``: every revocation written is published there,
+  as ``{"at": time, "t": [[id, subject, until], ...], "u": [[subject,
+  before, until], ...]}``.
+
+Checking a token never talks to Redis: every process keeps the revocations
+in a local :class:`~metagateway.state.revocations.RevocationList`, fed by
+the channel and fully reloaded each time both connections are (re)made.
+On that reload, whatever the process holds that Redis lacks (revocations
+made while Redis was unreachable, or lost by a Redis restart) is written
+back and published. Logins run one Lua script each, so a count and its
+check are one atomic step whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from typing import Any, Callable, Optional, Sequence
+
+import txredisapi
+from zope.interface import implementer
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import TimeoutError as TimeoutError_
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from metagateway.config import StateSettings
+from metagateway.state.interfaces import (
+    ILoginAttempt,
+    ISecurityState,
+    StateUnavailable,
+    Throttled,
+    retry_seconds,
+)
+from metagateway.state.revocations import RevocationList
+from metagateway.state.stats import StateStats
+
+log = Logger(namespace="metagateway.state.redis")
+
+#: Every key and the channel start with this.
+PREFIX = "metagateway:"
+
+#: The channel revocations are published on (after :data:`PREFIX`).
+CHANNEL = "revocations"
+
+#: Reconnection delays: the first, and the cap it doubles up to.
+FIRST_DELAY = 0.25
+MAX_DELAY = 4.0
+
+#: Seconds to wait for a connection, and for a reply.
+CONNECT_TIMEOUT = 3.0
+REPLY_TIMEOUT = 3.0
+
+#: Keys read per ``SCAN`` step on a reload.
+SCAN_COUNT = 1000
+
+#: Seconds before a write that failed while connected is tried again.
+RESYNC_DELAY = 1.0
+
+#: ``KEYS``: user, address; ``ARGV``: now, window, user limit, address
+#: limit, attempt id, record (1) or only look (0). Answers ``{0, wait}``
+#: when held back, else ``{1, ""}`` (the attempt counted if recording).
+_BEGIN = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local horizon = string.format('%.17g', now - window)
+local wait = nil
+for i = 1, 2 do
+  local limit = tonumber(ARGV[2 + i])
+  if limit > 0 and window > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', horizon)
+    local n = redis.call('ZCARD', KEYS[i])
+    if n >= limit then
+      local at = redis.call('ZRANGE', KEYS[i], n - limit, n - limit, 'WITHSCORES')
+      local w = tonumber(at[2]) + window - now
+      if wait == nil or w > wait then wait = w end
+    end
+  end
+end
+if wait ~= nil then return {0, string.format('%.17g', wait)} end
+if ARGV[6] == '1' then
+  for i = 1, 2 do
+    local limit = tonumber(ARGV[2 + i])
+    if limit > 0 and window > 0 then
+      redis.call('ZADD', KEYS[i], ARGV[1], ARGV[5])
+      redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -(limit + 1))
+      redis.call('PEXPIRE', KEYS[i], math.ceil(window * 1000))
+    end
+  end
+end
+return {1, ''}
+"""
+
+#: ``KEYS``: user, address; ``ARGV``: attempt id, succeeded (1) or
+#: abandoned (0).
+_END = """
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+#: ``KEYS``: the token's key; ``ARGV``: value, milliseconds to live,
+#: channel, message.
+_REVOKE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+return 1
+"""
+
+#: ``KEYS``: the user's key; ``ARGV``: issued before, until, milliseconds
+#: to live, channel, message. Keeps the larger of each.
+_REVOKE_USER = """
+local b = tonumber(ARGV[1])
+local u = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, o = pcall(cjson.decode, cur)
+  if ok and type(o) == 'table' then
+    local ob = tonumber(o['b'])
+    local ou = tonumber(o['u'])
+    if ob and ob > b then b = ob end
+    if ou and ou > u then
+      u = ou
+      local left = redis.call('PTTL', KEYS[1])
+      if left > ttl then ttl = left end
+    end
+  end
+end
+redis.call('SET', KEYS[1], string.format('{"b":%.17g,"u":%.17g}', b, u), 'PX', ttl)
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return 1
+"""
+
+
+def _wire(text: str) -> bytes:
+    """
+    ``text`` as sent to Redis: UTF-8, with lone surrogates (which a JSON
+    body can hold) kept rather than refused.
+    """
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _text(value: Any) -> str:
+    """
+    A key read back from Redis (``str`` when it was valid UTF-8, else
+    ``bytes``) as the text it was written from.
+    """
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogatepass")
+    return str(value)
+
+
+def _ms(seconds: float) -> int:
+    """
+    Whole milliseconds, at least 1, for ``PX``.
+    """
+    return max(1, int(math.ceil(seconds * 1000)))
+
+
+class _Commands(txredisapi.BaseRedisProtocol):  # type: ignore[misc]
+    """
+    The connection commands go over.
+    """
+
+    def __init__(self, link: _Link) -> None:
+        super().__init__(
+            charset="utf-8", replyTimeout=link.reply_timeout, convertNumbers=False
+        )
+        self.link = link
+        # txredisapi's timers use the global reactor unless told otherwise.
+        self.callLater = link.reactor.callLater
+
+    def connectionLost(self, why: Failure) -> None:
+        super().connectionLost(why)
+        self.link.lost(self)
+
+
+class _Events(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    """
+    The connection the revocations channel is read from.
+    """
+
+    def __init__(self, link: _Link) -> None:
+        super().__init__(
+            charset="utf-8", replyTimeout=link.reply_timeout, convertNumbers=False
+        )
+        self.link = link
+        self.callLater = link.reactor.callLater
+
+    def replyReceived(self, reply: Any) -> None:
+        # txredisapi's own compares each reply with both str and bytes,
+        # which ``python -b`` warns about; replies are str here (charset).
+        if isinstance(reply, list) and len(reply) >= 3:
+            kind = reply[-3]
+            if kind == "message":
+                self.link.owner.message_received(reply[-1])
+                return
+            if kind in ("subscribe", "unsubscribe") and not self.replyQueue.waiting:
+                return
+            self.replyQueue.put(reply[-3:])
+            return
+        self.replyQueue.put(reply)
+
+    def connectionLost(self, why: Failure) -> None:
+        super().connectionLost(why)
+        self.link.lost(self)
+
+
+class _LinkFactory(Factory):
+    """
+    Builds the one protocol of a connection attempt.
+    """
+
+    noisy = False
+
+    def __init__(self, build: Callable[[], Protocol]) -> None:
+        self.build = build
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self.build()
+
+
+class _Link:
+    """
+    One connection to Redis, made again after a backoff whenever it fails
+    or is lost, until stopped.
+
+    :param owner: the state told when the link is ready or lost.
+    :param name: ``commands`` or ``events``.
+    :param kind: the protocol class.
+    :param endpoint: where to connect.
+    :param prepare: run on each new connection before it counts as ready
+        (``AUTH``, ``SELECT``, ``SUBSCRIBE``); a failure drops it.
+    """
+
+    def __init__(
+        self,
+        owner: RedisSecurityState,
+        name: str,
+        kind: Callable[[_Link], Any],
+        endpoint: IStreamClientEndpoint,
+        prepare: Callable[[Any], Deferred[Any]],
+    ) -> None:
+        self.owner = owner
+        self.name = name
+        self.kind = kind
+        self.endpoint = endpoint
+        self.prepare = prepare
+        self.reactor = owner.reactor
+        self.reply_timeout = owner.reply_timeout
+        self.protocol: Optional[Any] = None
+        self.ready = False
+        self.stopped = True
+        self.delay = FIRST_DELAY
+        self._attempt: Optional[Deferred[Any]] = None
+        self._retry: Optional[IDelayedCall] = None
+        self._lost: list[Deferred[None]] = []
+
+    def start(self) -> None:
+        """
+        Connect, and keep connecting.
+        """
+        self.stopped = False
+        self.connect()
+
+    def connect(self) -> None:
+        """
+        One connection attempt.
+        """
+        self._retry = None
+        if self.stopped:
+            return
+        attempt = self.endpoint.connect(_LinkFactory(lambda: self.kind(self)))
+        self._attempt = attempt
+        attempt.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, protocol: Any) -> None:
+        self._attempt = None
+        self.protocol = protocol
+        if self.stopped:
+            protocol.transport.loseConnection()
+            return
+        self.prepare(protocol).addCallbacks(
+            lambda _: self._prepared(protocol), lambda f: self._unprepared(protocol, f)
+        )
+
+    def _prepared(self, protocol: Any) -> None:
+        if protocol is not self.protocol or self.stopped:
+            return
+        self.ready = True
+        self.delay = FIRST_DELAY
+        self.owner.link_ready(self)
+
+    def _unprepared(self, protocol: Any, failure: Failure) -> None:
+        self.owner.link_failed(self, failure)
+        transport = getattr(protocol, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+    def _failed(self, failure: Failure) -> None:
+        self._attempt = None
+        if self.stopped:
+            return
+        self.owner.link_failed(self, failure)
+        self._schedule()
+
+    def lost(self, protocol: Any) -> None:
+        """
+        ``protocol``'s connection ended.
+        """
+        if protocol is not self.protocol:
+            return
+        self.protocol = None
+        was_ready, self.ready = self.ready, False
+        waiting, self._lost = self._lost, []
+        for d in waiting:
+            d.callback(None)
+        if self.stopped:
+            return
+        if was_ready:
+            self.owner.link_lost(self)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self.stopped or self._retry is not None:
+            return
+        self._retry = self.reactor.callLater(self.delay, self.connect)
+        self.delay = min(MAX_DELAY, self.delay * 2)
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop connecting and close the connection.
+
+        :return: fires once it is closed.
+        """
+        self.stopped = True
+        self.ready = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._attempt is not None:
+            attempt, self._attempt = self._attempt, None
+            attempt.addErrback(lambda _: None)
+            attempt.cancel()
+        protocol = self.protocol
+        if protocol is None or protocol.transport is None:
+            self.protocol = None
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._lost.append(done)
+        protocol.transport.loseConnection()
+        return done
+
+
+@implementer(ILoginAttempt)
+class RedisLoginAttempt:
+    """
+    A login counted in Redis.
+
+    :ivar member: the attempt's id in both sorted sets.
+    """
+
+    def __init__(
+        self, state: RedisSecurityState, user: str, address: str, member: str
+    ) -> None:
+        self._state = state
+        self.user = user
+        self.address = address
+        self.member = member
+
+    def succeeded(self) -> None:
+        """
+        The username's count starts again; the address forgives this one.
+        """
+        self._state.end_login(self, True)
+
+    def abandoned(self) -> None:
+        """
+        Neither key counts this attempt any more.
+        """
+        self._state.end_login(self, False)
+
+
+@implementer(ISecurityState)
+class RedisSecurityState(Service):
+    """
+    The security state every process naming the same Redis shares.
+
+    Start it (as a service) to connect; until both connections are up,
+    logins fail with :class:`StateUnavailable` and tokens are checked
+    against the revocations known so far.
+
+    :param settings: where Redis is.
+    :param reactor: connects and times.
+    :param now: the current POSIX time (the reactor's ``seconds`` if
+        omitted): counts, revocations and their lifetimes use it.
+    :param per_user: failures per username per window; 0 = off.
+    :param per_address: failures per client address per window; 0 = off.
+    :param window: the sliding window, in seconds.
+    :param revoked: the local mirror; a new one if omitted.
+    :param stats: where the connection's figures are kept (for metrics).
+    :param prefix: the key and channel prefix.
+    :param endpoint: where to connect; built from ``settings`` if omitted.
+    """
+
+    def __init__(
+        self,
+        settings: StateSettings,
+        reactor: Any,
+        now: Optional[Callable[[], float]] = None,
+        per_user: int = 5,
+        per_address: int = 20,
+        window: float = 60.0,
+        revoked: Optional[RevocationList] = None,
+        stats: Optional[StateStats] = None,
+        prefix: str = PREFIX,
+        endpoint: Optional[IStreamClientEndpoint] = None,
+        reply_timeout: float = REPLY_TIMEOUT,
+    ) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self._now: Callable[[], float] = now if now is not None else reactor.seconds
+        self.per_user = per_user
+        self.per_address = per_address
+        self.window = window
+        self.revoked = revoked if revoked is not None else RevocationList(self._now)
+        self.stats = stats if stats is not None else StateStats()
+        self.prefix = prefix
+        # Channels are not per database: the database is in the name.
+        self.channel = "%s%s:%d" % (prefix, CHANNEL, settings.db)
+        self.reply_timeout = reply_timeout
+        if endpoint is None:
+            endpoint = HostnameEndpoint(
+                reactor, settings.host, settings.port, timeout=CONNECT_TIMEOUT
+            )
+            if settings.tls:
+                endpoint = wrapClientTLS(optionsForClientTLS(settings.host), endpoint)
+        self.commands = _Link(self, "commands", _Commands, endpoint, self._prepare)
+        self.events = _Link(self, "events", _Events, endpoint, self._subscribe)
+        #: Both links are up and the mirror has been reloaded since.
+        self.synced = False
+        self._complained = False
+        self._resync: Optional[IDelayedCall] = None
+        self._syncing: Optional[Deferred[None]] = None
+        self._since_ready = 0
+        self._waiters: list[Deferred[None]] = []
+        self._last_error = ""
+
+    # -- the service
+
+    def startService(self) -> None:
+        """
+        Start connecting (and keep at it).
+        """
+        super().startService()
+        self.commands.start()
+        self.events.start()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Close both connections.
+        """
+        super().stopService()
+        if self._resync is not None and self._resync.active():
+            self._resync.cancel()
+        self._resync = None
+        closing = [self.commands.stop(), self.events.stop()]
+        self.stats.connected = False
+        return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+
+    def wait_connected(self, timeout: float) -> Deferred[None]:
+        """
+        Fire once commands can be sent (at once if they can now), or fail
+        with :class:`StateUnavailable` after ``timeout`` seconds.
+        """
+        if self.commands.ready:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+
+        def timed_out(failure: Failure, timeout: float) -> Failure:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            if failure.check(TimeoutError_):
+                why = " (%s)" % (self._last_error,) if self._last_error else ""
+                return Failure(
+                    StateUnavailable(
+                        "%s unreachable for %g s%s"
+                        % (self.settings.display(), timeout, why)
+                    )
+                )
+            return failure
+
+        waiter.addTimeout(timeout, self.reactor)
+        waiter.addErrback(timed_out, timeout)
+        return waiter
+
+    # -- connection events
+
+    def _prepare(self, protocol: Any) -> Deferred[Any]:
+        return Deferred.fromCoroutine(self._login(protocol))
+
+    async def _login(self, protocol: Any) -> None:
+        if self.settings.password is not None:
+            if self.settings.username:
+                await protocol.execute_command(
+                    "AUTH", self.settings.username, self.settings.password
+                )
+            else:
+                await protocol.execute_command("AUTH", self.settings.password)
+        if self.settings.db:
+            await protocol.execute_command("SELECT", self.settings.db)
+
+    def _subscribe(self, protocol: Any) -> Deferred[Any]:
+        async def subscribe() -> None:
+            await self._login(protocol)
+            await protocol.subscribe(self.channel)
+
+        return Deferred.fromCoroutine(subscribe())
+
+    def link_ready(self, link: _Link) -> None:
+        """
+        ``link`` is connected (and subscribed, for the events link).
+        """
+        if self.commands.ready:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        if self.commands.ready and self.events.ready:
+            self.stats.connected = True
+            if self._complained or self._since_ready:
+                log.info(
+                    "Shared state store {url} reachable again",
+                    url=self.settings.display(),
+                )
+            else:
+                log.info(
+                    "Shared state store {url} connected", url=self.settings.display()
+                )
+            self._complained = False
+            self._since_ready += 1
+            if self._since_ready > 1:
+                self.stats.reconnects += 1
+            self._start_sync()
+
+    def link_lost(self, link: _Link) -> None:
+        """
+        ``link``'s connection ended; it is being made again.
+        """
+        self.synced = False
+        if self.stats.connected:
+            self.stats.connected = False
+            log.warn(
+                "Shared state store {url} lost; logins answer 503 until it is back",
+                url=self.settings.display(),
+            )
+            self._complained = True
+
+    def link_failed(self, link: _Link, failure: Failure) -> None:
+        """
+        A connection attempt of ``link`` failed; it is tried again later.
+        """
+        self.stats.connected = False
+        self._last_error = failure.getErrorMessage() or repr(failure.value)
+        if not self._complained:
+            self._complained = True
+            log.warn(
+                "Shared state store {url} unreachable ({why}); logins answer 503 "
+                "until it is reachable, retrying",
+                url=self.settings.display(),
+                why=self._last_error,
+            )
+
+    # -- the mirror
+
+    def _key_token(self, token_id: str) -> str:
+        return self.prefix + "revoked:token:" + token_id
+
+    def _key_user(self, subject: str) -> str:
+        return self.prefix + "revoked:user:" + subject
+
+    def _key_failures(self, kind: str, key: str) -> bytes:
+        return _wire(self.prefix + "fail:" + kind + ":" + key)
+
+    def _message(
+        self,
+        tokens: Sequence[tuple[str, str, float]] = (),
+        users: Sequence[tuple[str, float, float]] = (),
+    ) -> str:
+        return json.dumps(
+            {
+                "at": self._now(),
+                "t": [list(t) for t in tokens],
+                "u": [list(u) for u in users],
+            },
+            separators=(",", ":"),
+        )
+
+    def message_received(self, message: Any) -> None:
+        """
+        A revocation message arrived on the channel: apply it here.
+        """
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        try:
+            body = json.loads(message)
+            at = float(body.get("at", 0.0))
+            tokens = body.get("t", [])
+            users = body.get("u", [])
+            count = 0
+            for token_id, subject, until in tokens:
+                self.revoked.revoke(str(token_id), str(subject), float(until))
+                count += 1
+            for subject, before, until in users:
+                self.revoked.revoke_user(str(subject), float(before), float(until))
+                count += 1
+        except (ValueError, TypeError, AttributeError):
+            log.warn("Ignored a malformed message on the revocations channel")
+            return
+        self.stats.revocations_seen += count
+        self.stats.pubsub_lag = max(0.0, self._now() - at)
+
+    def _start_sync(self) -> None:
+        if self._syncing is not None:
+            return
+        syncing = Deferred.fromCoroutine(self._sync())
+        self._syncing = syncing
+
+        def done(result: object) -> None:
+            self._syncing = None
+            if isinstance(result, Failure):
+                log.warn(
+                    "Reloading the revocations from {url} failed ({why}); retrying",
+                    url=self.settings.display(),
+                    why=result.getErrorMessage(),
+                )
+                self._resync_later()
+
+        syncing.addBoth(done)
+
+    def _resync_later(self) -> None:
+        if self._resync is None or not self._resync.active():
+            self._resync = self.reactor.callLater(RESYNC_DELAY, self._resync_now)
+
+    def _resync_now(self) -> None:
+        self._resync = None
+        if self.commands.ready and self.events.ready:
+            self._start_sync()
+
+    async def _sync(self) -> None:
+        """
+        Reload every revocation from Redis into the mirror, then write back
+        (and publish) what the mirror holds that Redis lacks.
+        """
+        protocol = self.commands.protocol
+        if protocol is None:
+            return
+        remote_tokens: set[str] = set()
+        remote_users: dict[str, float] = {}
+        loaded = 0
+        cursor = "0"
+        pattern = self.prefix + "revoked:*"
+        token_prefix = self._key_token("")
+        user_prefix = self._key_user("")
+        while True:
+            reply = await protocol.execute_command(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT
+            )
+            cursor, keys = str(reply[0]), list(reply[1])
+            if keys:
+                values = await protocol.execute_command("MGET", *keys)
+                for raw, value in zip(keys, values):
+                    key = _text(raw)
+                    if value is None:
+                        continue
+                    try:
+                        body = json.loads(value)
+                        until = float(body["u"])
+                        if key.startswith(token_prefix):
+                            token_id = key[len(token_prefix) :]
+                            self.revoked.revoke(token_id, str(body["s"]), until)
+                            remote_tokens.add(token_id)
+                        elif key.startswith(user_prefix):
+                            subject = key[len(user_prefix) :]
+                            before = float(body["b"])
+                            self.revoked.revoke_user(subject, before, until)
+                            remote_users[subject] = before
+                        else:
+                            continue
+                    except (ValueError, TypeError, KeyError, AttributeError):
+                        continue
+                    loaded += 1
+            if cursor == "0":
+                break
+        self.stats.revocations_seen += loaded
+        missing_tokens = [
+            entry for entry in self.revoked.entries() if entry[0] not in remote_tokens
+        ]
+        missing_users = [
+            entry
+            for entry in self.revoked.user_entries()
+            if remote_users.get(entry[0], -math.inf) < entry[1]
+        ]
+        writes = [self._write_token(*entry, publish=False) for entry in missing_tokens]
+        writes += [self._write_user(*entry, publish=False) for entry in missing_users]
+        if writes:
+            log.info(
+                "Wrote {count} revocation(s) held here back to {url}",
+                count=len(writes),
+                url=self.settings.display(),
+            )
+            for ok, _ in await DeferredList(writes, consumeErrors=True):
+                if not ok:
+                    raise StateUnavailable("a revocation could not be written back")
+            # One message for the whole batch, in slices of reasonable size.
+            step = 500
+            for i in range(0, max(len(missing_tokens), len(missing_users)), step):
+                await protocol.publish(
+                    self.channel,
+                    self._message(
+                        missing_tokens[i : i + step], missing_users[i : i + step]
+                    ),
+                )
+        self.synced = True
+
+    def _write_token(
+        self, token_id: str, subject: str, until: float, publish: bool = True
+    ) -> Deferred[Any]:
+        protocol = self.commands.protocol
+        ttl = until - self._now()
+        if protocol is None or not self.commands.ready:
+            return fail(StateUnavailable("not connected"))
+        if ttl <= 0:
+            return succeed(None)
+        value = json.dumps({"s": subject, "u": until}, separators=(",", ":"))
+        message = self._message([(token_id, subject, until)]) if publish else ""
+        return protocol.eval(  # type: ignore[no-any-return]
+            _REVOKE,
+            [_wire(self._key_token(token_id))],
+            [value, _ms(ttl), self.channel if publish else "", message],
+        )
+
+    def _write_user(
+        self, subject: str, before: float, until: float, publish: bool = True
+    ) -> Deferred[Any]:
+        protocol = self.commands.protocol
+        ttl = until - self._now()
+        if protocol is None or not self.commands.ready:
+            return fail(StateUnavailable("not connected"))
+        if ttl <= 0:
+            return succeed(None)
+        message = self._message(users=[(subject, before, until)]) if publish else ""
+        return protocol.eval(  # type: ignore[no-any-return]
+            _REVOKE_USER,
+            [_wire(self._key_user(subject))],
+            [
+                "%.17g" % (before,),
+                "%.17g" % (until,),
+                _ms(ttl),
+                self.channel if publish else "",
+                message,
+            ],
+        )
+
+    # -- ISecurityState
+
+    def revoke(self, token_id: str, subject: str, until: float) -> None:
+        """
+        Refuse the token here at once, and write and publish it now if Redis
+        is reachable (else once it is: the reload writes back what is held
+        here).
+        """
+        self.revoked.revoke(token_id, subject, until)
+        if not self.commands.ready:
+            # The reload once Redis is back writes it (it is held here).
+            return
+        self._write_token(token_id, subject, until).addErrback(self._write_failed)
+
+    def _write_failed(self, failure: Failure) -> None:
+        log.warn(
+            "A revocation could not be written to {url} ({why}); it stays "
+            "in force here and is written again later",
+            url=self.settings.display(),
+            why=failure.getErrorMessage(),
+        )
+        self._resync_later()
+
+    def is_revoked(
+        self, token_id: str, subject: str, until: float, issued: float = math.inf
+    ) -> bool:
+        """
+        Whether the token is refused, from the local mirror.
+        """
+        return self.revoked.is_revoked(token_id, subject, until, issued)
+
+    def revoke_user(
+        self, subject: str, issued_before: float, until: float
+    ) -> Deferred[None]:
+        """
+        Refuse ``subject``'s tokens issued at or before ``issued_before``,
+        here at once and in Redis.
+        """
+        self.revoked.revoke_user(subject, issued_before, until)
+        if not self.commands.ready:
+            return fail(StateUnavailable("the shared state store is unreachable"))
+        return self._unavailable(
+            self._write_user(subject, issued_before, until)
+        ).addCallback(lambda _: None)
+
+    def _unavailable(self, d: Deferred[Any]) -> Deferred[Any]:
+        """
+        ``d``, with any failure that is not ours turned into
+        :class:`StateUnavailable`.
+        """
+
+        def convert(failure: Failure) -> Failure:
+            if failure.check(Throttled, StateUnavailable):
+                return failure
+            return Failure(StateUnavailable(failure.getErrorMessage()))
+
+        return d.addErrback(convert)
+
+    def _limits(
+        self, user: str, address: str, member: str, record: bool
+    ) -> Deferred[Any]:
+        protocol = self.commands.protocol
+        if protocol is None or not self.commands.ready:
+            return fail(StateUnavailable("the shared state store is unreachable"))
+        return self._unavailable(
+            protocol.eval(
+                _BEGIN,
+                [
+                    self._key_failures("user", user),
+                    self._key_failures("address", address),
+                ],
+                [
+                    "%.17g" % (self._now(),),
+                    "%.17g" % (self.window,),
+                    self.per_user,
+                    self.per_address,
+                    member,
+                    "1" if record else "0",
+                ],
+            )
+        )
+
+    def begin_login(self, user: str, address: str) -> Deferred[ILoginAttempt]:
+        """
+        Count the login in Redis, atomically with the check of both keys.
+        """
+        member = uuid.uuid4().hex
+
+        def decide(reply: Any) -> ILoginAttempt:
+            if str(reply[0]) != "1":
+                raise Throttled(retry_seconds(float(reply[1]), self.window))
+            return RedisLoginAttempt(self, user, address, member)
+
+        return self._limits(user, address, member, True).addCallback(decide)
+
+    def retry_after(self, user: str, address: str) -> Deferred[Optional[int]]:
+        """
+        Seconds until a login for these keys may go ahead, or ``None``.
+        """
+
+        def decide(reply: Any) -> Optional[int]:
+            if str(reply[0]) != "1":
+                return retry_seconds(float(reply[1]), self.window)
+            return None
+
+        return self._limits(user, address, "", False).addCallback(decide)
+
+    def end_login(self, attempt: RedisLoginAttempt, succeeded: bool) -> None:
+        """
+        Take ``attempt`` back (from the address, and from the user unless it
+        succeeded, which clears the user's count).
+        """
+        protocol = self.commands.protocol
+        if protocol is None or not self.commands.ready:
+            log.warn("A login's outcome could not be recorded: state store unreachable")
+            return
+
+        def failed(failure: Failure) -> None:
+            log.warn(
+                "A login's outcome could not be recorded ({why})",
+                why=failure.getErrorMessage(),
+            )
+
+        protocol.eval(
+            _END,
+            [
+                self._key_failures("user", attempt.user),
+                self._key_failures("address", attempt.address),
+            ],
+            [attempt.member, "1" if succeeded else "0"],
+        ).addErrback(failed)
