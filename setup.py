@@ -22,6 +22,7 @@ setup(
         "zope.interface>=6",
         "botocore>=1.31",
         "txredisapi>=1.4",
+        'tomli>=1.1; python_version < "3.11"',
     ],
     extras_require={
         "test": [

@@ -10,6 +10,8 @@ from typing import Any, Mapping, Optional
 from urllib.parse import unquote, urlsplit
 
 from metagateway.addresses import TrustedProxies
+from metagateway.configfile import ConfigFileError, load_config_file
+from metagateway.routes import Route, builtin_routes
 
 #: Route name -> the environment variable naming its upstream.
 SERVICE_VARIABLES = {
@@ -202,6 +204,15 @@ class GatewayConfig:
     :ivar state: the shared security state's store (``--state-url``);
         ``None``: held in this process (or by the supervisor of
         ``--workers``).
+    :ivar routes: the proxied routes (CONTRACT §8); empty for §5's table,
+        with :attr:`services` as upstreams (see :meth:`route_table`).
+    :ivar allow_origins: the origins CORS lets read answers; ``("*",)``
+        for any (§4).
+    :ivar config_file: the configuration file the routes came from, if
+        any (``--config``); a reload reads it again.
+    :ivar config_digest: the SHA-256 of that file's bytes, in hex.
+    :ivar jwt_secret_file: the file the secret was read from, if any
+        (``GATEWAY_JWT_SECRET_FILE``); a reload reads it again.
     """
 
     jwt_secret: str = field(repr=False)
@@ -227,6 +238,18 @@ class GatewayConfig:
     max_header_bytes: int = 16384
     max_headers: int = 100
     state: Optional[StateSettings] = None
+    routes: tuple[Route, ...] = ()
+    allow_origins: tuple[str, ...] = ("*",)
+    config_file: Optional[str] = None
+    config_digest: str = ""
+    jwt_secret_file: Optional[str] = None
+
+    def route_table(self) -> tuple[Route, ...]:
+        """
+        The routes proxied: :attr:`routes`, or §5's table on
+        :attr:`services` when there are none.
+        """
+        return self.routes or builtin_routes(self.services)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> GatewayConfig:
@@ -257,6 +280,7 @@ class GatewayConfig:
         """
         read = _Reader(options, environ)
         secret, accounts_dir, r2 = _secret_and_store(read)
+        file_settings = _config_file(read)
         return cls(
             jwt_secret=secret,
             previous_secrets=_previous_secrets(environ),
@@ -269,6 +293,8 @@ class GatewayConfig:
             notion_webhook_secret=environ.get("NOTION_WEBHOOK_SECRET") or None,
             **_limits(read),
             state=_state(read),
+            jwt_secret_file=environ.get("GATEWAY_JWT_SECRET_FILE") or None,
+            **file_settings,
         )
 
 
@@ -350,7 +376,11 @@ def _secret_and_store(read: _Reader) -> tuple[str, Optional[str], Optional[R2Set
 
     :raises ConfigurationError: one line naming everything missing.
     """
-    secret = read.environ.get("GATEWAY_JWT_SECRET", "")
+    secret_file = read.environ.get("GATEWAY_JWT_SECRET_FILE")
+    if secret_file:
+        secret = read_secret_file(secret_file)
+    else:
+        secret = read.environ.get("GATEWAY_JWT_SECRET", "")
     accounts_dir = read.pick("accounts-dir", "METAGATEWAY_ACCOUNTS_DIR", None)
     no_store = not accounts_dir and not read.environ.get("R2_ENDPOINT_URL")
     if not secret:
@@ -363,6 +393,56 @@ def _secret_and_store(read: _Reader) -> tuple[str, Optional[str], Optional[R2Set
     if accounts_dir:
         return secret, str(accounts_dir), None
     return secret, None, R2Settings.from_environ(read.environ)
+
+
+def read_secret_file(path: str) -> str:
+    """
+    The signing secret in ``GATEWAY_JWT_SECRET_FILE``: its first line,
+    without surrounding whitespace.
+
+    :raises ConfigurationError: when it cannot be read or the line is empty.
+    """
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+    except OSError as e:
+        raise ConfigurationError(
+            "GATEWAY_JWT_SECRET_FILE: cannot read %s: %s" % (path, e.strerror or e)
+        ) from None
+    try:
+        secret = first.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigurationError(
+            "GATEWAY_JWT_SECRET_FILE: the first line of %s is not UTF-8" % (path,)
+        ) from None
+    if not secret:
+        raise ConfigurationError(
+            "GATEWAY_JWT_SECRET_FILE: the first line of %s is empty" % (path,)
+        )
+    return secret
+
+
+def _config_file(read: _Reader) -> dict[str, Any]:
+    """
+    The :class:`GatewayConfig` fields ``--config`` / ``METAGATEWAY_CONFIG``
+    sets, if either is given.
+
+    :raises ConfigurationError: when the file cannot be read or is
+        invalid; the message names the file, the key or line, and why.
+    """
+    path = read.pick("config", "METAGATEWAY_CONFIG", None)
+    if not path:
+        return {}
+    try:
+        loaded = load_config_file(str(path), read.environ)
+    except ConfigFileError as e:
+        raise ConfigurationError(str(e)) from None
+    return {
+        "routes": loaded.routes,
+        "allow_origins": loaded.allow_origins,
+        "config_file": loaded.path,
+        "config_digest": loaded.digest,
+    }
 
 
 def _previous_secrets(environ: Mapping[str, str]) -> tuple[str, ...]:

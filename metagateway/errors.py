@@ -12,6 +12,8 @@ from typing import Any, Mapping, Optional
 
 from twisted.web.iweb import IRequest
 
+from metagateway.cors import policy_of
+
 #: Headers every JSON answer of the gateway carries.
 JSON_HEADERS = (
     (b"Content-Type", b"application/json"),
@@ -191,8 +193,13 @@ def set_json_headers(
     ``X-Request-Id`` on ``request``.
     """
     request.setResponseCode(status, REASON_PHRASES.get(status))
-    for name, value in JSON_HEADERS:
-        request.setHeader(name, value)
+    policy = policy_of(request)
+    if policy.any:
+        for name, value in JSON_HEADERS:
+            request.setHeader(name, value)
+    else:
+        request.setHeader(b"Content-Type", b"application/json")
+        policy.apply(request, request.responseHeaders)
     request.setHeader(b"X-Request-Id", request_id_of(request).encode("latin-1"))
     for name, value in (headers or {}).items():
         request.setHeader(name, value)

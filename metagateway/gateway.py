@@ -7,7 +7,7 @@ service. The daemon goes through this same code path.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Container, Optional
+from typing import Any, Callable, Container, Mapping, Optional
 
 from treq.client import HTTPClient
 
@@ -26,17 +26,20 @@ from metagateway.auth.passwords import PasswordChecks
 from metagateway.auth.throttle import LoginThrottle
 from metagateway.auth.tokens import TokenAuthority
 from metagateway.config import ConfigurationError, GatewayConfig
+from metagateway.cors import CorsPolicy
 from metagateway.credentials.factory import credential_store
 from metagateway.credentials.interfaces import ICredentialStore
 from metagateway.http.drain import InFlight
 from metagateway.http.site import GatewayResource
 from metagateway.observability.accesslog import AccessLog, RequestRecorder
 from metagateway.observability.metrics import MeasuredCredentialStore, Metrics
+from metagateway.observability.reloads import ReloadStats
+from metagateway.proxy.balancer import pool_samples
 from metagateway.proxy.resource import GatewayProxyResource
 from metagateway.proxy.twisted_internals import use_gateway_factory
 from metagateway.proxy.upstream import UpstreamAgent, UpstreamEndpoints, body_producer
 from metagateway.proxy.webhooks import WebhooksResource
-from metagateway.routes import ROUTES
+from metagateway.routes import Route
 from metagateway.state.interfaces import ISecurityState
 from metagateway.state.stats import StateStats
 from metagateway.timers import SharedTimer
@@ -221,6 +224,7 @@ class Gateway:
     :ivar tokens: the token authority.
     :ivar metrics: the gateway's :class:`~metagateway.observability.metrics.Metrics`,
         for :class:`~metagateway.observability.metrics.MetricsSite`.
+    :ivar reloads: the reloads' figures (also in :attr:`metrics`).
     """
 
     def __init__(
@@ -256,14 +260,19 @@ class Gateway:
             state=state,
         )
         self.state: ISecurityState = self.throttle.state
+        routes = config.route_table()
         self.tokens = TokenAuthority(
             config.jwt_secret,
             reactor.seconds,
             config.previous_secrets,
             config.clock_skew,
             revocations=self.state,
+            route_names=[route.name for route in routes],
         )
         self.metrics = metrics if metrics is not None else Metrics()
+        self.reloads = ReloadStats()
+        self.reloads.loaded(reactor.seconds(), config.config_digest)
+        self._reload_hooks: list[Callable[[GatewayConfig], object]] = []
         stats = getattr(self.state, "stats", None)
         if isinstance(stats, StateStats):
             self.metrics.state = stats
@@ -278,16 +287,22 @@ class Gateway:
             partial(client_address, trusted_proxies=trusted),
         )
         self.in_flight = InFlight()
-        self.resource: IResource = GatewayResource(
+        self.proxies = self._proxies(config, routes)
+        self.root = GatewayResource(
             self.auth.app.resource(),
-            self._proxies(),
+            self.proxies,
             self.webhooks,
             self.recorder,
             in_flight=self.in_flight,
             own_max_body=config.auth_max_body,
             own_endpoints=own_endpoints(self.auth.app),
             endpoint_labels=endpoint_labels(self.auth.app),
+            routes=routes,
+            cors=CorsPolicy(config.allow_origins),
         )
+        self.resource: IResource = self.root
+        self.metrics.extra.append(self.reloads.samples)
+        self.metrics.extra.append(self._pool_samples)
         self.service = GatewayService(
             self.pool,
             self.in_flight,
@@ -391,24 +406,90 @@ class Gateway:
             config.upstream_timeout or 30.0,
         )
 
-    def _proxies(self) -> dict[str, GatewayProxyResource]:
+    def _proxies(
+        self,
+        config: GatewayConfig,
+        routes: tuple[Route, ...],
+        previous: Optional[Mapping[str, GatewayProxyResource]] = None,
+    ) -> dict[str, GatewayProxyResource]:
         """
-        One proxy resource per route, by route name.
+        One proxy resource per route, by route name; an upstream a
+        ``previous`` proxy of the same route had keeps its figures and
+        health.
         """
-        config = self.config
-        return {
-            route.name: GatewayProxyResource(
+        proxies = {}
+        for route in routes:
+            proxy = GatewayProxyResource(
                 route,
-                config.services.get(route.name),
+                route.upstreams[0] if route.upstreams else None,
                 self.agent,
                 self.tokens,
                 self.reactor,
-                config.upstream_timeout,
+                config.upstream_timeout if route.timeout is None else route.timeout,
                 self.cooperator,
-                config.max_body,
+                config.max_body if route.max_body is None else route.max_body,
+                upstreams=route.upstreams,
             )
-            for route in ROUTES
-        }
+            old = (previous or {}).get(route.name)
+            if old is not None:
+                known = {u.url: u for u in old.balancer.upstreams}
+                for upstream in proxy.balancer.upstreams:
+                    before = known.get(upstream.url)
+                    if before is not None:
+                        upstream.requests = before.requests
+                        upstream.errors = before.errors
+                        upstream.down_until = before.down_until
+            proxies[route.name] = proxy
+        return proxies
+
+    def _pool_samples(self, labels: str) -> list[str]:
+        """
+        The per-upstream metrics of the routes in force.
+        """
+        return pool_samples([proxy.balancer for proxy in self.proxies.values()], labels)
+
+    def on_reload(self, callback: Callable[[GatewayConfig], object]) -> None:
+        """
+        Call ``callback`` with the new configuration after each
+        :meth:`reload`, once the routes and secrets are swapped (to re-read
+        another file, say). An exception it raises is logged, and the
+        reload stands.
+        """
+        self._reload_hooks.append(callback)
+
+    def reload(self, config: GatewayConfig) -> None:
+        """
+        Put ``config``'s routes, CORS origins and secrets in force
+        (CONTRACT §8): requests that arrive from now on follow them;
+        requests in flight finish as they started; no connection is
+        dropped. A changed secret signs new tokens at once, and the one it
+        replaces keeps verifying tokens until they expire. The other
+        settings (listening endpoints, store, limits) stay as they were
+        started. Then the callbacks of :meth:`on_reload` are called.
+
+        :raises ConfigurationError: when the secret is empty; nothing is
+            changed then.
+        """
+        if not config.jwt_secret:
+            raise ConfigurationError("the JWT secret is empty")
+        routes = config.route_table()
+        cors = CorsPolicy(config.allow_origins)
+        proxies = self._proxies(config, routes, self.proxies)
+        self.tokens.rotate(
+            config.jwt_secret,
+            config.previous_secrets,
+            [route.name for route in routes],
+        )
+        self.root.swap(routes, proxies, cors)
+        self.proxies = proxies
+        self.config = config
+        self.reloads.observe("success")
+        self.reloads.loaded(self.reactor.seconds(), config.config_digest)
+        for callback in list(self._reload_hooks):
+            try:
+                callback(config)
+            except Exception:
+                log.failure("A reload callback failed")
 
 
 def _trusted_proxies(config: GatewayConfig) -> Container[str]:

@@ -1,28 +1,76 @@
 """
-The routing table (CONTRACT §5): path prefix to route name, upstream and
-token policy; and the path normalisation done before routing.
+The routing table (CONTRACT §5, or a configuration file's, §8): path
+prefix to route name, upstreams and policy; and the path normalisation
+done before routing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
+
+#: The route names a token may carry whatever the routes (CONTRACT §3).
+TOKEN_ROUTES = ("AUTH", "KV", "BUILD", "CORE", "BASE", "WEBHOOK")
+
+#: The token policies a route may have.
+TOKEN_POLICIES = ("required", "optional", "none")
+
+#: The token routes that may reach every route unless it says otherwise.
+CORE_ROUTES = ("CORE", "AUTH")
 
 
 @dataclass(frozen=True)
 class Route:
     """
-    One proxied prefix.
+    One proxied prefix and its policy (CONTRACT §5, and §8 for a file).
 
-    :ivar prefix: the first path segment, such as ``build``.
+    :ivar prefix: the path prefix's segments joined by ``/``, without the
+        leading slash: ``build``, or ``api/v1``.
     :ivar name: the route name, such as ``BUILD``.
-    :ivar token_required: whether a token is needed even with no
-        ``Authorization`` header (otherwise one is checked only if present).
+    :ivar token: ``required``; ``optional`` (checked if an
+        ``Authorization`` header is sent); ``none`` (never checked; the
+        header is still removed).
+    :ivar upstreams: the upstream base URLs, spread round-robin; none: the
+        route answers ``502 MISSING_TARGET``.
+    :ivar accept: the token routes that may reach this route; empty for
+        the default, ``(name, "CORE", "AUTH")``.
+    :ivar strip_prefix: whether the prefix is removed from the path sent
+        upstream.
+    :ivar timeout: seconds to the upstream's answer head; ``None`` for the
+        gateway's ``upstream_timeout``.
+    :ivar max_body: the largest request body, in bytes (0: no limit);
+        ``None`` for the gateway's ``max_body``.
     """
 
     prefix: bytes
     name: str
-    token_required: bool
+    token: str = "optional"  # noqa: S105 (a policy, not a secret)
+    upstreams: tuple[str, ...] = ()
+    accept: tuple[str, ...] = ()
+    strip_prefix: bool = True
+    timeout: Optional[float] = None
+    max_body: Optional[int] = None
+
+    @property
+    def token_required(self) -> bool:
+        """
+        Whether a token is needed even with no ``Authorization`` header.
+        """
+        return self.token == "required"  # noqa: S105 (a policy)
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        """
+        The token routes that may reach this route.
+        """
+        return self.accept or default_accept(self.name)
+
+    @property
+    def segments(self) -> tuple[bytes, ...]:
+        """
+        The prefix's path segments.
+        """
+        return tuple(self.prefix.split(b"/"))
 
     @property
     def variable(self) -> str:
@@ -32,25 +80,81 @@ class Route:
         return "%s_SERVICE_URL" % (self.name,)
 
 
+def default_accept(name: str) -> tuple[str, ...]:
+    """
+    The token routes that may reach route ``name`` by default: its own,
+    ``CORE`` and ``AUTH``.
+    """
+    return tuple(dict.fromkeys((name,) + CORE_ROUTES))
+
+
+#: CONTRACT §5's table, without upstreams.
 ROUTES = (
-    Route(b"build", "BUILD", True),
-    Route(b"kv", "KV", False),
-    Route(b"core", "CORE", False),
-    Route(b"hq", "BASE", False),
+    Route(b"build", "BUILD", "required"),
+    Route(b"kv", "KV"),
+    Route(b"core", "CORE"),
+    Route(b"hq", "BASE"),
 )
 
-_BY_PREFIX = {route.prefix: route for route in ROUTES}
+
+def builtin_routes(services: Mapping[str, str]) -> tuple[Route, ...]:
+    """
+    §5's table, each route's upstream the URL ``services`` names for it
+    (none when unset), as a file reproducing it would spell it.
+
+    :param services: route name to upstream base URL.
+    """
+    return tuple(
+        Route(
+            route.prefix,
+            route.name,
+            route.token,
+            (services[route.name],) if services.get(route.name) else (),
+            default_accept(route.name),
+        )
+        for route in ROUTES
+    )
+
+
+class RouteTable:
+    """
+    Finds the route owning a normalised path: the longest prefix matching
+    whole segments.
+
+    :param routes: the routes; their prefixes are distinct.
+    """
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.routes = tuple(routes)
+        self._by_prefix = {route.segments: route for route in self.routes}
+        self._depths = sorted(
+            {len(segments) for segments in self._by_prefix}, reverse=True
+        )
+
+    def route_for(self, segments: Sequence[bytes]) -> Optional[Route]:
+        """
+        The route owning ``segments`` (a path after :func:`normalise_path`),
+        or ``None``.
+        """
+        by_prefix = self._by_prefix
+        for depth in self._depths:
+            if depth <= len(segments):
+                route = by_prefix.get(tuple(segments[:depth]))
+                if route is not None:
+                    return route
+        return None
+
+
+_BUILTIN = RouteTable(ROUTES)
 
 
 def route_for(segments: Sequence[bytes]) -> Optional[Route]:
     """
-    The route owning a normalised path, or ``None``.
+    The route of §5's table owning a normalised path, or ``None``.
 
     :param segments: the path's segments after :func:`normalise_path`.
     """
-    if not segments:
-        return None
-    return _BY_PREFIX.get(segments[0])
+    return _BUILTIN.route_for(segments)
 
 
 def _is_dot(segment: bytes, dots: int) -> bool:

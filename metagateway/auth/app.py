@@ -19,7 +19,6 @@ from metagateway.auth.github import GitHubSignIn
 from metagateway.auth.passwords import BadParameters, PasswordChecks
 from metagateway.auth.throttle import LoginThrottle, Throttled
 from metagateway.auth.tokens import (
-    ROUTES,
     Claims,
     InvalidToken,
     TokenAuthority,
@@ -348,7 +347,7 @@ class AuthApp:
         body = read_json_body(request, self.auth_max_body, "AUTH")
         wanted = body.get("route") if isinstance(body, dict) else None
         route = "BUILD"
-        if isinstance(wanted, str) and wanted.upper() in ROUTES:
+        if isinstance(wanted, str) and wanted.upper() in self.tokens.routes:
             route = wanted.upper()
         token = self.tokens.issue("guest", route, ["guest"], "staging")
         return write_json(

@@ -31,12 +31,14 @@ import jwt
 
 from twisted.web.http_headers import Headers
 
+from metagateway.routes import TOKEN_ROUTES
+
 # Re-exported: they lived here before the state layer held them.
 from metagateway.state.interfaces import IRevocationList as IRevocationList
 from metagateway.state.revocations import RevocationList as RevocationList
 
-#: The route names a token may carry.
-ROUTES = ("AUTH", "KV", "BUILD", "CORE", "BASE", "WEBHOOK")
+#: The route names a token may carry, whatever the routes.
+ROUTES = TOKEN_ROUTES
 
 ISSUER = "gateway.metacogna.ai"
 AUDIENCE = "metacogna-clients"
@@ -110,6 +112,10 @@ class TokenAuthority:
     :param clock_skew: seconds of leeway on ``exp``, ``iat``, ``nbf``.
     :param revocations: the revoked tokens; a fresh
         :class:`RevocationList` if omitted.
+    :param route_names: route names a token may carry besides
+        :data:`ROUTES` (a configuration file's, CONTRACT §8).
+
+    :ivar routes: every route name a token may carry.
     """
 
     def __init__(
@@ -119,19 +125,64 @@ class TokenAuthority:
         previous_secrets: Iterable[str] = (),
         clock_skew: float = 0.0,
         revocations: Optional[IRevocationList] = None,
+        route_names: Iterable[str] = (),
     ) -> None:
         self._secret = secret
         self._kid = key_id(secret)
         self._now = now
         self._skew = clock_skew
-        self._keys = {self._kid: secret}
-        for old in previous_secrets:
-            if old:
-                self._keys.setdefault(key_id(old), old)
+        self._previous = tuple(previous_secrets)
+        #: Replaced secrets, by kid: (secret, verified until).
+        self._retired: dict[str, tuple[str, float]] = {}
+        self._keys = self._key_table()
+        self.routes = frozenset(ROUTES).union(route_names)
         self.revocations: IRevocationList = (
             RevocationList(now) if revocations is None else revocations
         )
         self._verified: OrderedDict[str, Claims] = OrderedDict()
+
+    def _key_table(self) -> dict[str, str]:
+        """
+        Every secret that verifies, by kid: the current one, the previous
+        ones, and those replaced less than a token's lifetime ago.
+        """
+        keys = {self._kid: self._secret}
+        for old in self._previous:
+            if old:
+                keys.setdefault(key_id(old), old)
+        now = self._now()
+        for kid, (old, until) in list(self._retired.items()):
+            if until <= now:
+                del self._retired[kid]
+            else:
+                keys.setdefault(kid, old)
+        return keys
+
+    def rotate(
+        self,
+        secret: str,
+        previous_secrets: Iterable[str] = (),
+        route_names: Iterable[str] = (),
+    ) -> None:
+        """
+        Sign with ``secret`` from now on (CONTRACT §8's reload). The secret
+        it replaces still verifies the tokens it signed until they expire
+        (their lifetime plus the leeway); ``previous_secrets`` replace the
+        former ones, and ``route_names`` the extra route names.
+        """
+        if secret != self._secret:
+            self._retired[self._kid] = (
+                self._secret,
+                self._now() + LIFETIME + self._skew,
+            )
+            self._retired.pop(key_id(secret), None)
+            self._secret = secret
+            self._kid = key_id(secret)
+        self._previous = tuple(previous_secrets)
+        self._keys = self._key_table()
+        self.routes = frozenset(ROUTES).union(route_names)
+        # Tokens verified with a secret no longer held must be checked again.
+        self._verified.clear()
 
     @property
     def kid(self) -> str:
@@ -185,6 +236,8 @@ class TokenAuthority:
         """
         claims = self._verified.get(token)
         if claims is None:
+            if self._retired:
+                self._expire_retired()
             claims = self._decode(token)
             self._verified[token] = claims
             if len(self._verified) > _VERIFIED_CACHE_SIZE:
@@ -200,6 +253,14 @@ class TokenAuthority:
         ):
             raise InvalidToken("revoked")
         return claims
+
+    def _expire_retired(self) -> None:
+        """
+        Forget the replaced secrets whose tokens have all expired.
+        """
+        now = self._now()
+        if any(until <= now for _, until in self._retired.values()):
+            self._keys = self._key_table()
 
     def revoke(self, claims: Claims) -> None:
         """
@@ -277,7 +338,7 @@ class TokenAuthority:
         if not isinstance(project_id, str) or len(project_id) < 4:
             raise InvalidToken("bad projectId")
         route = payload.get("route")
-        if not isinstance(route, str) or route not in ROUTES:
+        if not isinstance(route, str) or route not in self.routes:
             raise InvalidToken("bad route")
         scopes = payload.get("scopes", [])
         if not isinstance(scopes, list) or not all(

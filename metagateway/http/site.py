@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
@@ -19,6 +19,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.server import version as server_version
 
+from metagateway.cors import ANY_ORIGIN, CorsPolicy, note_policy
 from metagateway.errors import (
     GatewayError,
     error_response,
@@ -33,11 +34,12 @@ from metagateway.http.channel import (
 )
 from metagateway.http.drain import InFlight
 from metagateway.observability.accesslog import RequestRecorder, note_route
-from metagateway.routes import Route, normalise_path, route_for
+from metagateway.routes import ROUTES, Route, RouteTable, normalise_path
 
 log = Logger()
 
-#: The answer to any ``OPTIONS`` request.
+#: The answer to any ``OPTIONS`` request (with ``allow_origins`` a list,
+#: CONTRACT §8, the first is the request's listed origin, or left out).
 PREFLIGHT_HEADERS = (
     (b"Access-Control-Allow-Origin", b"*"),
     (b"Access-Control-Allow-Headers", b"Authorization, Content-Type"),
@@ -82,6 +84,8 @@ class Target:
     :ivar segments: the normalised (still percent-encoded) segments below.
     :ivar max_body: the largest body buffered for it; 0 when it streams.
     :ivar proxied: the route that proxies it, for ``proxy``.
+    :ivar proxy: that route's proxy resource, in the routing table in
+        force when the request arrived.
     """
 
     kind: str
@@ -90,6 +94,23 @@ class Target:
     segments: list[bytes]
     max_body: int
     proxied: Optional[Route] = None
+    proxy: Optional[IResource] = None
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """
+    What a reload replaces, in one piece: the routes, their proxies, and
+    the CORS policy.
+
+    :ivar routes: finds a path's route.
+    :ivar proxies: route name to its proxy resource.
+    :ivar cors: the origins allowed to read answers.
+    """
+
+    routes: RouteTable
+    proxies: Mapping[str, IResource]
+    cors: CorsPolicy = ANY_ORIGIN
 
 
 class GatewayResource(Resource):
@@ -116,6 +137,11 @@ class GatewayResource(Resource):
     :param endpoint_labels: the access-log and metrics label, ``(route
         label, login kind)``, of those of ``auth``'s paths not labelled
         plain ``AUTH`` (:func:`metagateway.auth.app.endpoint_labels`).
+    :param routes: the proxied routes; CONTRACT §5's by default. Each
+        has its proxy in ``proxies``.
+    :param cors: the origins allowed to read answers; any by default.
+
+    :ivar table: the routing table in force; :meth:`swap` replaces it.
     """
 
     isLeaf = True
@@ -131,10 +157,14 @@ class GatewayResource(Resource):
         *,
         own_endpoints: Iterable[tuple[bytes, bytes]],
         endpoint_labels: Optional[Mapping[bytes, tuple[str, str | None]]] = None,
+        routes: Optional[Sequence[Route]] = None,
+        cors: CorsPolicy = ANY_ORIGIN,
     ) -> None:
         super().__init__()
         self.auth = auth
-        self.proxies = dict(proxies)
+        self.table = RoutingTable(
+            RouteTable(ROUTES if routes is None else routes), dict(proxies), cors
+        )
         self.webhooks = webhooks
         self.recorder = recorder
         self.in_flight = in_flight
@@ -142,12 +172,33 @@ class GatewayResource(Resource):
         self.own_endpoints = frozenset(own_endpoints)
         self.endpoint_labels = dict(endpoint_labels or {})
 
+    @property
+    def proxies(self) -> Mapping[str, IResource]:
+        """
+        Route name to its proxy resource, in the table in force.
+        """
+        return self.table.proxies
+
+    def swap(
+        self,
+        routes: Sequence[Route],
+        proxies: Mapping[str, IResource],
+        cors: CorsPolicy = ANY_ORIGIN,
+    ) -> None:
+        """
+        Put a new routing table in force, at once: requests that arrive
+        from now on follow it; those already routed finish with the
+        proxy they were routed to.
+        """
+        self.table = RoutingTable(RouteTable(routes), dict(proxies), cors)
+
     def render(self, request: IRequest) -> Any:
         """
         Dispatch ``request``.
         """
         # Twisted would add ``Content-Type: text/html`` to every answer.
         request.defaultContentType = None  # type: ignore[attr-defined]
+        note_policy(request, self.table.cors)
         recorder, in_flight = self.recorder, self.in_flight
         if recorder is not None:
             recorder.started(request, watch=False)
@@ -226,10 +277,15 @@ class GatewayResource(Resource):
             # ``/webhooks/…``; ``/webhooks`` alone is "anything else", a 404.
             limit = getattr(self.webhooks, "max_body", self.own_max_body)
             return Target("webhooks", "WEBHOOK", mount, segments, limit)
-        route = None if head in (b"auth", b"health") else route_for(segments)
+        table = self.table
+        route = (
+            None if head in (b"auth", b"health") else table.routes.route_for(segments)
+        )
         if route is None:
             return Target("not_found", "CORE", mount, segments, self.own_max_body)
-        return Target("proxy", route.name, mount, segments, 0, route)
+        return Target(
+            "proxy", route.name, mount, segments, 0, route, table.proxies[route.name]
+        )
 
     def _label(self, request: IRequest, target: Target) -> None:
         """
@@ -253,8 +309,11 @@ class GatewayResource(Resource):
         self._label(request, target)
         if target.kind == "preflight":
             request.setResponseCode(204)
+            cors = self.table.cors
             for name, value in PREFLIGHT_HEADERS:
                 request.setHeader(name, value)
+            if not cors.any:
+                cors.apply(request, request.responseHeaders)
             request.setHeader(b"X-Request-Id", request_id_of(request).encode("latin-1"))
             # Finished here: returning b"" would have Twisted add the
             # Content-Length a 204 must not carry.
@@ -267,11 +326,16 @@ class GatewayResource(Resource):
             return self._delegate(self.auth, request, mount, segments, decode=True)
         if target.kind == "webhooks" and self.webhooks is not None:
             return self._delegate(self.webhooks, request, mount, segments, decode=True)
-        if target.proxied is None:
+        route, proxy = target.proxied, target.proxy
+        if route is None or proxy is None:
             raise not_found()
-        proxy = self.proxies[target.proxied.name]
-        request.prepath = mount + [target.proxied.prefix]
-        request.postpath = segments[1:]
+        depth = len(route.segments)
+        if route.strip_prefix:
+            request.prepath = mount + segments[:depth]
+            request.postpath = segments[depth:]
+        else:
+            request.prepath = list(mount)
+            request.postpath = list(segments)
         return proxy.render(request)
 
     @staticmethod

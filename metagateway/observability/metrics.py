@@ -177,6 +177,10 @@ class Metrics:
         self.store_latency = Histogram(STORE_BUCKETS)
         #: The shared state store's figures, when the state is shared.
         self.state: Optional[StateStats] = None
+        #: More figures: each callable takes the labels every sample
+        #: carries first (``worker="0",`` or ``""``) and returns whole
+        #: metric families as exposition lines.
+        self.extra: list[Callable[[str], list[str]]] = []
 
     def observe_request(
         self,
@@ -295,6 +299,8 @@ class Metrics:
         out.histogram("metagateway_credential_store_lookup_seconds", self.store_latency)
         if self.state is not None:
             out.lines.extend(self.state.samples(out.braces()))
+        for source in self.extra:
+            out.lines.extend(source(out.worker))
         return out.text()
 
 

@@ -19,6 +19,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest, IResponse
 
 from metagateway.auth.tokens import Claims
+from metagateway.cors import policy_of
 from metagateway.routes import Route
 
 #: Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded either way.
@@ -132,7 +133,8 @@ def adopt_response_headers(response: IResponse, request: IRequest) -> None:
     """
     Answer ``request`` with an upstream's end-to-end response headers, and
     add ``Access-Control-Allow-Origin: *`` unless the upstream set one: the
-    one addition CONTRACT §5 allows.
+    one addition CONTRACT §5 allows (with an ``allow_origins`` list, §8,
+    the request's listed origin and ``Vary: Origin`` instead).
 
     The upstream's ``Headers`` become the request's response headers (one
     header set rather than a copy of each), less the hop-by-hop ones; what
@@ -149,7 +151,11 @@ def adopt_response_headers(response: IResponse, request: IRequest) -> None:
         if not headers.hasHeader(name):
             headers.setRawHeaders(name, values)
     request.responseHeaders = headers
-    if not headers.hasHeader(b"access-control-allow-origin"):
+    policy = policy_of(request)
+    if not policy.any:
+        # A listed origin (CONTRACT §8), unless the upstream set its own.
+        policy.apply(request, headers, keep=True)
+    elif not headers.hasHeader(b"access-control-allow-origin"):
         headers.setRawHeaders(b"Access-Control-Allow-Origin", [b"*"])
     # The client parser keeps Content-Length out of ``headers``. A 204 must
     # not carry one, and a 304's would describe another answer's body, not

@@ -15,7 +15,7 @@ client is not reading.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 from urllib.parse import urlsplit
 
 from OpenSSL.SSL import Error as OpenSSLError
@@ -45,6 +45,7 @@ from metagateway.errors import (
 )
 from metagateway.http.channel import BodyListener, StreamingBody, when_done
 from metagateway.observability.accesslog import note_subject, note_upstream
+from metagateway.proxy.balancer import Balancer, Upstream, nothing_sent
 from metagateway.proxy.headers import (
     adopt_response_headers,
     upstream_headers,
@@ -76,7 +77,10 @@ def check_token(
     :raises GatewayError: ``401 MISSING_TOKEN`` or ``403 INVALID_TOKEN``.
     """
     headers = request.requestHeaders
-    if not route.token_required and not headers.hasHeader(b"authorization"):
+    policy = route.token
+    if policy == "none" or (
+        policy != "required" and not headers.hasHeader(b"authorization")
+    ):
         return None
     token = request_token(headers)
     if token is None:
@@ -85,7 +89,7 @@ def check_token(
         claims = tokens.verify(token)
     except InvalidToken:
         raise unauthorized(403, "INVALID_TOKEN", route.name) from None
-    if not claims.may_reach(route.name):
+    if claims.route not in route.accepted:
         raise unauthorized(403, "INVALID_TOKEN", route.name)
     return claims
 
@@ -218,9 +222,12 @@ class _Exchange(BodyListener):
 
     :param proxy: the route's proxy resource.
     :param request: the client's request.
-    :param url: the upstream URL.
+    :param url: the URL on the first upstream.
     :param headers: the headers sent upstream.
     :param body: the body sent upstream, if any.
+    :param candidates: the upstreams to try, in order: the next is tried
+        when one refuses the connection (nothing was sent).
+    :param tail: the path and query after the upstream's base URL.
     """
 
     def __init__(
@@ -230,11 +237,16 @@ class _Exchange(BodyListener):
         url: bytes,
         headers: Headers,
         body: Optional[IBodyProducer],
+        candidates: Sequence[Upstream] = (),
+        tail: bytes = b"",
     ) -> None:
         self.proxy = proxy
         # Twisted's Request: more than IRequest declares (notifyFinish...).
         self.request: Any = request
         self.url = url
+        self.candidates = candidates
+        self.tail = tail
+        self.attempt = 0
         self.headers = headers
         self.body = body
         self.watchdog = _Watchdog(proxy.timer, self._timed_out)
@@ -253,8 +265,13 @@ class _Exchange(BodyListener):
             self.body.limit = self.proxy.max_body
         when_done(request, self._over)
         self.watchdog.arm()
+        self._send(self.url)
+
+    def _send(self, url: bytes) -> None:
+        if self.candidates:
+            self.candidates[self.attempt].requests += 1
         call = self.proxy.agent.request(
-            request.method, self.url, self.headers, self.body
+            self.request.method, url, self.headers, self.body
         )
         self.call = call
         call.addCallbacks(self._answered, self._failed)
@@ -298,7 +315,45 @@ class _Exchange(BodyListener):
         response.deliverBody(self.relay)
         return None
 
+    def _retried(self, failure: Failure) -> bool:
+        """
+        Tell the pool how the upstream failed; when nothing was sent and
+        another upstream is left, send the request there.
+        """
+        candidates = self.candidates
+        if not candidates:
+            return False
+        upstream = candidates[self.attempt]
+        timed_out = self.watchdog.fired or failure.check(TimeoutError) is not None
+        refused = not timed_out and nothing_sent(failure)
+        if timed_out or refused:
+            self.proxy.balancer.failed(upstream, describe(failure))
+        else:
+            upstream.errors += 1
+        if not refused or self.client_gone or self.too_large:
+            return False
+        if self.attempt + 1 >= len(candidates):
+            return False
+        self.attempt += 1
+        following = candidates[self.attempt]
+        base = following.base
+        if base is None:
+            return False
+        self.headers.setRawHeaders(b"Host", [following.host_header])
+        log.info(
+            "Upstream {failed} of route {route} refused the connection; "
+            "trying {url} (request {request_id})",
+            failed=upstream.url,
+            route=self.proxy.route.name,
+            url=following.url,
+            request_id=request_id_of(self.request),
+        )
+        self._send(base + self.tail)
+        return True
+
     def _failed(self, failure: Failure) -> None:
+        if self._retried(failure):
+            return
         self.watchdog.stop()
         self.release()
         if self.client_gone:
@@ -524,6 +579,9 @@ class GatewayProxyResource(ReverseProxyResource):
     :param cooperator: schedules the writes of buffered request bodies.
     :param max_body: the largest request body proxied, in bytes; 0 for no
         limit.
+    :param upstreams: the route's upstreams (CONTRACT §8), spread
+        round-robin; by default ``base_url`` alone. ``base_url`` is then
+        the first.
     """
 
     isLeaf = True
@@ -538,7 +596,14 @@ class GatewayProxyResource(ReverseProxyResource):
         timeout: float = 30.0,
         cooperator: Optional[Cooperator] = None,
         max_body: int = 0,
+        upstreams: Optional[Sequence[str]] = None,
     ) -> None:
+        if upstreams is None:
+            upstreams = (base_url,) if base_url else ()
+        elif upstreams:
+            base_url = upstreams[0]
+        #: the route's upstream pool.
+        self.balancer = Balancer(upstreams, clock.seconds, route.name)
         parts = urlsplit(base_url or "http://unset.invalid")
         super().__init__(
             parts.hostname or "",
@@ -557,10 +622,6 @@ class GatewayProxyResource(ReverseProxyResource):
         self.cooperator = cooperator
         self.max_body = max_body
         self.host_header = upstream_host(base_url) if base_url else None
-        #: The URL's bytes, when ASCII; else encoding it fails per request.
-        self._base: Optional[bytes] = None
-        if base_url and base_url.isascii():
-            self._base = base_url.rstrip("/").encode("ascii")
 
     def getChild(self, path: bytes, request: IRequest) -> GatewayProxyResource:
         """
@@ -578,7 +639,7 @@ class GatewayProxyResource(ReverseProxyResource):
             claims = check_token(request, self.route, self.tokens)
             if claims is not None:
                 note_subject(request, claims.project_id)
-            if not self.base_url:
+            if not self.balancer.upstreams:
                 raise GatewayError(
                     502,
                     "MISSING_TARGET",
@@ -593,13 +654,23 @@ class GatewayProxyResource(ReverseProxyResource):
                     raise payload_too_large(route, limit)
                 if stream is None and buffered_length(request) > limit:
                     raise payload_too_large(route, limit)
-            url = upstream_url(
-                self.base_url.rstrip("/").encode("ascii")
-                if self._base is None
-                else self._base,
-                request.postpath,
-                request.uri,
-            )
+            candidates = self.balancer.candidates()
+            if not candidates:
+                log.warn(
+                    "No upstream of route {route} is healthy (request {request_id})",
+                    route=route,
+                    request_id=request_id_of(request),
+                )
+                raise GatewayError(
+                    502, "UPSTREAM_UNAVAILABLE", "Upstream unavailable", route
+                )
+            first = candidates[0]
+            tail = upstream_url(b"", request.postpath, request.uri)
+            url = (
+                first.url.rstrip("/").encode("ascii")
+                if first.base is None
+                else first.base
+            ) + tail
             if not _SENDABLE_URL.match(url):
                 raise GatewayError(
                     400, "BAD_REQUEST", "Malformed request target", route
@@ -607,10 +678,10 @@ class GatewayProxyResource(ReverseProxyResource):
         except GatewayError as e:
             return error_response(request, e)
         headers = upstream_headers(
-            request, self.route, claims, request_id_of(request), self.host_header
+            request, self.route, claims, request_id_of(request), first.host_header
         )
         body = stream if stream is not None else self._buffered_body(request)
-        _Exchange(self, request, url, headers, body).start()
+        _Exchange(self, request, url, headers, body, candidates, tail).start()
         return NOT_DONE_YET
 
     def _buffered_body(self, request: IRequest) -> Optional[FileBodyProducer]:
