@@ -44,6 +44,7 @@ from twisted.internet.task import react
 
 from metagateway.auth.passwords import make_record
 from metagateway.config import ConfigurationError, R2Settings, StateSettings
+from metagateway.configfile import ConfigFileError, load_config_file
 from metagateway.credentials.interfaces import (
     IWritableCredentialStore,
     StoreUnavailable,
@@ -166,6 +167,11 @@ def build_parser(stdout: TextIO) -> argparse.ArgumentParser:
         "refuse every token of an account issued up to now (needs --state-url)",
     )
     revoke.add_argument("name", metavar="NAME")
+    check = command(
+        "check-config",
+        "check a configuration file (--config) as a start or a reload would",
+    )
+    check.add_argument("file", metavar="FILE")
     return parser
 
 
@@ -437,7 +443,7 @@ def check_command(
 
     :raises AdminError: if so.
     """
-    if options.command == "list-users":
+    if options.command in ("list-users", "check-config"):
         return
     if not is_valid_username(options.name):
         raise AdminError(
@@ -466,6 +472,31 @@ def report_failure(error: BaseException, stderr: TextIO) -> int:
     else:
         stderr.write("%s: unexpected error: %s\n" % (PROGRAM, type(error).__name__))
     return EXIT_FAILURE
+
+
+def check_config(path: str, environ: Mapping[str, str], stdout: TextIO) -> None:
+    """
+    ``check-config FILE``: one line on ``stdout`` when the file is valid.
+
+    :raises AdminError: with the message a refused start would give.
+    """
+    try:
+        loaded = load_config_file(path, environ)
+    except ConfigFileError as e:
+        raise AdminError(str(e)) from None
+    stdout.write(
+        "%s: valid: %d route(s) (%s), CORS origins %s\n"
+        % (
+            path,
+            len(loaded.routes),
+            ", ".join(
+                "/%s %s" % (route.prefix.decode("ascii"), route.name)
+                for route in loaded.routes
+            ),
+            ", ".join(loaded.allow_origins),
+        )
+    )
+    stdout.flush()
 
 
 async def _release(release: Callable[[], object]) -> None:
@@ -516,6 +547,9 @@ async def run(
         except SystemExit as e:
             return int(e.code or 0)
         check_command(options, stdin, prompt)
+        if options.command == "check-config":
+            check_config(options.file, environ, stdout)
+            return 0
         state = _state_settings(options, environ)
         if revoke_user is None:
             revoke_user = partial(revoke_in_store, reactor)

@@ -26,6 +26,7 @@ from metagateway import __version__
 from metagateway.config import ConfigurationError, GatewayConfig
 from metagateway.credentials.factory import check_accounts_dir
 from metagateway.daemon.dev import DevCleanup, DevSetup, prepare_dev
+from metagateway.daemon.reload import Reloader, on_sighup
 from metagateway.daemon.workers import (
     KILL_MARGIN,
     ProcessSettings,
@@ -68,6 +69,12 @@ class Options(usage.Options):
     ]
 
     optParameters = [
+        [
+            "config",
+            None,
+            None,
+            "TOML file of routes, upstreams and CORS origins; SIGHUP reloads it.",
+        ],
         ["accounts-dir", None, None, "Local credential store directory."],
         ["upstream-timeout", None, None, "Seconds to wait for upstream headers (30)."],
         ["clock-skew", None, None, "Seconds of leeway on exp/iat/nbf (0)."],
@@ -282,7 +289,11 @@ def _stop_on_sigint() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
+def makeService(
+    options: Options,
+    reactor: Optional[Any] = None,
+    reload_signal: Optional[bool] = None,
+) -> IService:
     """
     Build the daemon's service from parsed options and the environment, and
     bind its listening ports (before ``twistd`` starts logging and drops
@@ -290,9 +301,13 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
 
     :param options: the parsed :class:`Options`.
     :param reactor: the reactor; the global one if omitted.
+    :param reload_signal: whether ``SIGHUP`` reloads (CONTRACT §8); by
+        default only with the global reactor (the real daemon).
     :raises SystemExit: after one line on stderr when the configuration is
         incomplete or a port cannot be bound.
     """
+    if reload_signal is None:
+        reload_signal = reactor is None
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
@@ -304,6 +319,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
     try:
         config, process = _configure(settings, environ)
         service = _build(options, config, process, environ, reactor, dev)
+        if reload_signal:
+            on_sighup(reactor, _reload_action(service, settings, environ))
         _bound(service.privilegedStartService)
     except BaseException:
         if dev is not None:
@@ -359,6 +376,19 @@ def _build(
     return _single(config, process, reactor, dev)
 
 
+def _reload_action(
+    service: IService, settings: dict[str, Any], environ: dict[str, str]
+) -> Callable[[], object]:
+    """
+    What ``SIGHUP`` does: the supervisor passes it on to its workers; a
+    single process reloads its gateway (:mod:`metagateway.daemon.reload`).
+    """
+    if isinstance(service, WorkerSupervisor):
+        return service.reload
+    gateway: Gateway = service.gateway  # type: ignore[attr-defined]
+    return Reloader(gateway, settings, environ).reload
+
+
 def _access_log(process: ProcessSettings, reactor: Any) -> Optional[AccessLog]:
     """
     The access log ``--access-log`` names.
@@ -392,6 +422,8 @@ def _single(
         state=_worker_state(config, process, reactor),
     )
     top = MultiService()
+    # For the reload (SIGHUP).
+    top.gateway = gateway  # type: ignore[attr-defined]
     gateway.service.setServiceParent(top)
     site = GatewaySite(gateway.resource)
     site.max_header_bytes = config.max_header_bytes

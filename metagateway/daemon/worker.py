@@ -34,7 +34,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     )
     options = Options()
     options.parseOptions(sys.argv[1:] if argv is None else argv)
-    service: IService = makeService(options, reactor)
+    service: IService = makeService(options, reactor, reload_signal=True)
     service.privilegedStartService()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

@@ -461,6 +461,14 @@ class WorkerSupervisor(Service):
         )
         worker.restart = self.reactor.callLater(delay, self.spawn, index)
 
+    def reload(self) -> None:
+        """
+        Pass ``SIGHUP`` on to every worker: each reloads its configuration
+        (CONTRACT §8).
+        """
+        log.info("Reloading {count} worker(s)", count=len(self.running_workers()))
+        self._signal_all("HUP")
+
     def running_workers(self) -> list[int]:
         """
         The indexes of the workers that run now.
