@@ -234,10 +234,10 @@ class TokenAuthority:
 
         :raises InvalidToken: if it is not valid now.
         """
+        if self._retired:
+            self._expire_retired()
         claims = self._verified.get(token)
         if claims is None:
-            if self._retired:
-                self._expire_retired()
             claims = self._decode(token)
             self._verified[token] = claims
             if len(self._verified) > _VERIFIED_CACHE_SIZE:
@@ -261,6 +261,8 @@ class TokenAuthority:
         now = self._now()
         if any(until <= now for _, until in self._retired.values()):
             self._keys = self._key_table()
+            # Tokens verified with it must not be taken from the cache.
+            self._verified.clear()
 
     def revoke(self, claims: Claims) -> None:
         """
