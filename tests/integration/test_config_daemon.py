@@ -46,7 +46,8 @@ class KillableUpstream:
             return protocol
 
         self.site.buildProtocol = remember  # type: ignore[method-assign]
-        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")  # type: ignore[attr-defined]
+        listen: Any = reactor.listenTCP  # type: ignore[attr-defined]
+        self.port: Any = listen(0, self.site, interface="127.0.0.1")
         case.addCleanup(self.kill)
         self.url = "http://127.0.0.1:%d" % (self.port.getHost().port,)
 
