@@ -237,6 +237,15 @@ def internal_error(route: str = "CORE") -> GatewayError:
     return GatewayError(500, "INTERNAL_ERROR", "Internal error", route)
 
 
+def payload_too_large(route: str, limit: int) -> GatewayError:
+    """
+    ``413 PAYLOAD_TOO_LARGE``: a body over ``limit`` bytes.
+    """
+    return GatewayError(
+        413, "PAYLOAD_TOO_LARGE", "Request body too large", route, {"limit": limit}
+    )
+
+
 def store_unavailable(route: str) -> GatewayError:
     """
     The answer when the credential store cannot answer.

@@ -20,13 +20,9 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.server import version as server_version
 
 from metagateway.errors import GatewayError, error_response, internal_error
-from metagateway.http.channel import (
-    GatewayChannel,
-    StreamingRequest,
-    bad_request,
-    when_done,
-)
+from metagateway.http.channel import GatewayChannel, bad_request
 from metagateway.http.drain import InFlight
+from metagateway.http.request import StreamingRequest, when_done
 from metagateway.observability.accesslog import RequestRecorder, note_route
 from metagateway.routes import Route, normalise_path, route_for
 
@@ -320,7 +316,7 @@ class GatewayRequest(StreamingRequest):
     """
     The daemon's request: it adds no ``text/html`` content type of its own,
     and on a :class:`GatewayChannel` a proxied request's body streams
-    upstream as it arrives (:class:`~metagateway.http.channel.StreamingRequest`).
+    upstream as it arrives (:class:`~metagateway.http.request.StreamingRequest`).
     """
 
     defaultContentType = None

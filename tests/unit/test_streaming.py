@@ -1,5 +1,6 @@
 """
-Tests for :mod:`metagateway.http.channel`: the streaming request body, and the
+Tests for :mod:`metagateway.http.body`, :mod:`metagateway.http.channel` and
+:mod:`metagateway.http.request`: the streaming request body, and the
 gateway's channel and request (early routing, flow control both ways, caps,
 framing, header limits, graceful close), driven through fake transports and
 a fake upstream ``Agent`` on a ``MemoryReactorClock``.
@@ -32,13 +33,10 @@ from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 from metagateway.auth.passwords import make_record
 from metagateway.credentials.memory import MemoryCredentialStore
 from metagateway.gateway import Gateway
-from metagateway.http.channel import (
-    BodyListener,
-    BodyTooLarge,
-    StreamingBody,
-    when_done,
-)
-from metagateway.http.site import GatewayChannel, GatewayRequest, GatewaySite, HTTPDate
+from metagateway.http.body import BodyListener, BodyTooLarge, StreamingBody
+from metagateway.http.channel import GatewayChannel
+from metagateway.http.request import when_done
+from metagateway.http.site import GatewayRequest, GatewaySite, HTTPDate
 from tests.helpers import PASSWORD, USERNAME, make_config
 
 CLIENT = IPv4Address("TCP", "10.0.0.7", 50000)
@@ -1253,7 +1251,7 @@ class HeadTimeoutTests(SynchronousTestCase):
 
 class DoneHookTests(SynchronousTestCase):
     """
-    :func:`~metagateway.http.channel.when_done`: the gateway's request calls
+    :func:`~metagateway.http.request.when_done`: the gateway's request calls
     its hooks directly, once, as ``notifyFinish`` would fire.
     """
 
