@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from zope.interface import Interface
+
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
@@ -29,9 +31,24 @@ from metagateway.errors import (
     GatewayError,
     new_request_id,
 )
+from metagateway.http.twisted_internals import ChannelInternals
 from metagateway.observability.accesslog import note_refused
 
 log = Logger()
+
+
+class IHeadersReceived(Interface):
+    """
+    A request that acts as soon as its head is in: a
+    :class:`GatewayChannel` calls it once Twisted has handled the head,
+    before any of the body is read.
+    """
+
+    def headersReceived() -> None:
+        """
+        The head is in and handled (``gotLength``, ``100 Continue``).
+        """
+
 
 CONNECTION_DONE = Failure(ConnectionDone())
 
@@ -48,7 +65,7 @@ def bad_request(message: str = "Malformed request") -> GatewayError:
 HEAD_TIMEOUT = 30.0
 
 
-class GatewayChannel(HTTPChannel):
+class GatewayChannel(ChannelInternals):
     """
     An HTTP/1.1 channel that lets its request act once the headers are in,
     and answers hostile input in the contract's JSON.
@@ -79,6 +96,9 @@ class GatewayChannel(HTTPChannel):
         head is being read, while it is.
     :ivar receiving_body: whether the current request's body is still
         arriving.
+
+    Twisted's private and undocumented hooks are reached only through
+    :class:`~metagateway.http.twisted_internals.ChannelInternals`.
     """
 
     max_header_bytes = 16384
@@ -99,7 +119,6 @@ class GatewayChannel(HTTPChannel):
         self._head_timed = False
         self._head_call: Optional[IDelayedCall] = None
         self._reading = False
-        self._discarding = False
         self._linger_on_close = False
         self._linger_call: Optional[IDelayedCall] = None
         self._held = False
@@ -168,7 +187,7 @@ class GatewayChannel(HTTPChannel):
     # Reading.
 
     def dataReceived(self, data: bytes) -> None:
-        if self._discarding:
+        if self.discarding:
             return
         if self._reading:
             # Twisted replaying bytes that came behind a request answered
@@ -195,7 +214,7 @@ class GatewayChannel(HTTPChannel):
         """
         transport = self.transport
         if (
-            self._discarding
+            self.discarding
             or transport is None
             or getattr(transport, "disconnecting", False)
         ):
@@ -222,16 +241,11 @@ class GatewayChannel(HTTPChannel):
 
     def _head_late(self) -> None:
         self._head_call = None
-        if self._head_timed and not self._discarding:
+        if self._head_timed and not self.discarding:
             self.reject(head_too_slow())
 
-    def rawDataReceived(self, data: bytes) -> None:
-        if self._discarding:
-            return
-        super().rawDataReceived(data)
-
     def lineReceived(self, line: bytes) -> None:
-        if self._discarding:
+        if self.discarding:
             return
         self._head_bytes += len(line) + 2
         if line:
@@ -254,34 +268,45 @@ class GatewayChannel(HTTPChannel):
         else:
             self.reject(headers_too_large())
 
-    def allHeadersReceived(self) -> None:
+    def head_received(self) -> bool:
+        """
+        Refuse an HTTP/1.1 head without a ``Host`` header, or any head with
+        more than one; note whether a body follows.
+        """
         self._head_timed = False
         line = self.request_line
-        if line is not None and self.requests:
-            hosts = self.requests[-1].requestHeaders.getRawHeaders(b"host")
+        request = self.current_request()
+        if line is not None and request is not None:
+            hosts = request.requestHeaders.getRawHeaders(b"host")
             if (hosts is None and line[2] == b"HTTP/1.1") or (
                 hosts is not None and len(hosts) > 1
             ):
                 self.reject(bad_request("Missing or repeated Host header"))
-                return
-        self.receiving_body = self.length != 0
-        super().allHeadersReceived()
+                return False
+        self.receiving_body = self.body_length() != 0
+        return True
+
+    def head_handled(self) -> None:
+        """
+        Tell a request that acts on its head (:class:`IHeadersReceived`)
+        that it may: after Twisted's own handling (``100 Continue``), so
+        that an answer given at once is the last thing written.
+        """
         self._head_bytes = self._head_lines = 0
         self.request_line = None
-        if self._discarding or not self.requests:
+        if self.discarding:
             return
-        # After Twisted's own handling (100 Continue), so that an answer
-        # given at once is the last thing written.
-        ready = getattr(self.requests[-1], "headersReceived", None)
-        if ready is not None:
-            ready()
+        request = self.current_request()
+        if IHeadersReceived.providedBy(request):
+            request.headersReceived()
 
-    def allContentReceived(self) -> None:
-        if self._discarding:
-            return
+    def body_received(self) -> bool:
+        """
+        The body is in: the client is no longer held for the upstream.
+        """
         self.receiving_body = False
         self._held = False
-        super().allContentReceived()
+        return True
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         """
@@ -309,7 +334,7 @@ class GatewayChannel(HTTPChannel):
         """
         self._held = True
         producer = IPushProducer(self.transport, None)
-        if producer is not None and not self._discarding:
+        if producer is not None and not self.discarding:
             producer.pauseProducing()
 
     def resume_reading(self) -> None:
@@ -318,7 +343,7 @@ class GatewayChannel(HTTPChannel):
         """
         self._held = False
         producer = IPushProducer(self.transport, None)
-        if producer is not None and not self._discarding:
+        if producer is not None and not self.discarding:
             producer.resumeProducing()
 
     # The idle timeout. Twisted's ``TimeoutMixin`` reschedules its timer
@@ -376,16 +401,18 @@ class GatewayChannel(HTTPChannel):
 
     # Closing.
 
-    def requestDone(self, request: Any) -> None:
+    def answered(self, request: Any) -> None:
+        """
+        Close the connection after an answer given before the request's
+        body was all in: the rest of it must never be read as a next
+        request.
+        """
         if self.receiving_body:
-            # Answered before the body was all in: the rest of it must never
-            # be read as a next request.
-            self.persistent = False
+            self.close_after_answer()
             self._linger_on_close = True
-        super().requestDone(request)
 
     def loseConnection(self) -> None:
-        if self._linger_on_close and not self._discarding:
+        if self._linger_on_close and not self.discarding:
             self._linger()
             return
         super().loseConnection()
@@ -396,7 +423,7 @@ class GatewayChannel(HTTPChannel):
         gracefully; the request is never dispatched.
         """
         transport = self.transport
-        if self._discarding or transport is None:
+        if self.discarding or transport is None:
             return
         request_id = new_request_id()
         body = error.body(request_id)
@@ -416,22 +443,24 @@ class GatewayChannel(HTTPChannel):
             status=error.status,
             code=error.code,
         )
-        self.persistent = False
+        self.close_after_answer()
         self._linger()
         # A request already dispatched (its body broke mid-way) is over:
         # its upstream call is cancelled, and its answer never written.
-        for request in list(self.requests):
+        for request in self.queued_requests():
             if not request.finished:
                 note_refused(request, error.status, error.code)
                 request.connectionLost(Failure(ConnectionAborted("request refused")))
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's parser calls this for every malformed request it
-        # refuses; answer in the contract's JSON rather than a bare 400.
+    def refuse_malformed(self) -> None:
+        """
+        Answer a request Twisted's parser refuses in the contract's JSON
+        rather than a bare ``400``.
+        """
         self.reject(bad_request())
 
     def _linger(self) -> None:
-        self._discarding = True
+        self.discarding = True
         self.receiving_body = False
         transport = self.transport
         if transport is None:

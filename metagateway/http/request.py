@@ -8,13 +8,15 @@ request is over.
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 from urllib.parse import unquote_to_bytes
+
+from zope.interface import Interface, implementer
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
-from twisted.web.server import Request
+from twisted.web.iweb import IRequest
 
 from metagateway.errors import (
     GatewayError,
@@ -23,8 +25,13 @@ from metagateway.errors import (
     payload_too_large,
 )
 from metagateway.http.body import StreamingBody
-from metagateway.http.channel import GatewayChannel, bad_request
+from metagateway.http.channel import GatewayChannel, IHeadersReceived, bad_request
 from metagateway.http.drain import is_draining
+from metagateway.http.twisted_internals import (
+    RequestInternals,
+    close_after_answer,
+    site_of,
+)
 
 log = Logger()
 
@@ -65,14 +72,58 @@ def when_done(request: Any, hook: DoneHook, *args: Any) -> None:
     directly, in the order they were added, without a ``Deferred`` for
     each; any other request goes through ``notifyFinish()``.
     """
-    add = getattr(request, "add_done_hook", None)
-    if add is not None:
-        add(hook, args)
+    if IDoneHooks.providedBy(request):
+        request.add_done_hook(hook, args)
     else:
         request.notifyFinish().addBoth(hook, *args)
 
 
-class StreamingRequest(Request):
+class IDoneHooks(Interface):
+    """
+    A request that calls hooks once it is over, without a ``Deferred``
+    each (:func:`when_done` uses it when it can).
+    """
+
+    def add_done_hook(hook: DoneHook, args: tuple[Any, ...] = ()) -> None:
+        """
+        Call ``hook(result, *args)`` once the request is over: ``result``
+        is ``None`` when its answer was finished, else the ``Failure`` its
+        connection was lost with; at once if it is over already.
+        """
+
+
+class EarlyTarget(Protocol):
+    """
+    What :class:`IEarlyRouting` says of a request.
+    """
+
+    @property
+    def route(self) -> str:
+        """
+        The route errors about the request are reported under.
+        """
+
+    @property
+    def max_body(self) -> int:
+        """
+        The largest body buffered for the request; ``0`` when it streams.
+        """
+
+
+class IEarlyRouting(Interface):
+    """
+    A resource that can say where a request goes from its method and path
+    alone, while only its head has arrived.
+    """
+
+    def classify(request: IRequest) -> EarlyTarget:
+        """
+        Where ``request`` goes.
+        """
+
+
+@implementer(IDoneHooks, IHeadersReceived)
+class StreamingRequest(RequestInternals):
     """
     A request that starts routing as soon as its headers are in.
 
@@ -139,12 +190,16 @@ class StreamingRequest(Request):
         except Exception:
             log.failure("Unexpected error once a request was over")
 
-    def gotLength(self, length: Optional[int]) -> None:
+    def length_known(self, length: Optional[int]) -> None:
+        """
+        Route the request now that its head is in (see the class
+        docstring), before any of its body is read.
+        """
         channel = self.channel
-        line = getattr(channel, "request_line", None)
-        if line is None or not isinstance(channel, GatewayChannel):
-            super().gotLength(length)
+        if not isinstance(channel, GatewayChannel) or channel.request_line is None:
+            super().length_known(length)
             return
+        line = channel.request_line
         self.method, self.uri, self.clientproto = line
         self.path = self.uri.split(b"?", 1)[0]
         refusal = framing_error(self.requestHeaders)
@@ -155,11 +210,11 @@ class StreamingRequest(Request):
         if length == 0:
             # No body to stream, cap or refuse: the resource classifies the
             # request once, when it renders it.
-            super().gotLength(length)
+            super().length_known(length)
             return
         target = self._classify()
         if target is None:
-            super().gotLength(length)
+            super().length_known(length)
         elif target.max_body == 0 and length != 0:
             self._plan = "stream"
             self.content = BytesIO()
@@ -176,19 +231,19 @@ class StreamingRequest(Request):
         else:
             self._body_cap = target.max_body
             self._cap_route = target.route
-            super().gotLength(length)
+            super().length_known(length)
 
-    def _classify(self) -> Any:
-        site = getattr(self.channel, "site", None)
+    def _classify(self) -> Optional[EarlyTarget]:
+        site = site_of(self.channel)
         if site is None:
             return None
         self.prepath = []
         self.postpath = [unquote_to_bytes(p) for p in self.path[1:].split(b"/")]
         resource = site.getResourceFor(self)
-        classify = getattr(resource, "classify", None)
-        if classify is None:
+        if not IEarlyRouting.providedBy(resource):
             return None
-        return classify(self)
+        target: EarlyTarget = resource.classify(self)
+        return target
 
     def _drop_body(self) -> None:
         self._body_dropped = True
@@ -241,7 +296,11 @@ class StreamingRequest(Request):
         self.metagatewayEarlyError = self._refusal
         self.process()
 
-    def handleContentChunk(self, data: bytes) -> None:
+    def body_chunk(self, data: bytes) -> None:
+        """
+        Feed ``data`` to the streaming body, or buffer it within the cap
+        (``413`` past it, the rest dropped).
+        """
         stream = self.body_stream
         if stream is not None:
             stream.feed(data)
@@ -257,25 +316,30 @@ class StreamingRequest(Request):
                 self._plan = None
                 self._dispatch_refusal()
                 return
-        super().handleContentChunk(data)
+        super().body_chunk(data)
 
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+    def body_complete(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        End the streaming body, or process the buffered request as Twisted
+        does (not a request already dispatched or refused).
+        """
         stream = self.body_stream
         if stream is not None:
             stream.end()
             return
         if self._body_dropped:
             return
-        super().requestReceived(command, path, version)
+        super().body_complete(command, path, version)
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
             channel = getattr(self, "channel", None)
             if channel is not None and (
-                getattr(channel, "receiving_body", False) or is_draining(self)
+                (isinstance(channel, GatewayChannel) and channel.receiving_body)
+                or is_draining(self)
             ):
                 # The connection closes after this answer.
-                channel.persistent = False
+                close_after_answer(channel)
                 self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
         super().write(data)
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 from urllib.parse import unquote_to_bytes
 
+from zope.interface import implementer
+
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import Request as HTTPRequest
@@ -17,12 +19,12 @@ from twisted.web.http import datetimeToString
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
-from twisted.web.server import version as server_version
 
 from metagateway.errors import GatewayError, error_response, internal_error
 from metagateway.http.channel import GatewayChannel, bad_request
 from metagateway.http.drain import InFlight
-from metagateway.http.request import StreamingRequest, when_done
+from metagateway.http.request import IEarlyRouting, StreamingRequest, when_done
+from metagateway.http.twisted_internals import prepare_for_root, site_of
 from metagateway.observability.accesslog import RequestRecorder, note_route
 from metagateway.routes import Route, normalise_path, route_for
 
@@ -108,6 +110,7 @@ class Target:
     proxied: Optional[Route] = None
 
 
+@implementer(IEarlyRouting)
 class GatewayResource(Resource):
     """
     The root of the gateway, mountable anywhere in a host's resource tree.
@@ -331,17 +334,12 @@ class GatewayRequest(StreamingRequest):
         any other method a JSON ``400``). Under another root, the request
         is Twisted's.
         """
-        site: Any = self.channel.site  # type: ignore[attr-defined]
+        site = site_of(self.channel)
         root = site.resource
         if not isinstance(root, GatewayResource):
             super().process()
             return
-        self.site = site
-        self.sitepath: list[bytes] = []
-        self.setHeader(b"Server", server_version)
-        self.setHeader(b"Date", http_date())
-        self.prepath = []
-        self.postpath = []
+        prepare_for_root(self, site, http_date())
         try:
             self.render(root)
         except BaseException:
