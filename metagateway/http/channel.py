@@ -50,6 +50,10 @@ class IHeadersReceived(Interface):
         """
 
 
+#: Whether requests of a class provide :class:`IHeadersReceived`.
+_ANNOUNCES_HEAD: dict[type, bool] = {}
+
+
 CONNECTION_DONE = Failure(ConnectionDone())
 
 
@@ -297,7 +301,13 @@ class GatewayChannel(ChannelInternals):
         if self.discarding:
             return
         request = self.current_request()
-        if IHeadersReceived.providedBy(request):
+        # Asked of the request's class once: providedBy costs more than
+        # the rest of this method.
+        kind = request.__class__
+        announce = _ANNOUNCES_HEAD.get(kind)
+        if announce is None:
+            announce = _ANNOUNCES_HEAD[kind] = IHeadersReceived.implementedBy(kind)
+        if announce:
             request.headersReceived()
 
     def body_received(self) -> bool:
