@@ -11,6 +11,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
+from metagateway.notes import notes_of
+
 
 class InFlight:
     """
@@ -35,7 +37,7 @@ class InFlight:
             when the caller does.
         """
         self.count += 1
-        request.metagatewayInFlight = self  # type: ignore[attr-defined]
+        notes_of(request).in_flight = self
         if watch:
             request.notifyFinish().addBoth(self.done)
 
@@ -86,5 +88,5 @@ def is_draining(request: IRequest) -> bool:
     """
     Whether ``request`` is answered while the gateway drains.
     """
-    tracker = getattr(request, "metagatewayInFlight", None)
+    tracker = notes_of(request).in_flight
     return bool(tracker is not None and tracker.draining)

@@ -32,6 +32,8 @@ from metagateway.http.twisted_internals import (
     close_after_answer,
     site_of,
 )
+from metagateway.notes import notes_of
+from metagateway.observability.accesslog import note_bytes_in
 
 log = Logger()
 
@@ -294,7 +296,7 @@ class StreamingRequest(RequestInternals):
         # Through the resource, so that the answer is counted and logged
         # like any other.
         self.args = {}
-        self.metagatewayEarlyError = self._refusal
+        notes_of(self).early_error = self._refusal
         self.process()
 
     def body_chunk(self, data: bytes) -> None:
@@ -347,7 +349,7 @@ class StreamingRequest(RequestInternals):
     def finish(self) -> None:
         stream = self.body_stream
         if stream is not None:
-            self.metagatewayBytesIn = stream.received
+            note_bytes_in(self, stream.received)
             stream.abandon()
         super().finish()
         if self.finished:
@@ -356,7 +358,7 @@ class StreamingRequest(RequestInternals):
     def connectionLost(self, reason: Failure) -> None:
         stream = self.body_stream
         if stream is not None:
-            self.metagatewayBytesIn = stream.received
+            note_bytes_in(self, stream.received)
         super().connectionLost(reason)
         self._over(reason)
         if stream is not None:

@@ -25,6 +25,7 @@ from metagateway.http.channel import GatewayChannel, bad_request
 from metagateway.http.drain import InFlight
 from metagateway.http.request import IEarlyRouting, StreamingRequest, when_done
 from metagateway.http.twisted_internals import prepare_for_root, site_of
+from metagateway.notes import notes_of
 from metagateway.observability.accesslog import RequestRecorder, note_route
 from metagateway.routes import Route, normalise_path, route_for
 
@@ -163,8 +164,8 @@ class GatewayResource(Resource):
             # One hook for both, rather than one each.
             when_done(request, self._finished, request)
         try:
-            early = getattr(request, "metagatewayEarlyError", None)
-            if early is not None:
+            early = notes_of(request).early_error
+            if isinstance(early, GatewayError):
                 # Refused by the gateway's request before its body was read
                 # (``413``); labelled as if dispatched.
                 self._label(request, self.classify(request))
@@ -194,7 +195,8 @@ class GatewayResource(Resource):
         remembered on the request, so the second asks nothing new.
         """
         method, uri, prepath = request.method, request.uri, request.prepath
-        known = getattr(request, "metagatewayTarget", None)
+        notes = notes_of(request)
+        known = notes.target
         if (
             known is not None
             and known[0] is self
@@ -202,9 +204,10 @@ class GatewayResource(Resource):
             and known[2] == uri
             and known[3] == prepath
         ):
-            return known[4]  # type: ignore[no-any-return]
+            cached: Target = known[4]
+            return cached
         target = self._classify(request)
-        request.metagatewayTarget = (  # type: ignore[attr-defined]
+        notes.target = (
             self,
             method,
             uri,
