@@ -52,7 +52,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from metagateway.errors import request_id_of
-from metagateway.notes import notes_of
+from metagateway.notes import RequestNotes, notes_of
 from metagateway.observability.metrics import UPSTREAM_ERRORS, Metrics
 
 #: The namespace of access-log events.
@@ -591,44 +591,140 @@ class RequestRecorder:
         if started is None:
             raise RuntimeError("a request finished that never started")
         duration = self.seconds() - started
+        self.metrics.in_flight -= 1
+        status, error, upstream_error = _outcome(result, request, notes)
+        self._count(request, notes, status, duration, error, upstream_error)
+        if self.access_log is not None:
+            self._log(
+                self.access_log, request, notes, status, duration, error, upstream_error
+            )
+
+    def _count(
+        self,
+        request: Any,
+        notes: RequestNotes,
+        status: int,
+        duration: float,
+        error: Optional[str],
+        upstream_error: Optional[str],
+    ) -> None:
+        """
+        Count the request in the metrics, and the login if it was one.
+        """
         metrics = self.metrics
-        metrics.in_flight -= 1
-        status = request.code
-        error = notes.error
-        upstream_error = notes.upstream_error
-        if result is not None:
-            # The connection was lost before the answer was complete.
-            if not request.startedWriting:
-                refused = notes.refused
-                status = 499 if refused is None else refused
-            if error is None and upstream_error is None:
-                error = "CLIENT_CLOSED"
-        route = notes.route
         metrics.observe_request(
-            route, request.method, status, duration, error, upstream_error
+            notes.route, request.method, status, duration, error, upstream_error
         )
         login = notes.login
         if login is not None:
             metrics.observe_login(login, status, error)
-        access_log = self.access_log
-        if access_log is None:
-            return None
+
+    def _log(
+        self,
+        access_log: AccessLog,
+        request: Any,
+        notes: RequestNotes,
+        status: int,
+        duration: float,
+        error: Optional[str],
+        upstream_error: Optional[str],
+    ) -> None:
+        """
+        Write the request's access-log line: straight into a buffered JSON
+        log, else as an event to the log's observer.
+        """
         upstream_status = notes.upstream_status
         if upstream_error is None and error is not None:
+            # The upstream failure a gateway error stands for, if any.
             upstream_error = UPSTREAM_ERRORS.get(error)
-        upstream = upstream_error if upstream_error is not None else upstream_status
-        request_id = request_id_of(request)
-        client = self.client(request)
-        method = _METHODS.get(request.method) or _printable(request.method)
-        path = logged_path(request)
-        bytes_in = notes.bytes_in
-        bytes_out = request.sentLength
-        duration_ms = round(duration * 1000, 3)
-        subject = notes.subject
-        if access_log.add_json(
-            time.time(),
+        fields = (
+            request_id_of(request),
+            self.client(request),
+            _METHODS.get(request.method) or _printable(request.method),
+            logged_path(request),
+            notes.route,
+            status,
+            notes.bytes_in,
+            request.sentLength,
+            round(duration * 1000, 3),
+            upstream_status,
+            upstream_error,
+            error,
+            notes.subject,
+        )
+        if not access_log.add_json(time.time(), fields):
+            access_log.observer(_event(access_log, fields))
+
+
+def _outcome(
+    result: Optional[Failure], request: Any, notes: RequestNotes
+) -> tuple[int, Optional[str], Optional[str]]:
+    """
+    The status, error code and upstream error a request is recorded with.
+    A request whose connection was lost (``result`` is a ``Failure``)
+    before its answer began is a ``499`` (or the status the connection
+    refused it with), and without a better error a ``CLIENT_CLOSED``.
+    """
+    status: int = request.code
+    error = notes.error
+    upstream_error = notes.upstream_error
+    if result is not None:
+        # The connection was lost before the answer was complete.
+        if not request.startedWriting:
+            refused = notes.refused
+            status = 499 if refused is None else refused
+        if error is None and upstream_error is None:
+            error = "CLIENT_CLOSED"
+    return status, error, upstream_error
+
+
+def _event(access_log: AccessLog, fields: tuple[Any, ...]) -> dict[str, Any]:
+    """
+    The access-log event of a request, from the values of
+    :data:`JSON_FIELDS`: what ``Logger.emit`` builds, without its per-call
+    level validation, plus the :class:`AccessLine` of a text log.
+    """
+    (
+        request_id,
+        client,
+        method,
+        path,
+        route,
+        status,
+        bytes_in,
+        bytes_out,
+        duration_ms,
+        upstream_status,
+        upstream_error,
+        error,
+        subject,
+    ) = fields
+    upstream = upstream_error if upstream_error is not None else upstream_status
+    event = {
+        "log_logger": access_log.logger,
+        "log_level": LogLevel.info,
+        "log_namespace": NAMESPACE,
+        "log_source": None,
+        "log_format": EVENT_FORMAT,
+        "log_time": time.time(),
+        "request_id": request_id,
+        "client": client,
+        "method": method,
+        "path": path,
+        "route": route,
+        "status": status,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "duration_ms": duration_ms,
+        "upstream": upstream,
+        "upstream_status": upstream_status,
+        "upstream_error": upstream_error,
+        "error": error,
+        "subject": subject,
+    }
+    if access_log.text:
+        event["access_line"] = AccessLine(
             (
-                request_id,
                 client,
                 method,
                 path,
@@ -637,55 +733,13 @@ class RequestRecorder:
                 bytes_in,
                 bytes_out,
                 duration_ms,
-                upstream_status,
-                upstream_error,
+                upstream,
                 error,
                 subject,
-            ),
-        ):
-            return None
-        # What Logger.emit builds, without its per-call level validation.
-        event = {
-            "log_logger": access_log.logger,
-            "log_level": LogLevel.info,
-            "log_namespace": NAMESPACE,
-            "log_source": None,
-            "log_format": EVENT_FORMAT,
-            "log_time": time.time(),
-            "request_id": request_id,
-            "client": client,
-            "method": method,
-            "path": path,
-            "route": route,
-            "status": status,
-            "bytes_in": bytes_in,
-            "bytes_out": bytes_out,
-            "duration_ms": duration_ms,
-            "upstream": upstream,
-            "upstream_status": upstream_status,
-            "upstream_error": upstream_error,
-            "error": error,
-            "subject": subject,
-        }
-        if access_log.text:
-            event["access_line"] = AccessLine(
-                (
-                    client,
-                    method,
-                    path,
-                    route,
-                    status,
-                    bytes_in,
-                    bytes_out,
-                    duration_ms,
-                    upstream,
-                    error,
-                    subject,
-                    request_id,
-                )
+                request_id,
             )
-        access_log.observer(event)
-        return None
+        )
+    return event
 
 
 def _peer(request: IRequest) -> str:
