@@ -272,25 +272,24 @@ class GatewayChannel(ChannelInternals):
         else:
             self.reject(headers_too_large())
 
-    def head_received(self) -> bool:
+    def head_received(self, request: Any, length: Optional[int]) -> bool:
         """
         Refuse an HTTP/1.1 head without a ``Host`` header, or any head with
         more than one; note whether a body follows.
         """
         self._head_timed = False
         line = self.request_line
-        request = self.current_request()
-        if line is not None and request is not None:
+        if line is not None:
             hosts = request.requestHeaders.getRawHeaders(b"host")
             if (hosts is None and line[2] == b"HTTP/1.1") or (
                 hosts is not None and len(hosts) > 1
             ):
                 self.reject(bad_request("Missing or repeated Host header"))
                 return False
-        self.receiving_body = self.body_length() != 0
+        self.receiving_body = length != 0
         return True
 
-    def head_handled(self) -> None:
+    def head_handled(self, request: Any) -> None:
         """
         Tell a request that acts on its head (:class:`IHeadersReceived`)
         that it may: after Twisted's own handling (``100 Continue``), so
@@ -300,7 +299,6 @@ class GatewayChannel(ChannelInternals):
         self.request_line = None
         if self.discarding:
             return
-        request = self.current_request()
         # Asked of the request's class once: providedBy costs more than
         # the rest of this method.
         kind = request.__class__

@@ -26,13 +26,12 @@ from metagateway.errors import (
 )
 from metagateway.http.body import StreamingBody
 from metagateway.http.channel import GatewayChannel, IHeadersReceived, bad_request
-from metagateway.http.drain import is_draining
 from metagateway.http.twisted_internals import (
     RequestInternals,
     close_after_answer,
     site_of,
 )
-from metagateway.notes import notes_of
+from metagateway.notes import RequestNotes, new_notes, notes_of
 from metagateway.observability.accesslog import note_bytes_in
 
 log = Logger()
@@ -162,6 +161,14 @@ class StreamingRequest(RequestInternals):
     _done_hooks: Optional[list[tuple[DoneHook, tuple[Any, ...]]]] = None
     #: ``None`` until the request is over; then the hooks' result.
     _done: Optional[tuple[Optional[Failure]]] = None
+
+    #: The request's notes, made with it (:func:`~metagateway.notes.notes_of`
+    #: finds them).
+    metagateway_notes: RequestNotes
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        new_notes(self)
 
     def add_done_hook(self, hook: DoneHook, args: tuple[Any, ...] = ()) -> None:
         """
@@ -339,7 +346,7 @@ class StreamingRequest(RequestInternals):
             channel = getattr(self, "channel", None)
             if channel is not None and (
                 (isinstance(channel, GatewayChannel) and channel.receiving_body)
-                or is_draining(self)
+                or self.metagateway_notes.draining()
             ):
                 # The connection closes after this answer.
                 close_after_answer(channel)

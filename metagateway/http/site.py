@@ -25,7 +25,7 @@ from metagateway.http.channel import GatewayChannel, bad_request
 from metagateway.http.drain import InFlight
 from metagateway.http.request import IEarlyRouting, StreamingRequest, when_done
 from metagateway.http.twisted_internals import prepare_for_root, site_of
-from metagateway.notes import notes_of
+from metagateway.notes import RequestNotes, notes_of
 from metagateway.observability.accesslog import RequestRecorder, note_route
 from metagateway.routes import Route, normalise_path, route_for
 
@@ -156,21 +156,22 @@ class GatewayResource(Resource):
         # Twisted would add ``Content-Type: text/html`` to every answer.
         request.defaultContentType = None  # type: ignore[attr-defined]
         recorder, in_flight = self.recorder, self.in_flight
+        notes = notes_of(request)
         if recorder is not None:
-            recorder.started(request, watch=False)
+            recorder.started(request, watch=False, notes=notes)
         if in_flight is not None:
-            in_flight.track(request, watch=False)
+            in_flight.track(request, watch=False, notes=notes)
         if recorder is not None or in_flight is not None:
             # One hook for both, rather than one each.
             when_done(request, self._finished, request)
         try:
-            early = notes_of(request).early_error
+            early = notes.early_error
             if isinstance(early, GatewayError):
                 # Refused by the gateway's request before its body was read
                 # (``413``); labelled as if dispatched.
-                self._label(request, self.classify(request))
+                self._label(request, self._classify_noted(request, notes))
                 return error_response(request, early)
-            return self._dispatch(request)
+            return self._dispatch(request, notes)
         except GatewayError as e:
             return error_response(request, e)
         except Exception:
@@ -194,8 +195,13 @@ class GatewayResource(Resource):
         :meth:`render` go through here, so they always agree; the answer is
         remembered on the request, so the second asks nothing new.
         """
+        return self._classify_noted(request, notes_of(request))
+
+    def _classify_noted(self, request: IRequest, notes: RequestNotes) -> Target:
+        """
+        :meth:`classify`, with the request's notes at hand.
+        """
         method, uri, prepath = request.method, request.uri, request.prepath
-        notes = notes_of(request)
         known = notes.target
         if (
             known is not None
@@ -256,8 +262,8 @@ class GatewayResource(Resource):
         elif target.proxied is not None:
             note_route(request, target.proxied.name)
 
-    def _dispatch(self, request: IRequest) -> Any:
-        target = self.classify(request)
+    def _dispatch(self, request: IRequest, notes: RequestNotes) -> Any:
+        target = self._classify_noted(request, notes)
         self._label(request, target)
         if target.kind == "preflight":
             request.setResponseCode(204)

@@ -50,21 +50,23 @@ class ChannelInternals(HTTPChannel):
         """
         HTTPChannel._respondToBadRequestAndDisconnect(self)
 
-    def head_received(self) -> bool:
+    def head_received(self, request: Any, length: Optional[int]) -> bool:
         """
-        The request head is in (request line and headers, parsed into
-        :meth:`current_request`), before Twisted acts on it.
+        The head of ``request`` is in (request line and headers parsed),
+        before Twisted acts on it.
 
+        :param length: the body's length as the head declares it (see
+            :meth:`body_length`).
         :return: whether Twisted goes on with it (``False`` once the request
             has been refused).
         """
         return True
 
-    def head_handled(self) -> None:
+    def head_handled(self, request: Any) -> None:
         """
-        Twisted has acted on the head: checked persistence, given the
-        request its body length (``gotLength``), and sent ``100 Continue``
-        if the request still asks for it.
+        Twisted has acted on the head of ``request``: checked persistence,
+        given the request its body length (``gotLength``), and sent
+        ``100 Continue`` if the request still asks for it.
         """
 
     def body_received(self) -> bool:
@@ -129,10 +131,11 @@ class ChannelInternals(HTTPChannel):
         # gotLength with HTTPChannel.length and sends "100 Continue" if the
         # Expect header is still there after gotLength. The only point at
         # which a head can be refused, or a request start, before its body.
-        if not self.head_received():
+        request = self.requests[-1]
+        if not self.head_received(request, self.length):
             return
         HTTPChannel.allHeadersReceived(self)
-        self.head_handled()
+        self.head_handled(request)
 
     def allContentReceived(self) -> None:
         # Undocumented parser step, called once the body is in: it resets

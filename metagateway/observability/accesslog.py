@@ -563,14 +563,21 @@ class RequestRecorder:
         self.access_log = access_log
         self.client = client or _peer
 
-    def started(self, request: IRequest, watch: bool = True) -> None:
+    def started(
+        self,
+        request: IRequest,
+        watch: bool = True,
+        notes: Optional[RequestNotes] = None,
+    ) -> None:
         """
         Note that the gateway began answering ``request``.
 
         :param watch: call :meth:`finished` when the request finishes (or
             its connection is lost); pass ``False`` when the caller does.
+        :param notes: the request's notes, when the caller has them.
         """
-        notes = notes_of(request)
+        if notes is None:
+            notes = notes_of(request)
         notes.started = self.seconds()
         if self.access_log is not None and not notes.bytes_in_noted:
             notes.bytes_in = _bytes_in(request)

@@ -9,9 +9,13 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 from twisted.web.http import Request as HTTPRequest
+from twisted.web.resource import Resource
 
 from metagateway.errors import GatewayError, error_response, request_id_of
-from metagateway.notes import RequestNotes, notes_of
+from metagateway.http.drain import InFlight
+from metagateway.http.request import StreamingRequest
+from metagateway.http.site import GatewaySite
+from metagateway.notes import RequestNotes, new_notes, notes_of
 from metagateway.observability.accesslog import (
     note_bytes_in,
     note_refused,
@@ -97,3 +101,32 @@ class NotesOfTests(SynchronousTestCase):
             ),
         )
         self.assertEqual(notes.request_id, request_id_of(request))
+
+    def test_draining(self) -> None:
+        """
+        A request's notes say it is answered while draining only once it is
+        counted in requests in flight that drain.
+        """
+        request = plain_request()
+        self.assertFalse(notes_of(request).draining())
+        in_flight = InFlight()
+        in_flight.track(request, watch=False)
+        self.assertFalse(notes_of(request).draining())
+        in_flight.draining = True
+        self.assertTrue(notes_of(request).draining())
+
+    def test_new_notes(self) -> None:
+        """
+        :func:`new_notes` replaces a request's notes with fresh ones, which
+        :func:`notes_of` then finds; the gateway's request has its own from
+        the start.
+        """
+        request = plain_request()
+        notes_of(request).route = "BUILD"
+        fresh = new_notes(request)
+        self.assertEqual(fresh.route, "NONE")
+        self.assertIs(notes_of(request), fresh)
+        channel = GatewaySite(Resource()).buildProtocol(None)
+        channel.makeConnection(StringTransport())
+        ours = StreamingRequest(channel)
+        self.assertIs(notes_of(ours), ours.metagateway_notes)

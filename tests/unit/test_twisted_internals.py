@@ -112,18 +112,20 @@ class RecordingChannel(ChannelInternals):
         self.events.append("refuse_malformed")
         super().refuse_malformed()
 
-    def head_received(self) -> bool:
-        request = self.current_request()
+    def head_received(self, request: Any, length: Optional[int]) -> bool:
         self.events.append(
             (
                 "head_received",
-                self.body_length(),
+                length,
                 request.requestHeaders.getRawHeaders(b"x-probe"),
             )
         )
+        assert request is self.current_request()
+        assert length == self.body_length()
         return True
 
-    def head_handled(self) -> None:
+    def head_handled(self, request: Any) -> None:
+        assert request is self.current_request()
         self.events.append("head_handled")
 
     def body_received(self) -> bool:
