@@ -19,6 +19,8 @@ from typing import Iterable, Optional
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
+from metagateway.notes import notes_of
+
 _ALLOW_ORIGIN = b"Access-Control-Allow-Origin"
 
 
@@ -93,12 +95,12 @@ def note_policy(request: IRequest, policy: CorsPolicy) -> None:
     noted for :data:`ANY_ORIGIN`, the default).
     """
     if not policy.any:
-        request.metagatewayCors = policy  # type: ignore[attr-defined]
+        notes_of(request).cors = policy
 
 
 def policy_of(request: IRequest) -> CorsPolicy:
     """
     The policy the answer to ``request`` follows.
     """
-    policy = getattr(request, "metagatewayCors", None)
-    return ANY_ORIGIN if policy is None else policy  # type: ignore[no-any-return]
+    policy: Optional[CorsPolicy] = notes_of(request).cors
+    return ANY_ORIGIN if policy is None else policy

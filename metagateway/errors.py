@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 from twisted.web.iweb import IRequest
 
 from metagateway.cors import policy_of
+from metagateway.notes import notes_of
 
 #: Headers every JSON answer of the gateway carries.
 JSON_HEADERS = (
@@ -140,7 +141,8 @@ def request_id_of(request: IRequest) -> str:
 
     :param request: the request.
     """
-    existing = getattr(request, "metagatewayRequestId", None)
+    notes = notes_of(request)
+    existing = notes.request_id
     if existing:
         return str(existing)
     incoming = request.requestHeaders.getRawHeaders(b"x-request-id")
@@ -151,7 +153,7 @@ def request_id_of(request: IRequest) -> str:
             value = candidate
     if value is None:
         value = new_request_id()
-    request.metagatewayRequestId = value  # type: ignore[attr-defined]
+    notes.request_id = value
     return value
 
 
@@ -232,7 +234,7 @@ def error_response(request: IRequest, error: GatewayError) -> bytes:
     """
     body = error.body(error_request_id(request))
     # For the access log and metrics (metagateway.observability.accesslog).
-    request.metagatewayError = error.code  # type: ignore[attr-defined]
+    notes_of(request).error = error.code
     set_json_headers(request, error.status, error.headers)
     request.setHeader(b"Content-Length", b"%d" % (len(body),))
     return body

@@ -1,30 +1,19 @@
 """
-Request bodies that stream: a client's body handed to the upstream as it
-arrives, with flow control both ways; and the channel and request that make
-it possible (Twisted's own hold the whole body before the resource sees the
-request).
-
-:class:`StreamingBody` sits between the gateway's request (which feeds it
-each piece of body the client sends) and the ``Agent`` (which consumes it as
-an :class:`~twisted.web.iweb.IBodyProducer`). While the upstream cannot take
-more, or before it has started to take any, reading from the client is
-paused; it resumes when the upstream asks for more. At most one network read
-(about 64 KiB) is held here at a time, whatever the body's size.
+The gateway's HTTP/1.1 channel: Twisted's parser, with limits on the
+request head, a head timeout, JSON answers to hostile input, a graceful
+close, flow control of the client's body, and a request that may act as
+soon as its headers are in (:mod:`metagateway.http.request`).
 """
 
 from __future__ import annotations
 
-from io import BytesIO
 from typing import Any, Callable, Optional
-from urllib.parse import unquote_to_bytes
 
-from zope.interface import implementer
+from zope.interface import Interface
 
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
-    IConsumer,
     IDelayedCall,
     IHalfCloseableDescriptor,
     IPushProducer,
@@ -35,256 +24,37 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
-from twisted.web.server import Request
 
 from metagateway.errors import (
     JSON_HEADERS,
     REASON_PHRASES,
     GatewayError,
-    error_response,
-    internal_error,
     new_request_id,
-    payload_too_large,
 )
-from metagateway.http.drain import is_draining
+from metagateway.http.twisted_internals import ChannelInternals
 from metagateway.observability.accesslog import note_refused
 
 log = Logger()
 
+
+class IHeadersReceived(Interface):
+    """
+    A request that acts as soon as its head is in: a
+    :class:`GatewayChannel` calls it once Twisted has handled the head,
+    before any of the body is read.
+    """
+
+    def headersReceived() -> None:
+        """
+        The head is in and handled (``gotLength``, ``100 Continue``).
+        """
+
+
+#: Whether requests of a class provide :class:`IHeadersReceived`.
+_ANNOUNCES_HEAD: dict[type, bool] = {}
+
+
 CONNECTION_DONE = Failure(ConnectionDone())
-
-
-class BodyTooLarge(Exception):
-    """
-    The client sent more body than the configured limit.
-    """
-
-
-class BodyAbandoned(Exception):
-    """
-    The request was answered before its body was complete; the rest of the
-    body is dropped and never reaches the upstream.
-    """
-
-
-class BodyListener:
-    """
-    What a :class:`StreamingBody` tells the one relaying it; every method
-    does nothing here, subclasses pick what they need.
-    """
-
-    def upstream_waiting(self) -> None:
-        """
-        The upstream is holding the body up: it paused it, or has the whole
-        of it and owes an answer.
-        """
-
-    def upstream_reading(self) -> None:
-        """
-        The upstream takes body again; any wait is now the client's.
-        """
-
-    def body_too_large(self) -> None:
-        """
-        The body went past its limit; nothing more will be fed upstream.
-        """
-
-
-@implementer(IBodyProducer)
-class StreamingBody:
-    """
-    A request body produced for the upstream while the client is still
-    sending it.
-
-    The request side calls :meth:`feed` with each piece of body, then
-    :meth:`end` (all received) or :meth:`fail` (the client went away, or
-    the framing broke). The ``Agent`` calls :meth:`startProducing`, and the
-    upstream connection pauses and resumes it.
-
-    :param length: the declared ``Content-Length``, or ``None`` for a
-        chunked body.
-    :param pause_client: stops reading from the client.
-    :param resume_client: resumes reading from the client.
-    :param limit: the largest body accepted, in bytes; 0 for no limit.
-
-    :ivar received: bytes fed so far.
-    :ivar complete: whether the client has sent the whole body.
-    :ivar listener: told when the upstream holds the body up, and when the
-        body goes past its limit.
-    """
-
-    def __init__(
-        self,
-        length: Optional[int],
-        pause_client: Callable[[], None],
-        resume_client: Callable[[], None],
-        limit: int = 0,
-    ) -> None:
-        self.length = UNKNOWN_LENGTH if length is None else length
-        self.limit = limit
-        self.received = 0
-        self.complete = False
-        self.listener = BodyListener()
-        self._pause_client = pause_client
-        self._resume_client = resume_client
-        self._consumer: Optional[IConsumer] = None
-        self._pending: list[bytes] = []
-        self._producing: Optional[Deferred[None]] = None
-        self._upstream_paused = False
-        self._stopped = False
-        self._failure: Optional[Failure] = None
-        # Nothing takes the body until the Agent has a connection.
-        self._pause_client()
-
-    @property
-    def stopped(self) -> bool:
-        """
-        Whether the body is no longer wanted: the upstream stopped it, it
-        failed or went past its limit, or it was abandoned.
-        """
-        return self._stopped or self._failure is not None
-
-    # The request's side.
-
-    def feed(self, data: bytes) -> None:
-        """
-        One more piece of the client's body.
-
-        Dropped once the body is no longer wanted. Past the limit, the
-        listener is told and the body fails with :class:`BodyTooLarge`.
-        """
-        if self.stopped:
-            return
-        self.received += len(data)
-        if self.limit and self.received > self.limit:
-            self._pending = []
-            self.listener.body_too_large()
-            self.fail(Failure(BodyTooLarge(self.limit)))
-            return
-        if self._consumer is not None:
-            self._consumer.write(data)
-        else:
-            self._pending.append(data)
-        if self._consumer is None or self._upstream_paused:
-            # Someone else (the channel, when the client reads slowly) may
-            # have resumed reading; hold the client again.
-            self._pause_client()
-
-    def end(self) -> None:
-        """
-        The client has sent the whole body.
-        """
-        if self.complete:
-            return
-        self.complete = True
-        if self.stopped:
-            return
-        if self._producing is not None and not self._producing.called:
-            self.listener.upstream_waiting()
-            self._producing.callback(None)
-
-    def fail(self, reason: Failure) -> None:
-        """
-        The body cannot be completed: the upstream must never see it as
-        whole. Fails the Deferred :meth:`startProducing` returned, so the
-        ``Agent`` drops the upstream connection.
-        """
-        if self.stopped:
-            return
-        self._failure = reason
-        self._pending = []
-        producing = self._producing
-        if producing is not None and not producing.called:
-            producing.errback(reason)
-
-    def abandon(self) -> None:
-        """
-        The answer has been given without the rest of the body (an error,
-        or an upstream that answered early); drop whatever comes.
-        """
-        if not self.complete:
-            self.fail(Failure(BodyAbandoned()))
-
-    # IBodyProducer: the Agent's side.
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        """
-        Start writing the body to ``consumer``: what has arrived already,
-        then each piece as it arrives.
-
-        :return: a Deferred firing with ``None`` once the whole body is
-            written, or failing if the body cannot be completed.
-        """
-        producing: Deferred[None] = Deferred(self._cancelled)
-        self._producing = producing
-        if self._failure is not None:
-            producing.errback(self._failure)
-            return producing
-        self._consumer = consumer
-        pending, self._pending = self._pending, []
-        for data in pending:
-            consumer.write(data)
-        if self.complete:
-            self.listener.upstream_waiting()
-            producing.callback(None)
-        else:
-            self.listener.upstream_reading()
-            if not self._upstream_paused:
-                self._resume_client()
-        return producing
-
-    def pauseProducing(self) -> None:
-        """
-        The upstream's send buffer is full: stop reading from the client.
-        """
-        self._upstream_paused = True
-        self._pause_client()
-        if not self.stopped:
-            self.listener.upstream_waiting()
-
-    def resumeProducing(self) -> None:
-        """
-        The upstream takes more: read from the client again.
-        """
-        self._upstream_paused = False
-        if self.stopped or self.complete or self._consumer is None:
-            return
-        self.listener.upstream_reading()
-        self._resume_client()
-
-    def stopProducing(self) -> None:
-        """
-        The upstream wants no more of the body (its connection closed, or
-        the request was cancelled); the Deferred never fires.
-        """
-        self._stopped = True
-        self._consumer = None
-        self._pending = []
-
-    def _cancelled(self, producing: Deferred[None]) -> None:
-        self.stopProducing()
-
-
-def framing_error(headers: Headers) -> Optional[GatewayError]:
-    """
-    Refuse a body whose framing could be read two ways.
-
-    Twisted's channel already refuses a ``Content-Length`` beside a
-    ``Transfer-Encoding``, repeated framing headers and unknown codings; it
-    lets ``Transfer-Encoding: identity`` through, which some servers read
-    differently. Only a lone ``chunked`` is accepted here.
-
-    :return: the ``400`` to answer, or ``None`` when the framing is sound.
-    """
-    codings = headers.getRawHeaders(b"transfer-encoding")
-    if codings is None:
-        return None
-    if len(codings) != 1 or codings[0].strip().lower() != b"chunked":
-        return bad_request("Unsupported Transfer-Encoding")
-    if headers.hasHeader(b"content-length"):
-        return bad_request("Both Content-Length and Transfer-Encoding")
-    return None
 
 
 def bad_request(message: str = "Malformed request") -> GatewayError:
@@ -299,7 +69,7 @@ def bad_request(message: str = "Malformed request") -> GatewayError:
 HEAD_TIMEOUT = 30.0
 
 
-class GatewayChannel(HTTPChannel):
+class GatewayChannel(ChannelInternals):
     """
     An HTTP/1.1 channel that lets its request act once the headers are in,
     and answers hostile input in the contract's JSON.
@@ -330,6 +100,9 @@ class GatewayChannel(HTTPChannel):
         head is being read, while it is.
     :ivar receiving_body: whether the current request's body is still
         arriving.
+
+    Twisted's private and undocumented hooks are reached only through
+    :class:`~metagateway.http.twisted_internals.ChannelInternals`.
     """
 
     max_header_bytes = 16384
@@ -350,7 +123,6 @@ class GatewayChannel(HTTPChannel):
         self._head_timed = False
         self._head_call: Optional[IDelayedCall] = None
         self._reading = False
-        self._discarding = False
         self._linger_on_close = False
         self._linger_call: Optional[IDelayedCall] = None
         self._held = False
@@ -419,7 +191,7 @@ class GatewayChannel(HTTPChannel):
     # Reading.
 
     def dataReceived(self, data: bytes) -> None:
-        if self._discarding:
+        if self.discarding:
             return
         if self._reading:
             # Twisted replaying bytes that came behind a request answered
@@ -446,7 +218,7 @@ class GatewayChannel(HTTPChannel):
         """
         transport = self.transport
         if (
-            self._discarding
+            self.discarding
             or transport is None
             or getattr(transport, "disconnecting", False)
         ):
@@ -473,16 +245,11 @@ class GatewayChannel(HTTPChannel):
 
     def _head_late(self) -> None:
         self._head_call = None
-        if self._head_timed and not self._discarding:
+        if self._head_timed and not self.discarding:
             self.reject(head_too_slow())
 
-    def rawDataReceived(self, data: bytes) -> None:
-        if self._discarding:
-            return
-        super().rawDataReceived(data)
-
     def lineReceived(self, line: bytes) -> None:
-        if self._discarding:
+        if self.discarding:
             return
         self._head_bytes += len(line) + 2
         if line:
@@ -505,34 +272,49 @@ class GatewayChannel(HTTPChannel):
         else:
             self.reject(headers_too_large())
 
-    def allHeadersReceived(self) -> None:
+    def head_received(self, request: Any, length: Optional[int]) -> bool:
+        """
+        Refuse an HTTP/1.1 head without a ``Host`` header, or any head with
+        more than one; note whether a body follows.
+        """
         self._head_timed = False
         line = self.request_line
-        if line is not None and self.requests:
-            hosts = self.requests[-1].requestHeaders.getRawHeaders(b"host")
+        if line is not None:
+            hosts = request.requestHeaders.getRawHeaders(b"host")
             if (hosts is None and line[2] == b"HTTP/1.1") or (
                 hosts is not None and len(hosts) > 1
             ):
                 self.reject(bad_request("Missing or repeated Host header"))
-                return
-        self.receiving_body = self.length != 0
-        super().allHeadersReceived()
+                return False
+        self.receiving_body = length != 0
+        return True
+
+    def head_handled(self, request: Any) -> None:
+        """
+        Tell a request that acts on its head (:class:`IHeadersReceived`)
+        that it may: after Twisted's own handling (``100 Continue``), so
+        that an answer given at once is the last thing written.
+        """
         self._head_bytes = self._head_lines = 0
         self.request_line = None
-        if self._discarding or not self.requests:
+        if self.discarding:
             return
-        # After Twisted's own handling (100 Continue), so that an answer
-        # given at once is the last thing written.
-        ready = getattr(self.requests[-1], "headersReceived", None)
-        if ready is not None:
-            ready()
+        # Asked of the request's class once: providedBy costs more than
+        # the rest of this method.
+        kind = request.__class__
+        announce = _ANNOUNCES_HEAD.get(kind)
+        if announce is None:
+            announce = _ANNOUNCES_HEAD[kind] = IHeadersReceived.implementedBy(kind)
+        if announce:
+            request.headersReceived()
 
-    def allContentReceived(self) -> None:
-        if self._discarding:
-            return
+    def body_received(self) -> bool:
+        """
+        The body is in: the client is no longer held for the upstream.
+        """
         self.receiving_body = False
         self._held = False
-        super().allContentReceived()
+        return True
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         """
@@ -560,7 +342,7 @@ class GatewayChannel(HTTPChannel):
         """
         self._held = True
         producer = IPushProducer(self.transport, None)
-        if producer is not None and not self._discarding:
+        if producer is not None and not self.discarding:
             producer.pauseProducing()
 
     def resume_reading(self) -> None:
@@ -569,7 +351,7 @@ class GatewayChannel(HTTPChannel):
         """
         self._held = False
         producer = IPushProducer(self.transport, None)
-        if producer is not None and not self._discarding:
+        if producer is not None and not self.discarding:
             producer.resumeProducing()
 
     # The idle timeout. Twisted's ``TimeoutMixin`` reschedules its timer
@@ -627,16 +409,18 @@ class GatewayChannel(HTTPChannel):
 
     # Closing.
 
-    def requestDone(self, request: Any) -> None:
+    def answered(self, request: Any) -> None:
+        """
+        Close the connection after an answer given before the request's
+        body was all in: the rest of it must never be read as a next
+        request.
+        """
         if self.receiving_body:
-            # Answered before the body was all in: the rest of it must never
-            # be read as a next request.
-            self.persistent = False
+            self.close_after_answer()
             self._linger_on_close = True
-        super().requestDone(request)
 
     def loseConnection(self) -> None:
-        if self._linger_on_close and not self._discarding:
+        if self._linger_on_close and not self.discarding:
             self._linger()
             return
         super().loseConnection()
@@ -647,7 +431,7 @@ class GatewayChannel(HTTPChannel):
         gracefully; the request is never dispatched.
         """
         transport = self.transport
-        if self._discarding or transport is None:
+        if self.discarding or transport is None:
             return
         request_id = new_request_id()
         body = error.body(request_id)
@@ -667,22 +451,24 @@ class GatewayChannel(HTTPChannel):
             status=error.status,
             code=error.code,
         )
-        self.persistent = False
+        self.close_after_answer()
         self._linger()
         # A request already dispatched (its body broke mid-way) is over:
         # its upstream call is cancelled, and its answer never written.
-        for request in list(self.requests):
+        for request in self.queued_requests():
             if not request.finished:
                 note_refused(request, error.status, error.code)
                 request.connectionLost(Failure(ConnectionAborted("request refused")))
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's parser calls this for every malformed request it
-        # refuses; answer in the contract's JSON rather than a bare 400.
+    def refuse_malformed(self) -> None:
+        """
+        Answer a request Twisted's parser refuses in the contract's JSON
+        rather than a bare ``400``.
+        """
         self.reject(bad_request())
 
     def _linger(self) -> None:
-        self._discarding = True
+        self.discarding = True
         self.receiving_body = False
         transport = self.transport
         if transport is None:
@@ -711,28 +497,6 @@ class GatewayChannel(HTTPChannel):
         super().connectionLost(reason)
 
 
-#: What :func:`when_done` hooks are called with: ``None`` once the answer
-#: is finished, or the ``Failure`` of a connection lost before that.
-DoneHook = Callable[..., object]
-
-
-def when_done(request: Any, hook: DoneHook, *args: Any) -> None:
-    """
-    Call ``hook(result, *args)`` once ``request`` is over: ``result`` is
-    ``None`` when its answer was finished, else the ``Failure`` its
-    connection was lost with, as with ``request.notifyFinish()``.
-
-    The gateway's request (:class:`StreamingRequest`) calls its hooks
-    directly, in the order they were added, without a ``Deferred`` for
-    each; any other request goes through ``notifyFinish()``.
-    """
-    add = getattr(request, "add_done_hook", None)
-    if add is not None:
-        add(hook, args)
-    else:
-        request.notifyFinish().addBoth(hook, *args)
-
-
 def headers_too_large() -> GatewayError:
     """
     The answer to a request head over the limits.
@@ -749,245 +513,3 @@ def head_too_slow() -> GatewayError:
     return GatewayError(
         408, "REQUEST_TIMEOUT", "Request head not received in time", "CORE"
     )
-
-
-class StreamingRequest(Request):
-    """
-    A request that starts routing as soon as its headers are in.
-
-    On a :class:`GatewayChannel`, once the headers have arrived the site's
-    resource is asked (its ``classify(request)``) where the request goes:
-
-    - a proxied route with a body: the request is dispatched at once, and
-      its body is fed to :attr:`body_stream` as it arrives, for the proxy
-      to stream upstream;
-    - anything else: the body is buffered as usual, capped at the target's
-      ``max_body`` (``413 PAYLOAD_TOO_LARGE`` past it, answered without
-      reading the rest).
-
-    A request without a body (``Content-Length: 0``, or neither it nor
-    ``Transfer-Encoding``) is not classified early: it has nothing to
-    stream or cap, and the resource classifies it once, as it renders it.
-    On any other channel, or under a resource that cannot classify, it is
-    an ordinary buffered request.
-
-    :ivar body_stream: the streaming body, when the request streams.
-    """
-
-    body_stream: Optional[StreamingBody] = None
-    _plan: Optional[str] = None
-    _refusal: Optional[GatewayError] = None
-    _body_dropped = False
-    _body_cap = 0
-    _body_seen = 0
-    _cap_route = "CORE"
-    _body_length: Optional[int] = None
-    #: Whether the client waits for "100 Continue" before its body.
-    _continue_pending = False
-    _done_hooks: Optional[list[tuple[DoneHook, tuple[Any, ...]]]] = None
-    #: ``None`` until the request is over; then the hooks' result.
-    _done: Optional[tuple[Optional[Failure]]] = None
-
-    def add_done_hook(self, hook: DoneHook, args: tuple[Any, ...] = ()) -> None:
-        """
-        Call ``hook(result, *args)`` once the request is over (see
-        :func:`when_done`); at once if it is over already.
-        """
-        if self._done is not None:
-            self._call_hook(hook, args, self._done[0])
-        elif self._done_hooks is None:
-            self._done_hooks = [(hook, args)]
-        else:
-            self._done_hooks.append((hook, args))
-
-    def _over(self, result: Optional[Failure]) -> None:
-        if self._done is not None:
-            return
-        self._done = (result,)
-        hooks, self._done_hooks = self._done_hooks, None
-        if hooks:
-            for hook, args in hooks:
-                self._call_hook(hook, args, result)
-
-    @staticmethod
-    def _call_hook(
-        hook: DoneHook, args: tuple[Any, ...], result: Optional[Failure]
-    ) -> None:
-        try:
-            hook(result, *args)
-        except Exception:
-            log.failure("Unexpected error once a request was over")
-
-    def gotLength(self, length: Optional[int]) -> None:
-        channel = self.channel
-        line = getattr(channel, "request_line", None)
-        if line is None or not isinstance(channel, GatewayChannel):
-            super().gotLength(length)
-            return
-        self.method, self.uri, self.clientproto = line
-        self.path = self.uri.split(b"?", 1)[0]
-        refusal = framing_error(self.requestHeaders)
-        if refusal is not None:
-            self._drop_body()
-            channel.reject(refusal)
-            return
-        if length == 0:
-            # No body to stream, cap or refuse: the resource classifies the
-            # request once, when it renders it.
-            super().gotLength(length)
-            return
-        target = self._classify()
-        if target is None:
-            super().gotLength(length)
-        elif target.max_body == 0 and length != 0:
-            self._plan = "stream"
-            self.content = BytesIO()
-            self._body_length = length
-            expect = self.requestHeaders.getRawHeaders(b"expect")
-            if expect and expect[0].lower() == b"100-continue":
-                # "100 Continue" once the upstream takes the body, not now:
-                # a request refused on its head (a bad token) is answered
-                # without inviting the body first (RFC 9110, 10.1.1).
-                self.requestHeaders.removeHeader(b"expect")
-                self._continue_pending = line[2] == b"HTTP/1.1"
-        elif length is not None and target.max_body and length > target.max_body:
-            self._refuse_early(payload_too_large(target.route, target.max_body))
-        else:
-            self._body_cap = target.max_body
-            self._cap_route = target.route
-            super().gotLength(length)
-
-    def _classify(self) -> Any:
-        site = getattr(self.channel, "site", None)
-        if site is None:
-            return None
-        self.prepath = []
-        self.postpath = [unquote_to_bytes(p) for p in self.path[1:].split(b"/")]
-        resource = site.getResourceFor(self)
-        classify = getattr(resource, "classify", None)
-        if classify is None:
-            return None
-        return classify(self)
-
-    def _drop_body(self) -> None:
-        self._body_dropped = True
-        self.content = BytesIO()
-        # No "100 Continue" for a body that will not be read.
-        self.requestHeaders.removeHeader(b"expect")
-
-    def _refuse_early(self, error: GatewayError) -> None:
-        self._drop_body()
-        self._plan = "refuse"
-        self._refusal = error
-
-    def headersReceived(self) -> None:
-        """
-        Called by the channel once the headers are in and Twisted has done
-        with them: dispatch now if the request streams or is refused.
-        """
-        plan, self._plan = self._plan, None
-        if plan == "stream":
-            self.args = {}
-            channel: Any = self.channel
-            self.body_stream = StreamingBody(
-                self._body_length,
-                channel.pause_reading,
-                self._continue_then_resume
-                if self._continue_pending
-                else channel.resume_reading,
-            )
-            self.process()
-        elif plan == "refuse":
-            self._dispatch_refusal()
-
-    def _continue_then_resume(self) -> None:
-        """
-        Read the body on, after telling a client that waits for it that it
-        may send it (the first time, and only if no answer has begun).
-        """
-        channel: Any = self.channel
-        if self._continue_pending:
-            self._continue_pending = False
-            transport = getattr(channel, "transport", None)
-            if transport is not None and not self.startedWriting and not self.finished:
-                transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        channel.resume_reading()
-
-    def _dispatch_refusal(self) -> None:
-        # Through the resource, so that the answer is counted and logged
-        # like any other.
-        self.args = {}
-        self.metagatewayEarlyError = self._refusal
-        self.process()
-
-    def handleContentChunk(self, data: bytes) -> None:
-        stream = self.body_stream
-        if stream is not None:
-            stream.feed(data)
-            return
-        if self._body_dropped:
-            return
-        if self._body_cap:
-            self._body_seen += len(data)
-            if self._body_seen > self._body_cap:
-                if self.content is not None:
-                    self.content.close()
-                self._refuse_early(payload_too_large(self._cap_route, self._body_cap))
-                self._plan = None
-                self._dispatch_refusal()
-                return
-        super().handleContentChunk(data)
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        stream = self.body_stream
-        if stream is not None:
-            stream.end()
-            return
-        if self._body_dropped:
-            return
-        super().requestReceived(command, path, version)
-
-    def write(self, data: bytes) -> None:
-        if not self.startedWriting:
-            channel = getattr(self, "channel", None)
-            if channel is not None and (
-                getattr(channel, "receiving_body", False) or is_draining(self)
-            ):
-                # The connection closes after this answer.
-                channel.persistent = False
-                self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
-        super().write(data)
-
-    def finish(self) -> None:
-        stream = self.body_stream
-        if stream is not None:
-            self.metagatewayBytesIn = stream.received
-            stream.abandon()
-        super().finish()
-        if self.finished:
-            self._over(None)
-
-    def connectionLost(self, reason: Failure) -> None:
-        stream = self.body_stream
-        if stream is not None:
-            self.metagatewayBytesIn = stream.received
-        super().connectionLost(reason)
-        self._over(reason)
-        if stream is not None:
-            stream.fail(reason)
-
-    def processingFailed(self, reason: Failure) -> Failure:
-        """
-        Answer an unexpected failure with the JSON ``500``, never Twisted's
-        HTML page; a failure after the answer started closes the connection.
-        """
-        log.failure("Unexpected error processing a request", reason)
-        if self.startedWriting or self.finished:
-            transport = getattr(self.channel, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
-            return reason
-        body = error_response(self, internal_error())
-        self.write(body)
-        self.finish()
-        return reason

@@ -5,11 +5,13 @@ for a bounded period.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
+
+from metagateway.notes import RequestNotes, notes_of
 
 
 class InFlight:
@@ -26,16 +28,22 @@ class InFlight:
         self.draining = False
         self._idle: list[Deferred[bool]] = []
 
-    def track(self, request: Any, watch: bool = True) -> None:
+    def track(
+        self,
+        request: Any,
+        watch: bool = True,
+        notes: Optional[RequestNotes] = None,
+    ) -> None:
         """
         Count ``request`` until its answer is finished or its connection
         lost.
 
         :param watch: call :meth:`done` when that happens; pass ``False``
             when the caller does.
+        :param notes: the request's notes, when the caller has them.
         """
         self.count += 1
-        request.metagatewayInFlight = self  # type: ignore[attr-defined]
+        (notes or notes_of(request)).in_flight = self
         if watch:
             request.notifyFinish().addBoth(self.done)
 
@@ -86,5 +94,4 @@ def is_draining(request: IRequest) -> bool:
     """
     Whether ``request`` is answered while the gateway drains.
     """
-    tracker = getattr(request, "metagatewayInFlight", None)
-    return bool(tracker is not None and tracker.draining)
+    return notes_of(request).draining()

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 from urllib.parse import unquote_to_bytes
 
+from zope.interface import implementer
+
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import Request as HTTPRequest
@@ -17,7 +19,6 @@ from twisted.web.http import datetimeToString
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
-from twisted.web.server import version as server_version
 
 from metagateway.cors import ANY_ORIGIN, CorsPolicy, note_policy
 from metagateway.errors import (
@@ -26,13 +27,11 @@ from metagateway.errors import (
     internal_error,
     request_id_of,
 )
-from metagateway.http.channel import (
-    GatewayChannel,
-    StreamingRequest,
-    bad_request,
-    when_done,
-)
+from metagateway.http.channel import GatewayChannel, bad_request
 from metagateway.http.drain import InFlight
+from metagateway.http.request import IEarlyRouting, StreamingRequest, when_done
+from metagateway.http.twisted_internals import prepare_for_root, site_of
+from metagateway.notes import RequestNotes, notes_of
 from metagateway.observability.accesslog import RequestRecorder, note_route
 from metagateway.routes import ROUTES, Route, RouteTable, normalise_path
 
@@ -113,6 +112,7 @@ class RoutingTable:
     cors: CorsPolicy = ANY_ORIGIN
 
 
+@implementer(IEarlyRouting)
 class GatewayResource(Resource):
     """
     The root of the gateway, mountable anywhere in a host's resource tree.
@@ -200,21 +200,22 @@ class GatewayResource(Resource):
         request.defaultContentType = None  # type: ignore[attr-defined]
         note_policy(request, self.table.cors)
         recorder, in_flight = self.recorder, self.in_flight
+        notes = notes_of(request)
         if recorder is not None:
-            recorder.started(request, watch=False)
+            recorder.started(request, watch=False, notes=notes)
         if in_flight is not None:
-            in_flight.track(request, watch=False)
+            in_flight.track(request, watch=False, notes=notes)
         if recorder is not None or in_flight is not None:
             # One hook for both, rather than one each.
             when_done(request, self._finished, request)
         try:
-            early = getattr(request, "metagatewayEarlyError", None)
-            if early is not None:
+            early = notes.early_error
+            if isinstance(early, GatewayError):
                 # Refused by the gateway's request before its body was read
                 # (``413``); labelled as if dispatched.
-                self._label(request, self.classify(request))
+                self._label(request, self._classify_noted(request, notes))
                 return error_response(request, early)
-            return self._dispatch(request)
+            return self._dispatch(request, notes)
         except GatewayError as e:
             return error_response(request, e)
         except Exception:
@@ -238,8 +239,14 @@ class GatewayResource(Resource):
         :meth:`render` go through here, so they always agree; the answer is
         remembered on the request, so the second asks nothing new.
         """
+        return self._classify_noted(request, notes_of(request))
+
+    def _classify_noted(self, request: IRequest, notes: RequestNotes) -> Target:
+        """
+        :meth:`classify`, with the request's notes at hand.
+        """
         method, uri, prepath = request.method, request.uri, request.prepath
-        known = getattr(request, "metagatewayTarget", None)
+        known = notes.target
         if (
             known is not None
             and known[0] is self
@@ -247,9 +254,10 @@ class GatewayResource(Resource):
             and known[2] == uri
             and known[3] == prepath
         ):
-            return known[4]  # type: ignore[no-any-return]
+            cached: Target = known[4]
+            return cached
         target = self._classify(request)
-        request.metagatewayTarget = (  # type: ignore[attr-defined]
+        notes.target = (
             self,
             method,
             uri,
@@ -304,8 +312,8 @@ class GatewayResource(Resource):
             # A route's name, or the error's route (CORE for a 404).
             note_route(request, target.route)
 
-    def _dispatch(self, request: IRequest) -> Any:
-        target = self.classify(request)
+    def _dispatch(self, request: IRequest, notes: RequestNotes) -> Any:
+        target = self._classify_noted(request, notes)
         self._label(request, target)
         if target.kind == "preflight":
             request.setResponseCode(204)
@@ -379,7 +387,7 @@ class GatewayRequest(StreamingRequest):
     """
     The daemon's request: it adds no ``text/html`` content type of its own,
     and on a :class:`GatewayChannel` a proxied request's body streams
-    upstream as it arrives (:class:`~metagateway.http.channel.StreamingRequest`).
+    upstream as it arrives (:class:`~metagateway.http.request.StreamingRequest`).
     """
 
     defaultContentType = None
@@ -394,17 +402,12 @@ class GatewayRequest(StreamingRequest):
         any other method a JSON ``400``). Under another root, the request
         is Twisted's.
         """
-        site: Any = self.channel.site  # type: ignore[attr-defined]
+        site = site_of(self.channel)
         root = site.resource
         if not isinstance(root, GatewayResource):
             super().process()
             return
-        self.site = site
-        self.sitepath: list[bytes] = []
-        self.setHeader(b"Server", server_version)
-        self.setHeader(b"Date", http_date())
-        self.prepath = []
-        self.postpath = []
+        prepare_for_root(self, site, http_date())
         try:
             self.render(root)
         except BaseException:

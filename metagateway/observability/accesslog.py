@@ -7,22 +7,24 @@ client goes away) the recorder counts it in the gateway's
 :class:`~metagateway.observability.metrics.Metrics` and emits one ``twisted.logger``
 event in the ``metagateway.access`` namespace.
 
-The other modules leave what only they know on the request with the
-``note_*`` functions below (plain attributes, read back without raising):
+The other modules leave what only they know in the request's notes
+(:class:`~metagateway.notes.RequestNotes`) with the ``note_*`` functions
+below:
 
-======================== ==================================== ================
-attribute                meaning                              set by
-======================== ==================================== ================
-``metagatewayRoute``     route label (``BUILD``, ``AUTH`` …)  :func:`note_route`
-``metagatewayLogin``     ``password`` / ``github`` for logins :func:`note_route`
-``metagatewaySubject``   the verified token's subject         :func:`note_subject`
-``metagatewayUpstreamStatus`` the upstream's status           :func:`note_upstream`
-``metagatewayUpstreamError``  how the upstream failed         :func:`note_upstream`
-``metagatewayError``     code of the gateway's JSON error     ``errors.error_response``
-``metagatewayRefused``   status the connection refused with   :func:`note_refused`
-``metagatewayRequestId`` the request id                       ``errors.request_id_of``
-``metagatewayBytesIn``   request body bytes                   the recorder
-======================== ==================================== ================
+=================== ==================================== =========================
+field               meaning                              set by
+=================== ==================================== =========================
+``route``           route label (``BUILD``, ``AUTH`` …)  :func:`note_route`
+``login``           ``password`` / ``github`` for logins :func:`note_route`
+``subject``         the verified token's subject         :func:`note_subject`
+``upstream_status`` the upstream's status                :func:`note_upstream`
+``upstream_error``  how the upstream failed              :func:`note_upstream`
+``error``           code of the gateway's JSON error     ``errors.error_response``
+``refused``         status the connection refused with   :func:`note_refused`
+``request_id``      the request id                       ``errors.request_id_of``
+``bytes_in``        request body bytes                   the recorder, or
+                                                         :func:`note_bytes_in`
+=================== ==================================== =========================
 
 An event holds the request id, client address, method, path (never the
 query string), route, status, bytes in and out, duration, upstream status
@@ -50,6 +52,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from metagateway.errors import request_id_of
+from metagateway.notes import RequestNotes, notes_of
 from metagateway.observability.metrics import UPSTREAM_ERRORS, Metrics
 
 #: The namespace of access-log events.
@@ -129,9 +132,10 @@ def note_route(request: IRequest, route: str, login: Optional[str] = None) -> No
         ``WEBHOOK``, ``PREFLIGHT`` (a request never routed stays ``NONE``).
     :param login: ``password`` or ``github`` when the request is a login.
     """
-    request.metagatewayRoute = route  # type: ignore[attr-defined]
+    notes = notes_of(request)
+    notes.route = route
     if login is not None:
-        request.metagatewayLogin = login  # type: ignore[attr-defined]
+        notes.login = login
 
 
 def note_subject(request: IRequest, subject: str) -> None:
@@ -139,7 +143,7 @@ def note_subject(request: IRequest, subject: str) -> None:
     Record the subject (``projectId``) of the token verified or issued for
     ``request``. Never pass the token itself.
     """
-    request.metagatewaySubject = subject  # type: ignore[attr-defined]
+    notes_of(request).subject = subject
 
 
 def note_upstream(
@@ -152,10 +156,11 @@ def note_upstream(
     :param error: how it failed, when the gateway's error code does not say
         (``truncated``: the body broke off).
     """
+    notes = notes_of(request)
     if status is not None:
-        request.metagatewayUpstreamStatus = status  # type: ignore[attr-defined]
+        notes.upstream_status = status
     if error is not None:
-        request.metagatewayUpstreamError = error  # type: ignore[attr-defined]
+        notes.upstream_error = error
 
 
 def note_refused(request: IRequest, status: int, code: str) -> None:
@@ -164,8 +169,18 @@ def note_refused(request: IRequest, status: int, code: str) -> None:
     body (a malformed chunk, say), answering ``status`` and ``code`` on the
     connection itself: its line shows them, not a client that went away.
     """
-    request.metagatewayRefused = status  # type: ignore[attr-defined]
-    request.metagatewayError = code  # type: ignore[attr-defined]
+    notes = notes_of(request)
+    notes.refused = status
+    notes.error = code
+
+
+def note_bytes_in(request: IRequest, size: int) -> None:
+    """
+    Record the size of ``request``'s body, counted as it streamed.
+    """
+    notes = notes_of(request)
+    notes.bytes_in = size
+    notes.bytes_in_noted = True
 
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -548,16 +563,25 @@ class RequestRecorder:
         self.access_log = access_log
         self.client = client or _peer
 
-    def started(self, request: IRequest, watch: bool = True) -> None:
+    def started(
+        self,
+        request: IRequest,
+        watch: bool = True,
+        notes: Optional[RequestNotes] = None,
+    ) -> None:
         """
         Note that the gateway began answering ``request``.
 
         :param watch: call :meth:`finished` when the request finishes (or
             its connection is lost); pass ``False`` when the caller does.
+        :param notes: the request's notes, when the caller has them.
         """
-        request.metagatewayStarted = self.seconds()  # type: ignore[attr-defined]
-        if self.access_log is not None and "metagatewayBytesIn" not in vars(request):
-            request.metagatewayBytesIn = _bytes_in(request)  # type: ignore[attr-defined]
+        if notes is None:
+            notes = notes_of(request)
+        notes.started = self.seconds()
+        if self.access_log is not None and not notes.bytes_in_noted:
+            notes.bytes_in = _bytes_in(request)
+            notes.bytes_in_noted = True
         self.metrics.in_flight += 1
         if watch:
             request.notifyFinish().addBoth(  # type: ignore[attr-defined]
@@ -569,45 +593,145 @@ class RequestRecorder:
         Count ``request`` and write its line: it finished (``result`` is
         ``None``) or its connection was lost (a ``Failure``).
         """
-        notes = vars(request)
-        duration = self.seconds() - notes["metagatewayStarted"]
+        notes = notes_of(request)
+        started = notes.started
+        if started is None:
+            raise RuntimeError("a request finished that never started")
+        duration = self.seconds() - started
+        self.metrics.in_flight -= 1
+        status, error, upstream_error = _outcome(result, request, notes)
+        self._count(request, notes, status, duration, error, upstream_error)
+        if self.access_log is not None:
+            self._log(
+                self.access_log, request, notes, status, duration, error, upstream_error
+            )
+
+    def _count(
+        self,
+        request: Any,
+        notes: RequestNotes,
+        status: int,
+        duration: float,
+        error: Optional[str],
+        upstream_error: Optional[str],
+    ) -> None:
+        """
+        Count the request in the metrics, and the login if it was one.
+        """
         metrics = self.metrics
-        metrics.in_flight -= 1
-        status = request.code
-        error = notes.get("metagatewayError")
-        upstream_error = notes.get("metagatewayUpstreamError")
-        if result is not None:
-            # The connection was lost before the answer was complete.
-            if not request.startedWriting:
-                status = notes.get("metagatewayRefused", 499)
-            if error is None and upstream_error is None:
-                error = "CLIENT_CLOSED"
-        route = notes.get("metagatewayRoute", "NONE")
         metrics.observe_request(
-            route, request.method, status, duration, error, upstream_error
+            notes.route, request.method, status, duration, error, upstream_error
         )
-        login = notes.get("metagatewayLogin")
+        login = notes.login
         if login is not None:
             metrics.observe_login(login, status, error)
-        access_log = self.access_log
-        if access_log is None:
-            return None
-        upstream_status = notes.get("metagatewayUpstreamStatus")
+
+    def _log(
+        self,
+        access_log: AccessLog,
+        request: Any,
+        notes: RequestNotes,
+        status: int,
+        duration: float,
+        error: Optional[str],
+        upstream_error: Optional[str],
+    ) -> None:
+        """
+        Write the request's access-log line: straight into a buffered JSON
+        log, else as an event to the log's observer.
+        """
+        upstream_status = notes.upstream_status
         if upstream_error is None and error is not None:
+            # The upstream failure a gateway error stands for, if any.
             upstream_error = UPSTREAM_ERRORS.get(error)
-        upstream = upstream_error if upstream_error is not None else upstream_status
-        request_id = request_id_of(request)
-        client = self.client(request)
-        method = _METHODS.get(request.method) or _printable(request.method)
-        path = logged_path(request)
-        bytes_in = notes.get("metagatewayBytesIn")
-        bytes_out = request.sentLength
-        duration_ms = round(duration * 1000, 3)
-        subject = notes.get("metagatewaySubject")
-        if access_log.add_json(
-            time.time(),
+        fields = (
+            request_id_of(request),
+            self.client(request),
+            _METHODS.get(request.method) or _printable(request.method),
+            logged_path(request),
+            notes.route,
+            status,
+            notes.bytes_in,
+            request.sentLength,
+            round(duration * 1000, 3),
+            upstream_status,
+            upstream_error,
+            error,
+            notes.subject,
+        )
+        if not access_log.add_json(time.time(), fields):
+            access_log.observer(_event(access_log, fields))
+
+
+def _outcome(
+    result: Optional[Failure], request: Any, notes: RequestNotes
+) -> tuple[int, Optional[str], Optional[str]]:
+    """
+    The status, error code and upstream error a request is recorded with.
+    A request whose connection was lost (``result`` is a ``Failure``)
+    before its answer began is a ``499`` (or the status the connection
+    refused it with), and without a better error a ``CLIENT_CLOSED``.
+    """
+    status: int = request.code
+    error = notes.error
+    upstream_error = notes.upstream_error
+    if result is not None:
+        # The connection was lost before the answer was complete.
+        if not request.startedWriting:
+            refused = notes.refused
+            status = 499 if refused is None else refused
+        if error is None and upstream_error is None:
+            error = "CLIENT_CLOSED"
+    return status, error, upstream_error
+
+
+def _event(access_log: AccessLog, fields: tuple[Any, ...]) -> dict[str, Any]:
+    """
+    The access-log event of a request, from the values of
+    :data:`JSON_FIELDS`: what ``Logger.emit`` builds, without its per-call
+    level validation, plus the :class:`AccessLine` of a text log.
+    """
+    (
+        request_id,
+        client,
+        method,
+        path,
+        route,
+        status,
+        bytes_in,
+        bytes_out,
+        duration_ms,
+        upstream_status,
+        upstream_error,
+        error,
+        subject,
+    ) = fields
+    upstream = upstream_error if upstream_error is not None else upstream_status
+    event = {
+        "log_logger": access_log.logger,
+        "log_level": LogLevel.info,
+        "log_namespace": NAMESPACE,
+        "log_source": None,
+        "log_format": EVENT_FORMAT,
+        "log_time": time.time(),
+        "request_id": request_id,
+        "client": client,
+        "method": method,
+        "path": path,
+        "route": route,
+        "status": status,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "duration_ms": duration_ms,
+        "upstream": upstream,
+        "upstream_status": upstream_status,
+        "upstream_error": upstream_error,
+        "error": error,
+        "subject": subject,
+    }
+    if access_log.text:
+        event["access_line"] = AccessLine(
             (
-                request_id,
                 client,
                 method,
                 path,
@@ -616,55 +740,13 @@ class RequestRecorder:
                 bytes_in,
                 bytes_out,
                 duration_ms,
-                upstream_status,
-                upstream_error,
+                upstream,
                 error,
                 subject,
-            ),
-        ):
-            return None
-        # What Logger.emit builds, without its per-call level validation.
-        event = {
-            "log_logger": access_log.logger,
-            "log_level": LogLevel.info,
-            "log_namespace": NAMESPACE,
-            "log_source": None,
-            "log_format": EVENT_FORMAT,
-            "log_time": time.time(),
-            "request_id": request_id,
-            "client": client,
-            "method": method,
-            "path": path,
-            "route": route,
-            "status": status,
-            "bytes_in": bytes_in,
-            "bytes_out": bytes_out,
-            "duration_ms": duration_ms,
-            "upstream": upstream,
-            "upstream_status": upstream_status,
-            "upstream_error": upstream_error,
-            "error": error,
-            "subject": subject,
-        }
-        if access_log.text:
-            event["access_line"] = AccessLine(
-                (
-                    client,
-                    method,
-                    path,
-                    route,
-                    status,
-                    bytes_in,
-                    bytes_out,
-                    duration_ms,
-                    upstream,
-                    error,
-                    subject,
-                    request_id,
-                )
+                request_id,
             )
-        access_log.observer(event)
-        return None
+        )
+    return event
 
 
 def _peer(request: IRequest) -> str:

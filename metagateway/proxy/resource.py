@@ -5,7 +5,7 @@ upstream through a pooled :class:`twisted.web.client.Agent`, streaming both
 bodies with backpressure (CONTRACT §5, ``docs/proxy.rst``).
 
 One request's trip is an :class:`_Exchange`: it sends the request (its body
-streamed from a :class:`~metagateway.http.channel.StreamingBody` when the
+streamed from a :class:`~metagateway.http.body.StreamingBody` when the
 gateway's own request is in use, else read from the buffered body), times
 the upstream while the upstream is the one holding things up, and relays
 the answer through a :class:`_BodyRelay` that pauses the upstream while the
@@ -43,7 +43,8 @@ from metagateway.errors import (
     payload_too_large,
     request_id_of,
 )
-from metagateway.http.channel import BodyListener, StreamingBody, when_done
+from metagateway.http.body import BodyListener, StreamingBody
+from metagateway.http.request import when_done
 from metagateway.observability.accesslog import note_subject, note_upstream
 from metagateway.proxy.balancer import Balancer, Upstream, nothing_sent
 from metagateway.proxy.headers import (

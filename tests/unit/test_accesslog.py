@@ -61,7 +61,7 @@ class Events:
 
 def channel_harness(form: str = "text", **config: Any) -> tuple[ChannelHarness, Events]:
     """
-    A gateway behind its own ``Site`` (see ``tests/test_streaming.py``) whose
+    A gateway behind its own ``Site`` (see ``tests/unit/test_streaming.py``) whose
     access log is kept.
     """
     harness = ChannelHarness(**config)

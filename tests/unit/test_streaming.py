@@ -1,5 +1,6 @@
 """
-Tests for :mod:`metagateway.http.channel`: the streaming request body, and the
+Tests for :mod:`metagateway.http.body`, :mod:`metagateway.http.channel` and
+:mod:`metagateway.http.request`: the streaming request body, and the
 gateway's channel and request (early routing, flow control both ways, caps,
 framing, header limits, graceful close), driven through fake transports and
 a fake upstream ``Agent`` on a ``MemoryReactorClock``.
@@ -24,13 +25,9 @@ from twisted.web.server import Site
 from twisted.web.server import version as server_version
 from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
-from metagateway.http.channel import (
-    BodyListener,
-    BodyTooLarge,
-    GatewayChannel,
-    StreamingBody,
-    when_done,
-)
+from metagateway.http.body import BodyListener, BodyTooLarge, StreamingBody
+from metagateway.http.channel import GatewayChannel
+from metagateway.http.request import when_done
 from metagateway.http.site import GatewayRequest, GatewaySite, HTTPDate
 from metagateway.testing import (
     CLIENT,
@@ -977,7 +974,7 @@ class HeadTimeoutTests(SynchronousTestCase):
 
 class DoneHookTests(SynchronousTestCase):
     """
-    :func:`~metagateway.http.channel.when_done`: the gateway's request calls
+    :func:`~metagateway.http.request.when_done`: the gateway's request calls
     its hooks directly, once, as ``notifyFinish`` would fire.
     """
 

@@ -1,0 +1,243 @@
+"""
+Where the HTTP layer relies on Twisted's private or undocumented behaviour.
+
+Twisted's server side (``twisted/web/http.py``) offers no public hook
+between a request's head and its body, no way to answer a malformed request
+other than its bare ``400``, and marks the methods a channel and a request
+call on each other "not intended for users". The gateway needs all three:
+to route a request (and stream or refuse its body) as soon as its headers
+are in, and to answer hostile input in the contract's JSON. Every override
+of such a method, and every read of the parser's state, is here and
+nowhere else; the rest of :mod:`metagateway.http` goes through the named
+hooks below, whose defaults are Twisted's own behaviour.
+
+``tests/unit/test_twisted_internals.py`` checks each hook named here
+(existence, signature, and what Twisted does around it, through a real
+``HTTPChannel``) and fails naming the hook and the Twisted version when an
+upgrade changes one. Tested against Twisted 26.10.0; ``tox -e
+twisted-latest`` runs the whole suite on the newest release.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.web.http import HTTPChannel
+from twisted.web.server import Request
+from twisted.web.server import version as server_version
+
+
+class ChannelInternals(HTTPChannel):
+    """
+    Twisted's ``HTTPChannel`` seen through named hooks: the gateway's
+    channel inherits this and overrides the hooks, never Twisted's private
+    or undocumented methods.
+
+    :ivar discarding: whether the channel reads and drops whatever the
+        client sends (after a refusal or an early answer, while it closes
+        gracefully); Twisted's parser sees none of it.
+    """
+
+    discarding = False
+
+    # Hooks for the subclass; each default is what Twisted would do.
+
+    def refuse_malformed(self) -> None:
+        """
+        Twisted's parser refused the request as malformed (a bad request
+        line or header, too many headers, a broken chunk, conflicting
+        framing). By default Twisted's own bare ``400``.
+        """
+        HTTPChannel._respondToBadRequestAndDisconnect(self)
+
+    def head_received(self, request: Any, length: Optional[int]) -> bool:
+        """
+        The head of ``request`` is in (request line and headers parsed),
+        before Twisted acts on it.
+
+        :param length: the body's length as the head declares it (see
+            :meth:`body_length`).
+        :return: whether Twisted goes on with it (``False`` once the request
+            has been refused).
+        """
+        return True
+
+    def head_handled(self, request: Any) -> None:
+        """
+        Twisted has acted on the head of ``request``: checked persistence,
+        given the request its body length (``gotLength``), and sent
+        ``100 Continue`` if the request still asks for it.
+        """
+
+    def body_received(self) -> bool:
+        """
+        The request's body is all in, before Twisted hands the request over.
+
+        :return: whether Twisted goes on with it.
+        """
+        return True
+
+    def answered(self, request: Any) -> None:
+        """
+        ``request`` (the first in the queue) is finished, before Twisted
+        moves on to the next one or closes the connection.
+        """
+
+    # Accessors of the parser's state.
+
+    def body_length(self) -> Optional[int]:
+        """
+        The body length Twisted's parser read from the head being handled:
+        ``0`` for no body, ``None`` for a chunked one, else the
+        ``Content-Length``.
+        """
+        # HTTPChannel.length: undocumented parser state, set while the
+        # headers are read and reset to 0 in allContentReceived.
+        length: Optional[int] = self.length
+        return length
+
+    def current_request(self) -> Any:
+        """
+        The request whose head or body is being read, or ``None``.
+        """
+        # HTTPChannel.requests: the undocumented queue of requests on the
+        # connection, the one being read last.
+        requests = self.requests
+        return requests[-1] if requests else None
+
+    def queued_requests(self) -> list[Any]:
+        """
+        A copy of the requests on this connection, oldest first.
+        """
+        return list(self.requests)
+
+    def close_after_answer(self) -> None:
+        """
+        Close the connection once the current answer is written.
+        """
+        close_after_answer(self)
+
+    # Twisted's private and undocumented methods, overridden.
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Private: Twisted's parser calls it for every request it refuses
+        # as malformed, and it writes a bare "400 Bad Request" with no
+        # body. The contract wants a JSON error and a graceful close.
+        self.refuse_malformed()
+
+    def allHeadersReceived(self) -> None:
+        # Undocumented parser step, called by lineReceived at the blank
+        # line ending a head: it checks persistence, calls the request's
+        # gotLength with HTTPChannel.length and sends "100 Continue" if the
+        # Expect header is still there after gotLength. The only point at
+        # which a head can be refused, or a request start, before its body.
+        request = self.requests[-1]
+        if not self.head_received(request, self.length):
+            return
+        HTTPChannel.allHeadersReceived(self)
+        self.head_handled(request)
+
+    def allContentReceived(self) -> None:
+        # Undocumented parser step, called once the body is in: it resets
+        # the parser and calls the request's requestReceived.
+        if self.discarding or not self.body_received():
+            return
+        HTTPChannel.allContentReceived(self)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        # "Not really a public API" (its docstring): body bytes, or bytes
+        # behind a request being answered, which Twisted buffers and
+        # replays through dataReceived from requestDone.
+        if self.discarding:
+            return
+        HTTPChannel.rawDataReceived(self, data)
+
+    def requestDone(self, request: Any) -> None:
+        # Undocumented: called by the first request in the queue once it is
+        # finished; Twisted then replays the bytes that came behind it
+        # (re-entering dataReceived) or, when not persistent, closes.
+        self.answered(request)
+        HTTPChannel.requestDone(self, request)
+
+
+class RequestInternals(Request):
+    """
+    Twisted's site ``Request`` seen through named hooks: the gateway's
+    request inherits this and overrides the hooks, never the methods
+    Twisted marks "not intended for users".
+    """
+
+    def length_known(self, length: Optional[int]) -> None:
+        """
+        The channel has read the head: ``length`` is the body's declared
+        length (``None`` when chunked, ``0`` when there is none). By
+        default Twisted's own: a buffer for the body.
+        """
+        Request.gotLength(self, length)
+
+    def body_chunk(self, data: bytes) -> None:
+        """
+        One more piece of the body. By default Twisted's own: buffered.
+        """
+        Request.handleContentChunk(self, data)
+
+    def body_complete(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        The body is all in. By default Twisted's own: parse the arguments
+        and process the request.
+        """
+        Request.requestReceived(self, command, path, version)
+
+    def gotLength(self, length: Optional[int]) -> None:
+        # "Not intended for users": called by HTTPChannel.allHeadersReceived
+        # before the body is read, and before "100 Continue" is sent. The
+        # only point at which a request can start before its body is in.
+        self.length_known(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        # "Not intended for users": called by the channel's transfer
+        # decoder with each piece of body. Streaming needs each piece.
+        self.body_chunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # "Not intended for users": called by the channel once the body is
+        # in; a request dispatched early must not be processed twice.
+        self.body_complete(command, path, version)
+
+
+def close_after_answer(channel: Any) -> None:
+    """
+    Have ``channel`` (any ``HTTPChannel``) close the connection once the
+    current answer is written.
+    """
+    # HTTPChannel.persistent: undocumented; requestDone closes the
+    # connection when it is false.
+    channel.persistent = False
+
+
+def site_of(channel: Any) -> Any:
+    """
+    The ``Site`` that built ``channel``, or ``None`` (a channel not built by
+    a ``Site``).
+    """
+    # Site.buildProtocol sets the undocumented HTTPChannel.site.
+    return getattr(channel, "site", None)
+
+
+def prepare_for_root(request: Any, site: Any, date: bytes) -> None:
+    """
+    What Twisted's ``Request.process`` does to a request before rendering
+    it, for a request rendered by the site's root directly: the traversal
+    (and its unquoted ``postpath``) is left out.
+
+    :param date: the ``Date`` header's value.
+    """
+    # Request.process is "not intended for users" in twisted.web.http;
+    # this mirrors twisted.web.server.Request.process, which sets these
+    # attributes and headers for resources to read.
+    request.site = site
+    request.sitepath = []
+    request.setHeader(b"Server", server_version)
+    request.setHeader(b"Date", date)
+    request.prepath = []
+    request.postpath = []
