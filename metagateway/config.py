@@ -202,6 +202,13 @@ class GatewayConfig:
     :ivar state: the shared security state's store (``--state-url``);
         ``None``: held in this process (or by the supervisor of
         ``--workers``).
+    :ivar assertion_key_file: the PEM EC P-256 key upstream assertions
+        are signed with (``GATEWAY_ASSERTION_KEY_FILE``); ``None``: no
+        assertion.
+    :ivar upstream_ca: a PEM bundle upstream certificates must chain to
+        (``--upstream-ca``); ``None``: the system's trust roots.
+    :ivar upstream_client_cert: a PEM file with the certificate and key
+        presented to ``https://`` upstreams (``--upstream-client-cert``).
     """
 
     jwt_secret: str = field(repr=False)
@@ -227,6 +234,9 @@ class GatewayConfig:
     max_header_bytes: int = 16384
     max_headers: int = 100
     state: Optional[StateSettings] = None
+    assertion_key_file: Optional[str] = None
+    upstream_ca: Optional[str] = None
+    upstream_client_cert: Optional[str] = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> GatewayConfig:
@@ -269,6 +279,11 @@ class GatewayConfig:
             notion_webhook_secret=environ.get("NOTION_WEBHOOK_SECRET") or None,
             **_limits(read),
             state=_state(read),
+            assertion_key_file=environ.get("GATEWAY_ASSERTION_KEY_FILE") or None,
+            upstream_ca=_path(read, "upstream-ca", "METAGATEWAY_UPSTREAM_CA"),
+            upstream_client_cert=_path(
+                read, "upstream-client-cert", "METAGATEWAY_UPSTREAM_CLIENT_CERT"
+            ),
         )
 
 
@@ -456,6 +471,14 @@ def _state(read: _Reader) -> Optional[StateSettings]:
     if not url:
         return None
     return StateSettings.from_url(str(url), "--state-url / METAGATEWAY_STATE_URL")
+
+
+def _path(read: _Reader, option: str, variable: str) -> Optional[str]:
+    """
+    A file's path from ``--option`` or its variable; ``None`` when unset.
+    """
+    value = read.pick(option, variable, None)
+    return str(value) if value else None
 
 
 def _limits(read: _Reader) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from twisted.web.resource import IResource
 
 from metagateway.addresses import TrustedProxies
 from metagateway.auth.app import AuthApp, client_address, endpoint_labels, own_endpoints
+from metagateway.auth.assertion import AssertionKeyError, AssertionSigner
 from metagateway.auth.github import GitHubSignIn
 from metagateway.auth.passwords import PasswordChecks
 from metagateway.auth.throttle import LoginThrottle
@@ -34,7 +35,12 @@ from metagateway.observability.accesslog import AccessLog, RequestRecorder
 from metagateway.observability.metrics import MeasuredCredentialStore, Metrics
 from metagateway.proxy.resource import GatewayProxyResource
 from metagateway.proxy.twisted_internals import use_gateway_factory
-from metagateway.proxy.upstream import UpstreamAgent, UpstreamEndpoints, body_producer
+from metagateway.proxy.upstream import (
+    UpstreamAgent,
+    UpstreamEndpoints,
+    body_producer,
+    upstream_tls_policy,
+)
 from metagateway.proxy.webhooks import WebhooksResource
 from metagateway.routes import ROUTES
 from metagateway.state.interfaces import ISecurityState
@@ -221,6 +227,9 @@ class Gateway:
     :ivar tokens: the token authority.
     :ivar metrics: the gateway's :class:`~metagateway.observability.metrics.Metrics`,
         for :class:`~metagateway.observability.metrics.MetricsSite`.
+    :ivar assertions: signs the assertions upstreams get (CONTRACT §10),
+        with the key of ``config.assertion_key_file``; ``None`` without
+        one. Its ``reload()`` re-reads the file.
     """
 
     def __init__(
@@ -240,6 +249,10 @@ class Gateway:
             raise ConfigurationError("the JWT secret is empty")
         self.config = config
         self.reactor = reactor
+        self.assertions = _assertions(config, reactor)
+        self.upstream_tls = upstream_tls_policy(
+            config.upstream_ca, config.upstream_client_cert
+        )
         self._connect(agent, cooperator, http_client)
         self.store = (
             store
@@ -324,7 +337,7 @@ class Gateway:
                 reactor,
                 UpstreamEndpoints(
                     reactor,
-                    BrowserLikePolicyForHTTPS(),
+                    self.upstream_tls,
                     self.config.upstream_timeout or None,
                 ),
                 self.pool,
@@ -374,6 +387,7 @@ class Gateway:
                 config.upstream_timeout or 30.0,
             ),
             self.passwords,
+            self.assertions,
         )
 
     def _webhooks(self, webhook_agent: Optional[IAgent]) -> WebhooksResource:
@@ -385,7 +399,10 @@ class Gateway:
         return WebhooksResource(
             config.notion_webhook_secret,
             config.services,
-            webhook_agent if webhook_agent is not None else self._pooled_agent(),
+            webhook_agent
+            if webhook_agent is not None
+            # The targets are the upstreams: their TLS is the proxy's.
+            else Agent(self.reactor, contextFactory=self.upstream_tls, pool=self.pool),
             self.reactor,
             self.cooperator,
             config.upstream_timeout or 30.0,
@@ -406,9 +423,24 @@ class Gateway:
                 config.upstream_timeout,
                 self.cooperator,
                 config.max_body,
+                self.assertions,
             )
             for route in ROUTES
         }
+
+
+def _assertions(config: GatewayConfig, reactor: Any) -> Optional[AssertionSigner]:
+    """
+    The assertion signer with ``config``'s key, if it names one.
+
+    :raises ConfigurationError: when the key file cannot be used.
+    """
+    if config.assertion_key_file is None:
+        return None
+    try:
+        return AssertionSigner.from_file(config.assertion_key_file, reactor.seconds)
+    except AssertionKeyError as e:
+        raise ConfigurationError(str(e)) from None
 
 
 def _trusted_proxies(config: GatewayConfig) -> Container[str]:

@@ -36,6 +36,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 
+from metagateway.auth.assertion import AssertionSigner
 from metagateway.auth.tokens import Claims, InvalidToken, TokenAuthority, request_token
 from metagateway.errors import (
     GatewayError,
@@ -524,6 +525,8 @@ class GatewayProxyResource(ReverseProxyResource):
     :param cooperator: schedules the writes of buffered request bodies.
     :param max_body: the largest request body proxied, in bytes; 0 for no
         limit.
+    :param assertions: signs the ``X-Gateway-Assertion`` each request
+        carries upstream (CONTRACT §10); none without it.
     """
 
     isLeaf = True
@@ -538,6 +541,7 @@ class GatewayProxyResource(ReverseProxyResource):
         timeout: float = 30.0,
         cooperator: Optional[Cooperator] = None,
         max_body: int = 0,
+        assertions: Optional[AssertionSigner] = None,
     ) -> None:
         parts = urlsplit(base_url or "http://unset.invalid")
         super().__init__(
@@ -556,6 +560,7 @@ class GatewayProxyResource(ReverseProxyResource):
         self.timer = SharedTimer(clock, timeout)
         self.cooperator = cooperator
         self.max_body = max_body
+        self.assertions = assertions
         self.host_header = upstream_host(base_url) if base_url else None
         #: The URL's bytes, when ASCII; else encoding it fails per request.
         self._base: Optional[bytes] = None
@@ -606,8 +611,21 @@ class GatewayProxyResource(ReverseProxyResource):
                 )
         except GatewayError as e:
             return error_response(request, e)
+        request_id = request_id_of(request)
+        assertion = None
+        if self.assertions is not None:
+            # The upstream request's path: the service URL's, then the
+            # rest (the query left out).
+            assertion = self.assertions.sign(
+                route,
+                claims.project_id if claims is not None else None,
+                claims.scopes if claims is not None else (),
+                request_id,
+                request.method,
+                self.path + b"/" + b"/".join(request.postpath),
+            )
         headers = upstream_headers(
-            request, self.route, claims, request_id_of(request), self.host_header
+            request, self.route, claims, request_id, self.host_header, assertion
         )
         body = stream if stream is not None else self._buffered_body(request)
         _Exchange(self, request, url, headers, body).start()
