@@ -128,6 +128,28 @@ def tls_failure(failure: Failure) -> Optional[BaseException]:
     return None
 
 
+def tls_problem(error: BaseException) -> str:
+    """
+    What a TLS failure with an upstream means, for its log line: the
+    upstream's certificate not accepted (``--upstream-ca``), or the
+    handshake refused by the upstream (``--upstream-client-cert``).
+    """
+    text = str(error).lower()
+    if isinstance(error, VerificationError) or "not for this host" in text:
+        return "the upstream's certificate was not accepted: not for this host"
+    if "certificate verify failed" in text or isinstance(error, CertificateError):
+        return (
+            "the upstream's certificate was not accepted: it does not chain to "
+            "--upstream-ca (or the system's trust roots)"
+        )
+    if "alert" in text:
+        return (
+            "the upstream refused our TLS handshake: it wants a client "
+            "certificate it trusts (--upstream-client-cert)"
+        )
+    return "the TLS handshake failed"
+
+
 #: What a failed TLS handshake or certificate check raises (``twisted[tls]``
 #: is a dependency: pyOpenSSL and service_identity are always there).
 _TLS_ERRORS = (CertificateError, OpenSSLError, VerificationError)
@@ -319,11 +341,11 @@ class _Exchange(BodyListener):
             tls = tls_failure(failure)
             if tls is not None:
                 log.error(
-                    "TLS with upstream {route} ({url}) failed (certificate not "
-                    "trusted, not for this host, or handshake refused): {why} "
+                    "TLS with upstream {route} ({url}) failed, {problem}: {why} "
                     "(request {request_id})",
                     route=route,
                     url=self.proxy.base_url,
+                    problem=tls_problem(tls),
                     why=str(tls) or tls.__class__.__name__,
                     request_id=request_id_of(self.request),
                 )

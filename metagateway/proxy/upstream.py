@@ -23,6 +23,7 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
+from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IStreamClientEndpoint,
@@ -121,14 +122,14 @@ def load_client_certificate(path: str) -> PrivateCertificate:
         )
     try:
         certificate: PrivateCertificate = PrivateCertificate.loadPEM(data)
+    except VerifyError:
+        raise ConfigurationError(
+            "%s (%s): the private key is not the certificate's" % (name, path)
+        ) from None
     except (OpenSSLCryptoError, OpenSSLError, ValueError) as e:
         raise ConfigurationError(
             "%s (%s): unusable certificate or key: %s" % (name, path, e)
         ) from None
-    if not certificate.privateKey.matches(certificate.getPublicKey()):
-        raise ConfigurationError(
-            "%s (%s): the private key is not the certificate's" % (name, path)
-        )
     return certificate
 
 
