@@ -18,7 +18,7 @@ setup(
         "twisted[tls]>=25.5",
         "treq>=23.11",
         "klein>=23.5",
-        "pyjwt>=2.8",
+        "pyjwt[crypto]>=2.8",
         "zope.interface>=6",
         "botocore>=1.31",
         "txredisapi>=1.4",

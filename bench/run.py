@@ -527,6 +527,10 @@ def http(
         return e.code, e.read()
 
 
+#: ``--assertion-key``: the key metagateway rows sign assertions with.
+ASSERTION_KEY: str | None = None
+
+
 def start_metagateway(
     lab: Lab, python: str, upstream: Server, workers: int, key: str
 ) -> Server:
@@ -566,6 +570,9 @@ def start_metagateway(
         GATEWAY_JWT_SECRET=secrets.token_hex(32),
         BUILD_SERVICE_URL=f"http://127.0.0.1:{upstream.port}",
     )
+    if ASSERTION_KEY:
+        # Every proxied request then carries a signed X-Gateway-Assertion.
+        env["GATEWAY_ASSERTION_KEY_FILE"] = ASSERTION_KEY
     server.proc = lab.start(key, argv, env=env, cwd=ROOT)
     try:
         lab.wait_ready(key, server.proc, server.port)
@@ -1076,6 +1083,12 @@ def main(argv: list[str] | None = None) -> int:
         help="comma list of row keys: nginx-direct, nginx-proxy, stock, bare-1, bare-N, "
         "mg-1, mg-N, pypy-bare-1, pypy-mg-1",
     )
+    parser.add_argument(
+        "--assertion-key",
+        metavar="FILE",
+        help="GATEWAY_ASSERTION_KEY_FILE for the metagateway rows (each "
+        "proxied request then signs an assertion)",
+    )
     parser.add_argument("--json", help="also write every sample to this file")
     parser.add_argument("--no-install", action="store_true", help="never run apt-get")
     parser.add_argument(
@@ -1084,6 +1097,8 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the temporary directory (configs, logs)",
     )
     args = parser.parse_args(argv)
+    global ASSERTION_KEY
+    ASSERTION_KEY = os.path.abspath(args.assertion_key) if args.assertion_key else None
     _seconds(args.duration)
     _seconds(args.warmup)
 

@@ -9,6 +9,7 @@
     metagateway-admin [--accounts-dir DIR] remove-user NAME
     metagateway-admin [--accounts-dir DIR] list-users
     metagateway-admin --state-url URL revoke-user NAME
+    metagateway-admin assertion-key new FILE
 
 With ``--state-url`` (or ``METAGATEWAY_STATE_URL``), ``revoke-user``,
 ``set-password`` and ``remove-user`` refuse every token of NAME issued up
@@ -42,6 +43,7 @@ from typing import (
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
+from metagateway.auth.assertion import key_id, new_key_pem, parse_key
 from metagateway.auth.passwords import make_record
 from metagateway.config import ConfigurationError, R2Settings, StateSettings
 from metagateway.configfile import ConfigFileError, load_config_file
@@ -172,7 +174,41 @@ def build_parser(stdout: TextIO) -> argparse.ArgumentParser:
         "check a configuration file (--config) as a start or a reload would",
     )
     check.add_argument("file", metavar="FILE")
+    key = command("assertion-key", "manage the key upstream assertions are signed with")
+    actions = key.add_subparsers(dest="key_command", metavar="ACTION")
+    actions.required = True
+    new = actions.add_parser(
+        "new",
+        help="write a new EC P-256 key to FILE (for GATEWAY_ASSERTION_KEY_FILE)",
+        description="write a new EC P-256 key to FILE, readable by its owner "
+        "only; an existing FILE is never overwritten",
+    )
+    new.add_argument("file", metavar="FILE")
     return parser
+
+
+def new_assertion_key(path: str, stdout: TextIO) -> None:
+    """
+    ``assertion-key new FILE``: write a new EC P-256 private key (PEM,
+    mode 0600) to ``path``, which must not exist, and print its ``kid``.
+
+    :raises AdminError: when the file exists or cannot be written.
+    """
+    pem = new_key_pem()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise AdminError("%s exists already: not overwritten" % (path,)) from None
+    except OSError as e:
+        raise AdminError("%s cannot be written: %s" % (path, e.strerror)) from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    stdout.write(
+        "wrote a new assertion key to %s (kid %s); point "
+        "GATEWAY_ASSERTION_KEY_FILE at it and reload the gateway\n"
+        % (path, key_id(parse_key(pem, path).public_key()))
+    )
+    stdout.flush()
 
 
 def _check_role(role: str) -> str:
@@ -546,6 +582,9 @@ async def run(
             options = build_parser(stdout).parse_args(list(argv))
         except SystemExit as e:
             return int(e.code or 0)
+        if options.command == "assertion-key":
+            new_assertion_key(options.file, stdout)
+            return 0
         check_command(options, stdin, prompt)
         if options.command == "check-config":
             check_config(options.file, environ, stdout)

@@ -213,6 +213,13 @@ class GatewayConfig:
     :ivar config_digest: the SHA-256 of that file's bytes, in hex.
     :ivar jwt_secret_file: the file the secret was read from, if any
         (``GATEWAY_JWT_SECRET_FILE``); a reload reads it again.
+    :ivar assertion_key_file: the PEM EC P-256 key upstream assertions
+        are signed with (``GATEWAY_ASSERTION_KEY_FILE``); ``None``: no
+        assertion.
+    :ivar upstream_ca: a PEM bundle upstream certificates must chain to
+        (``--upstream-ca``); ``None``: the system's trust roots.
+    :ivar upstream_client_cert: a PEM file with the certificate and key
+        presented to ``https://`` upstreams (``--upstream-client-cert``).
     """
 
     jwt_secret: str = field(repr=False)
@@ -250,6 +257,10 @@ class GatewayConfig:
         :attr:`services` when there are none.
         """
         return self.routes or builtin_routes(self.services)
+
+    assertion_key_file: Optional[str] = None
+    upstream_ca: Optional[str] = None
+    upstream_client_cert: Optional[str] = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> GatewayConfig:
@@ -295,6 +306,11 @@ class GatewayConfig:
             state=_state(read),
             jwt_secret_file=environ.get("GATEWAY_JWT_SECRET_FILE") or None,
             **file_settings,
+            assertion_key_file=environ.get("GATEWAY_ASSERTION_KEY_FILE") or None,
+            upstream_ca=_path(read, "upstream-ca", "METAGATEWAY_UPSTREAM_CA"),
+            upstream_client_cert=_path(
+                read, "upstream-client-cert", "METAGATEWAY_UPSTREAM_CLIENT_CERT"
+            ),
         )
 
 
@@ -536,6 +552,14 @@ def _state(read: _Reader) -> Optional[StateSettings]:
     if not url:
         return None
     return StateSettings.from_url(str(url), "--state-url / METAGATEWAY_STATE_URL")
+
+
+def _path(read: _Reader, option: str, variable: str) -> Optional[str]:
+    """
+    A file's path from ``--option`` or its variable; ``None`` when unset.
+    """
+    value = read.pick(option, variable, None)
+    return str(value) if value else None
 
 
 def _limits(read: _Reader) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from twisted.web.resource import IResource
 
 from metagateway.addresses import TrustedProxies
 from metagateway.auth.app import AuthApp, client_address, endpoint_labels, own_endpoints
+from metagateway.auth.assertion import AssertionKeyError, AssertionSigner
 from metagateway.auth.github import GitHubSignIn
 from metagateway.auth.passwords import PasswordChecks
 from metagateway.auth.throttle import LoginThrottle
@@ -37,7 +38,12 @@ from metagateway.observability.reloads import ReloadStats
 from metagateway.proxy.balancer import pool_samples
 from metagateway.proxy.resource import GatewayProxyResource
 from metagateway.proxy.twisted_internals import use_gateway_factory
-from metagateway.proxy.upstream import UpstreamAgent, UpstreamEndpoints, body_producer
+from metagateway.proxy.upstream import (
+    UpstreamAgent,
+    UpstreamEndpoints,
+    body_producer,
+    upstream_tls_policy,
+)
 from metagateway.proxy.webhooks import WebhooksResource
 from metagateway.routes import Route
 from metagateway.state.interfaces import ISecurityState
@@ -225,6 +231,9 @@ class Gateway:
     :ivar metrics: the gateway's :class:`~metagateway.observability.metrics.Metrics`,
         for :class:`~metagateway.observability.metrics.MetricsSite`.
     :ivar reloads: the reloads' figures (also in :attr:`metrics`).
+    :ivar assertions: signs the assertions upstreams get (CONTRACT §10),
+        with the key of ``config.assertion_key_file``; ``None`` without
+        one. Its ``reload()`` re-reads the file.
     """
 
     def __init__(
@@ -244,6 +253,10 @@ class Gateway:
             raise ConfigurationError("the JWT secret is empty")
         self.config = config
         self.reactor = reactor
+        self.assertions = _assertions(config, reactor)
+        self.upstream_tls = upstream_tls_policy(
+            config.upstream_ca, config.upstream_client_cert
+        )
         self._connect(agent, cooperator, http_client)
         self.store = (
             store
@@ -273,6 +286,10 @@ class Gateway:
         self.reloads = ReloadStats()
         self.reloads.loaded(reactor.seconds(), config.config_digest)
         self._reload_hooks: list[Callable[[GatewayConfig], object]] = []
+        if self.assertions is not None:
+            # SIGHUP re-reads the assertion key too (CONTRACT §10); the key
+            # it replaces stays in the JWKS for a minute.
+            self.on_reload(self._reload_assertion_key)
         stats = getattr(self.state, "stats", None)
         if isinstance(stats, StateStats):
             self.metrics.state = stats
@@ -339,7 +356,7 @@ class Gateway:
                 reactor,
                 UpstreamEndpoints(
                     reactor,
-                    BrowserLikePolicyForHTTPS(),
+                    self.upstream_tls,
                     self.config.upstream_timeout or None,
                 ),
                 self.pool,
@@ -389,6 +406,7 @@ class Gateway:
                 config.upstream_timeout or 30.0,
             ),
             self.passwords,
+            self.assertions,
         )
 
     def _webhooks(self, webhook_agent: Optional[IAgent]) -> WebhooksResource:
@@ -400,7 +418,10 @@ class Gateway:
         return WebhooksResource(
             config.notion_webhook_secret,
             config.services,
-            webhook_agent if webhook_agent is not None else self._pooled_agent(),
+            webhook_agent
+            if webhook_agent is not None
+            # The targets are the upstreams: their TLS is the proxy's.
+            else Agent(self.reactor, contextFactory=self.upstream_tls, pool=self.pool),
             self.reactor,
             self.cooperator,
             config.upstream_timeout or 30.0,
@@ -429,6 +450,7 @@ class Gateway:
                 self.cooperator,
                 config.max_body if route.max_body is None else route.max_body,
                 upstreams=route.upstreams,
+                assertions=self.assertions,
             )
             old = (previous or {}).get(route.name)
             if old is not None:
@@ -447,6 +469,17 @@ class Gateway:
         The per-upstream metrics of the routes in force.
         """
         return pool_samples([proxy.balancer for proxy in self.proxies.values()], labels)
+
+    def _reload_assertion_key(self, config: GatewayConfig) -> None:
+        """
+        Re-read the assertion key file; one log line when it changed.
+
+        :raises AssertionKeyError: when the file cannot be used (logged by
+            :meth:`reload`; the current key keeps signing).
+        """
+        assert self.assertions is not None
+        if self.assertions.reload():
+            log.info("Assertion key reloaded; the previous key stays published")
 
     def on_reload(self, callback: Callable[[GatewayConfig], object]) -> None:
         """
@@ -490,6 +523,20 @@ class Gateway:
                 callback(config)
             except Exception:
                 log.failure("A reload callback failed")
+
+
+def _assertions(config: GatewayConfig, reactor: Any) -> Optional[AssertionSigner]:
+    """
+    The assertion signer with ``config``'s key, if it names one.
+
+    :raises ConfigurationError: when the key file cannot be used.
+    """
+    if config.assertion_key_file is None:
+        return None
+    try:
+        return AssertionSigner.from_file(config.assertion_key_file, reactor.seconds)
+    except AssertionKeyError as e:
+        raise ConfigurationError(str(e)) from None
 
 
 def _trusted_proxies(config: GatewayConfig) -> Container[str]:

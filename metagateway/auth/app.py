@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
+from metagateway.auth.assertion import AssertionSigner, jwks_document
 from metagateway.auth.github import GitHubSignIn
 from metagateway.auth.passwords import BadParameters, PasswordChecks
 from metagateway.auth.throttle import LoginThrottle, Throttled
@@ -49,6 +50,7 @@ log = Logger()
 #: plain ``AUTH``, by view (Klein endpoint) name: (route label, login kind).
 VIEW_LABELS: Mapping[str, tuple[str, Optional[str]]] = {
     "health": ("HEALTH", None),
+    "jwks": ("JWKS", None),
     "login": ("AUTH", "password"),
     "core_login": ("AUTH", "password"),
     "github_login": ("AUTH", "github"),
@@ -193,6 +195,9 @@ class AuthApp:
     :param passwords: checks passwords (and holds the decoys unknown
         usernames are checked against); this app's own if omitted, checking
         on the calling thread (so gateways in one process share no decoys).
+    :param assertions: signs the assertions upstreams get, and holds the
+        keys ``/.well-known/jwks.json`` publishes; without it the JWKS is
+        empty.
     """
 
     app = Klein()
@@ -207,8 +212,10 @@ class AuthApp:
         trusted_proxies: Container[str] = (),
         github: Optional[GitHubSignIn] = None,
         passwords: Optional[PasswordChecks] = None,
+        assertions: Optional[AssertionSigner] = None,
     ) -> None:
         self.tokens = tokens
+        self.assertions = assertions
         self.store = store
         self.throttle = throttle
         self.clock = clock
@@ -253,6 +260,14 @@ class AuthApp:
                 "timestamp": int(self.clock.seconds() * 1000),
             },
         )
+
+    @app.route("/.well-known/jwks.json", methods=["GET"])
+    def jwks(self, request: IRequest) -> bytes:
+        """
+        The public keys assertions are signed with (CONTRACT §10).
+        """
+        request.setHeader(b"Cache-Control", b"max-age=300")
+        return write_json(request, 200, jwks_document(self.assertions))
 
     @app.route("/auth/login", methods=["POST"])
     async def login(self, request: IRequest) -> bytes:

@@ -2,19 +2,21 @@
 ``--dev``: the embedded default a new user starts with.
 
 A generated signing secret, a temporary accounts directory holding a demo
-admin with a random password, loopback echo upstreams for every service
-URL that is unset, and copy-paste ``curl`` lines.
+admin with a random password, a generated assertion key (CONTRACT §10),
+loopback echo upstreams for every service URL that is unset (each shows
+the assertion it got, verified), and copy-paste ``curl`` lines.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, MutableMapping, Sequence
+from typing import Any, MutableMapping, Optional, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.address import UNIXAddress
@@ -23,10 +25,17 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from metagateway.auth.assertion import (
+    AssertionKeyError,
+    load_key,
+    new_key_pem,
+    public_jwk,
+)
 from metagateway.auth.passwords import make_record
 from metagateway.config import SERVICE_VARIABLES
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.daemon.workers import endpoint_kind
+from metagateway.verify import InvalidAssertion, KeySet, verify_assertion
 
 DEMO_USER = "demo-admin"
 
@@ -34,16 +43,39 @@ DEMO_USER = "demo-admin"
 class EchoResource(Resource):
     """
     A stand-in upstream that answers every request with a JSON description
-    of what it received.
+    of what it received, and of its ``X-Gateway-Assertion`` checked as an
+    upstream would check it (:mod:`metagateway.verify`).
 
-    :param name: the service name reported in the answer.
+    :param name: the service name reported in the answer (the route).
+    :param keys: the gateway's public keys; without them the assertion is
+        not checked.
     """
 
     isLeaf = True
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, keys: Optional[KeySet] = None) -> None:
         super().__init__()
         self.name = name
+        self.keys = keys
+
+    def assertion(self, request: IRequest) -> Optional[dict[str, Any]]:
+        """
+        The request's assertion, verified: its claims, or why it failed.
+        """
+        token = request.getHeader(b"x-gateway-assertion")
+        if token is None or self.keys is None:
+            return None
+        try:
+            verified = verify_assertion(
+                token.decode("latin-1"),
+                self.keys,
+                self.name,
+                request.method.decode("latin-1"),
+                request.path.decode("latin-1"),
+            )
+        except InvalidAssertion as e:
+            return {"verified": False, "error": str(e)}
+        return {"verified": True, "claims": dict(verified.claims)}
 
     def render(self, request: IRequest) -> bytes:
         """
@@ -59,6 +91,7 @@ class EchoResource(Resource):
                 for name, values in request.requestHeaders.getAllRawHeaders()
             },
             "bodyLength": len(body),
+            "assertion": self.assertion(request),
         }
         request.setHeader(b"Content-Type", b"application/json")
         return json.dumps(document, indent=2).encode("utf-8") + b"\n"
@@ -75,20 +108,30 @@ class DevSetup:
     :ivar temporary: whether ``accounts`` was made for this run (and is
         removed when it stops).
     :ivar notes: lines describing what was set up.
+    :ivar key_file: the assertion key generated for this run (removed
+        when it stops), if one was.
     """
 
     password: str
     accounts: str
     temporary: bool
     notes: list[str]
+    key_file: Optional[str] = None
 
     def remove_accounts(self) -> None:
         """
-        Remove the accounts directory if it was made for this run.
+        Remove the accounts directory if it was made for this run, and the
+        assertion key if it was generated.
         """
         if self.temporary:
             shutil.rmtree(self.accounts, ignore_errors=True)
             self.temporary = False
+        if self.key_file is not None:
+            try:
+                os.remove(self.key_file)
+            except OSError:
+                pass
+            self.key_file = None
 
     def lines(self, listening: Sequence[tuple[str, Any]]) -> list[str]:
         """
@@ -114,6 +157,9 @@ class DevSetup:
             % (curl, base, DEMO_USER, self.password),
             '  %s -s %s/build/hello -H "Authorization: Bearer $TOKEN"' % (curl, base),
             "  %s -s %s/kv/hello" % (curl, base),
+            "",
+            "Upstreams verify X-Gateway-Assertion with the keys at:",
+            "  %s -s %s/.well-known/jwks.json" % (curl, base),
             "",
         ]
 
@@ -160,13 +206,34 @@ def prepare_dev(
         make_record(DEMO_USER, password, "admin")
     )
     notes.append("Accounts directory: %s" % (accounts,))
+    key_file = None
+    if not environ.get("GATEWAY_ASSERTION_KEY_FILE"):
+        fd, key_file = tempfile.mkstemp(prefix="metagateway-dev-", suffix=".pem")
+        with os.fdopen(fd, "wb") as f:
+            f.write(new_key_pem())
+        environ["GATEWAY_ASSERTION_KEY_FILE"] = key_file
+        notes.append("Generated an assertion key for this run: %s" % (key_file,))
+    keys = _key_set(environ["GATEWAY_ASSERTION_KEY_FILE"])
     for route, variable in SERVICE_VARIABLES.items():
         if environ.get(variable):
             continue
-        port = reactor.listenTCP(0, Site(EchoResource(route)), interface="127.0.0.1")
+        echo = EchoResource(route, keys)
+        port = reactor.listenTCP(0, Site(echo), interface="127.0.0.1")
         environ[variable] = "http://127.0.0.1:%d" % (port.getHost().port,)
         notes.append("Echo upstream for %s at %s" % (variable, environ[variable]))
-    return DevSetup(password, accounts, temporary, notes)
+    return DevSetup(password, accounts, temporary, notes, key_file)
+
+
+def _key_set(path: str) -> Optional[KeySet]:
+    """
+    The public half of the key in ``path``, for the echo upstreams; ``None``
+    when it cannot be read (the start then refuses it in one line).
+    """
+    try:
+        key = load_key(path)
+    except AssertionKeyError:
+        return None
+    return KeySet({"keys": [public_jwk(key.public_key())]})
 
 
 def curl_target(description: str, address: Any) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from metagateway import __version__
+from metagateway.auth.assertion import AssertionKeyError, load_key
 from metagateway.config import ConfigurationError, GatewayConfig
 from metagateway.credentials.factory import check_accounts_dir
 from metagateway.daemon.dev import DevCleanup, DevSetup, prepare_dev
@@ -43,6 +44,7 @@ from metagateway.http.site import GatewaySite
 from metagateway.observability.accesslog import AccessLog
 from metagateway.observability.collector import CollectorTuning
 from metagateway.observability.metrics import Metrics, MetricsSite
+from metagateway.proxy.upstream import upstream_tls_policy
 from metagateway.state.memory import MemorySecurityState
 from metagateway.state.supervisor import StateHub, SupervisedSecurityState
 
@@ -137,6 +139,20 @@ class Options(usage.Options):
             None,
             "redis://[:password@]host:port[/db] or rediss://...: the store "
             "revocations and login counters are shared through.",
+        ],
+        [
+            "upstream-ca",
+            None,
+            None,
+            "PEM bundle https upstreams' certificates must chain to "
+            "(default: the system's trust roots).",
+        ],
+        [
+            "upstream-client-cert",
+            None,
+            None,
+            "PEM file with the certificate and key presented to https "
+            "upstreams (mutual TLS).",
         ],
         [
             "access-log",
@@ -347,6 +363,7 @@ def _configure(
         process = ProcessSettings.from_options(settings, environ)
         if config.accounts_dir is not None:
             check_accounts_dir(config.accounts_dir)
+        check_upstream_trust(config)
     except ConfigurationError as e:
         _fail(str(e))
     if len(config.jwt_secret.encode("utf-8")) < MIN_SECRET_BYTES:
@@ -355,6 +372,21 @@ def _configure(
             % (MIN_SECRET_BYTES,)
         )
     return config, process
+
+
+def check_upstream_trust(config: GatewayConfig) -> None:
+    """
+    Read the assertion key and the upstream TLS files now, so that an
+    unusable one refuses the start in one line.
+
+    :raises ConfigurationError: naming the file and the reason.
+    """
+    if config.assertion_key_file is not None:
+        try:
+            load_key(config.assertion_key_file)
+        except AssertionKeyError as e:
+            raise ConfigurationError(str(e)) from None
+    upstream_tls_policy(config.upstream_ca, config.upstream_client_cert)
 
 
 def _build(

@@ -128,7 +128,7 @@ def note_route(request: IRequest, route: str, login: Optional[str] = None) -> No
     Record which route (or gateway endpoint) answers ``request``.
 
     :param route: the label: a route name (``BUILD``, ``KV``, ``CORE``,
-        ``BASE``) for proxied requests, else ``AUTH``, ``HEALTH``,
+        ``BASE``) for proxied requests, else ``AUTH``, ``HEALTH``, ``JWKS``,
         ``WEBHOOK``, ``PREFLIGHT`` (a request never routed stays ``NONE``).
     :param login: ``password`` or ``github`` when the request is a login.
     """

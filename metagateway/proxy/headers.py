@@ -85,6 +85,7 @@ def upstream_headers(
     claims: Optional[Claims],
     request_id: str,
     host_header: Optional[bytes] = None,
+    assertion: Optional[bytes] = None,
 ) -> Headers:
     """
     The headers sent upstream: the client's end-to-end headers less
@@ -92,6 +93,8 @@ def upstream_headers(
 
     :param host_header: the upstream's ``Host``, when known; without it
         the ``Agent`` adds one (on a copy of every header).
+    :param assertion: the signed ``X-Gateway-Assertion`` (CONTRACT §10),
+        if the gateway has a key.
     """
     incoming = request.requestHeaders
     dropped = _REQUEST_DROPPED
@@ -114,6 +117,8 @@ def upstream_headers(
     if claims is not None:
         set_header(b"X-Gateway-User", [claims.project_id.encode("utf-8")])
         set_header(b"X-Gateway-Scopes", [",".join(claims.scopes).encode("utf-8")])
+    if assertion is not None:
+        set_header(b"X-Gateway-Assertion", [assertion])
     peer = getattr(request.getClientAddress(), "host", None)
     if peer:
         hop = peer.encode("ascii", "replace")

@@ -36,6 +36,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 
+from metagateway.auth.assertion import AssertionSigner
 from metagateway.auth.tokens import Claims, InvalidToken, TokenAuthority, request_token
 from metagateway.errors import (
     GatewayError,
@@ -130,6 +131,28 @@ def tls_failure(failure: Failure) -> Optional[BaseException]:
             return value
         pending.extend(getattr(value, "reasons", None) or [])
     return None
+
+
+def tls_problem(error: BaseException) -> str:
+    """
+    What a TLS failure with an upstream means, for its log line: the
+    upstream's certificate not accepted (``--upstream-ca``), or the
+    handshake refused by the upstream (``--upstream-client-cert``).
+    """
+    text = str(error).lower()
+    if isinstance(error, VerificationError) or "not for this host" in text:
+        return "the upstream's certificate was not accepted: not for this host"
+    if "certificate verify failed" in text or isinstance(error, CertificateError):
+        return (
+            "the upstream's certificate was not accepted: it does not chain to "
+            "--upstream-ca (or the system's trust roots)"
+        )
+    if "alert" in text:
+        return (
+            "the upstream refused our TLS handshake: it wants a client "
+            "certificate it trusts (--upstream-client-cert)"
+        )
+    return "the TLS handshake failed"
 
 
 #: What a failed TLS handshake or certificate check raises (``twisted[tls]``
@@ -374,11 +397,11 @@ class _Exchange(BodyListener):
             tls = tls_failure(failure)
             if tls is not None:
                 log.error(
-                    "TLS with upstream {route} ({url}) failed (certificate not "
-                    "trusted, not for this host, or handshake refused): {why} "
+                    "TLS with upstream {route} ({url}) failed, {problem}: {why} "
                     "(request {request_id})",
                     route=route,
                     url=self.proxy.base_url,
+                    problem=tls_problem(tls),
                     why=str(tls) or tls.__class__.__name__,
                     request_id=request_id_of(self.request),
                 )
@@ -583,6 +606,8 @@ class GatewayProxyResource(ReverseProxyResource):
     :param upstreams: the route's upstreams (CONTRACT §8), spread
         round-robin; by default ``base_url`` alone. ``base_url`` is then
         the first.
+    :param assertions: signs the ``X-Gateway-Assertion`` each request
+        carries upstream (CONTRACT §10); none without it.
     """
 
     isLeaf = True
@@ -598,6 +623,7 @@ class GatewayProxyResource(ReverseProxyResource):
         cooperator: Optional[Cooperator] = None,
         max_body: int = 0,
         upstreams: Optional[Sequence[str]] = None,
+        assertions: Optional[AssertionSigner] = None,
     ) -> None:
         if upstreams is None:
             upstreams = (base_url,) if base_url else ()
@@ -622,6 +648,7 @@ class GatewayProxyResource(ReverseProxyResource):
         self.timer = SharedTimer(clock, timeout)
         self.cooperator = cooperator
         self.max_body = max_body
+        self.assertions = assertions
         self.host_header = upstream_host(base_url) if base_url else None
 
     def getChild(self, path: bytes, request: IRequest) -> GatewayProxyResource:
@@ -678,8 +705,24 @@ class GatewayProxyResource(ReverseProxyResource):
                 )
         except GatewayError as e:
             return error_response(request, e)
+        request_id = request_id_of(request)
+        assertion = None
+        if self.assertions is not None:
+            assertion = self.assertions.sign(
+                route,
+                claims.project_id if claims is not None else None,
+                claims.scopes if claims is not None else (),
+                request_id,
+                request.method,
+                url_path(url),
+            )
         headers = upstream_headers(
-            request, self.route, claims, request_id_of(request), first.host_header
+            request,
+            self.route,
+            claims,
+            request_id,
+            first.host_header,
+            assertion,
         )
         body = stream if stream is not None else self._buffered_body(request)
         _Exchange(self, request, url, headers, body, candidates, tail).start()
@@ -697,6 +740,18 @@ class GatewayProxyResource(ReverseProxyResource):
         if self.cooperator is None:
             return FileBodyProducer(content)
         return FileBodyProducer(content, cooperator=self.cooperator)
+
+
+def url_path(url: bytes) -> bytes:
+    """
+    The path of an absolute upstream ``url`` (``/`` if it has none),
+    without its query: what an assertion names as ``path``.
+    """
+    _, _, rest = url.partition(b"://")
+    slash = rest.find(b"/")
+    if slash < 0:
+        return b"/"
+    return rest[slash:].split(b"?", 1)[0]
 
 
 #: What the ``Agent`` accepts as a request target.

@@ -9,6 +9,10 @@ import io
 import re
 from typing import Any, Optional
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL.crypto import Error as OpenSSLCryptoError
+from OpenSSL.SSL import Error as OpenSSLError
 from zope.interface import implementer
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -19,11 +23,22 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.error import VerifyError
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IStreamClientEndpoint,
+)
+from twisted.internet.ssl import (
+    Certificate,
+    PrivateCertificate,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
 from twisted.internet.task import Cooperator
 from twisted.web.client import (
     URI,
     Agent,
+    BrowserLikePolicyForHTTPS,
     FileBodyProducer,
     HTTPConnectionPool,
 )
@@ -37,6 +52,7 @@ from twisted.web.iweb import (
     IResponse,
 )
 
+from metagateway.config import ConfigurationError
 from metagateway.proxy.twisted_internals import pool_request
 
 
@@ -51,6 +67,126 @@ def body_producer(cooperator: Cooperator, data: Any) -> IBodyProducer:
     if hasattr(data, "read"):
         return FileBodyProducer(data, cooperator=cooperator)
     return IBodyProducer(data)
+
+
+def _read_pem(path: str, name: str) -> bytes:
+    """
+    The bytes of a PEM file.
+
+    :raises ConfigurationError: naming ``name`` and the file when it
+        cannot be read.
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read(4 * 1024 * 1024)
+    except OSError as e:
+        raise ConfigurationError(
+            "%s (%s): cannot be read: %s" % (name, path, e.strerror or e)
+        ) from None
+
+
+def load_trust_root(path: str) -> Any:
+    """
+    The certificates of the PEM bundle ``path`` as a trust root: an
+    upstream's certificate must chain to one of them.
+
+    :raises ConfigurationError: one line naming the option, the file and
+        the reason.
+    """
+    name = "--upstream-ca / METAGATEWAY_UPSTREAM_CA"
+    data = _read_pem(path, name)
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ConfigurationError(
+            "%s (%s): no PEM certificate in it" % (name, path)
+        ) from None
+    return trustRootFromCertificates(
+        [Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in certificates]
+    )
+
+
+def load_client_certificate(path: str) -> PrivateCertificate:
+    """
+    The client certificate and its key, both in the PEM file ``path``.
+
+    :raises ConfigurationError: one line naming the option, the file and
+        the reason.
+    """
+    name = "--upstream-client-cert / METAGATEWAY_UPSTREAM_CLIENT_CERT"
+    data = _read_pem(path, name)
+    if b"PRIVATE KEY-----" not in data or b"CERTIFICATE-----" not in data:
+        raise ConfigurationError(
+            "%s (%s): needs a PEM certificate and its private key in one file"
+            % (name, path)
+        )
+    try:
+        certificate: PrivateCertificate = PrivateCertificate.loadPEM(data)
+    except VerifyError:
+        raise ConfigurationError(
+            "%s (%s): the private key is not the certificate's" % (name, path)
+        ) from None
+    except (OpenSSLCryptoError, OpenSSLError, ValueError) as e:
+        raise ConfigurationError(
+            "%s (%s): unusable certificate or key: %s" % (name, path, e)
+        ) from None
+    return certificate
+
+
+@implementer(IPolicyForHTTPS)
+class UpstreamTLSPolicy:
+    """
+    How the proxy checks ``https://`` upstreams: as a browser does (the
+    chain to a trust root, and the host name), against ``trust_root``
+    (``--upstream-ca``) or the system's roots, presenting
+    ``client_certificate`` (``--upstream-client-cert``) when the upstream
+    asks for one (mutual TLS).
+
+    :param trust_root: the roots (an ``IOpenSSLTrustRoot``, which Twisted
+        does not export publicly); the platform's if ``None``.
+    :param client_certificate: the certificate and key presented, if any.
+    """
+
+    def __init__(
+        self,
+        trust_root: Optional[Any] = None,
+        client_certificate: Optional[PrivateCertificate] = None,
+    ) -> None:
+        self.trust_root = trust_root
+        self.client_certificate = client_certificate
+
+    def creatorForNetloc(
+        self, hostname: bytes, port: int
+    ) -> IOpenSSLClientConnectionCreator:
+        """
+        The TLS settings for a connection to ``hostname``.
+        """
+        kwargs: dict[str, Any] = {}
+        if self.trust_root is not None:
+            kwargs["trustRoot"] = self.trust_root
+        if self.client_certificate is not None:
+            kwargs["clientCertificate"] = self.client_certificate
+        return optionsForClientTLS(hostname.decode("ascii"), **kwargs)
+
+
+def upstream_tls_policy(
+    ca_path: Optional[str], client_cert_path: Optional[str]
+) -> IPolicyForHTTPS:
+    """
+    The TLS policy for upstreams: a browser's without ``--upstream-ca`` and
+    ``--upstream-client-cert``, else an :class:`UpstreamTLSPolicy` with
+    the files read now.
+
+    :raises ConfigurationError: when a file cannot be read or used.
+    """
+    if ca_path is None and client_cert_path is None:
+        return BrowserLikePolicyForHTTPS()
+    return UpstreamTLSPolicy(
+        load_trust_root(ca_path) if ca_path is not None else None,
+        load_client_certificate(client_cert_path)
+        if client_cert_path is not None
+        else None,
+    )
 
 
 @implementer(IAgentEndpointFactory)

@@ -577,3 +577,70 @@ class MainTests(SynchronousTestCase):
         )
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn(b"add-user", done.stdout)
+
+
+class AssertionKeyCommandTests(SynchronousTestCase):
+    """
+    ``metagateway-admin assertion-key new FILE``.
+    """
+
+    def admin(self, *argv: str) -> tuple[int, str, str]:
+        """
+        Run one command (no store needed); its status, stdout and stderr.
+        """
+        out, err = io.StringIO(), io.StringIO()
+        d = Deferred.fromCoroutine(
+            run(Clock(), argv, {}, io.StringIO(), out, err, Prompt())
+        )
+        return self.successResultOf(d), out.getvalue(), err.getvalue()
+
+    def assertOneLineError(self, result: tuple[int, str, str], text: str) -> None:
+        """
+        A non-zero status and one line on stderr holding ``text``.
+        """
+        status, _, err = result
+        self.assertNotEqual(status, 0)
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertIn(text, err)
+
+    def test_new_key(self) -> None:
+        """
+        Writes a P-256 key the gateway loads, readable by its owner only,
+        and prints its ``kid``; an existing file is never overwritten.
+        """
+        import os
+        import stat
+
+        from metagateway.auth.assertion import key_id, load_key
+
+        path = self.mktemp()
+        status, out, err = self.admin("assertion-key", "new", path)
+        self.assertEqual((status, err), (0, ""))
+        kid = key_id(load_key(path).public_key())
+        self.assertIn(kid, out)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        with open(path, "rb") as f:
+            before = f.read()
+        self.assertOneLineError(
+            self.admin("assertion-key", "new", path), "exists already"
+        )
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), before)
+
+    def test_unwritable(self) -> None:
+        """
+        A file in a missing directory: one line, non-zero.
+        """
+        path = self.mktemp() + "/no/such/key.pem"
+        self.assertOneLineError(
+            self.admin("assertion-key", "new", path),
+            "cannot be written",
+        )
+
+    def test_action_required(self) -> None:
+        """
+        ``assertion-key`` without ``new FILE`` is a usage error.
+        """
+        status, _, err = self.admin("assertion-key")
+        self.assertEqual(status, 2)
+        self.assertIn("metagateway-admin", err)

@@ -333,6 +333,7 @@ class OwnEndpointsTests(SynchronousTestCase):
         self.assertEqual(
             sorted(own_endpoints(AuthApp.app)),
             [
+                (b"GET", b".well-known/jwks.json"),
                 (b"GET", b"core/session"),
                 (b"GET", b"health"),
                 (b"HEAD", b"health"),
@@ -347,7 +348,7 @@ class OwnEndpointsTests(SynchronousTestCase):
 
     def test_labels(self) -> None:
         """
-        ``/health`` is labelled ``HEALTH``; the password logins and the
+        ``/health`` is labelled ``HEALTH``, the JWKS ``JWKS``; the password logins and the
         GitHub sign-in carry their login kind; every labelled view is one
         of the app's.
         """
@@ -355,6 +356,7 @@ class OwnEndpointsTests(SynchronousTestCase):
             endpoint_labels(AuthApp.app),
             {
                 b"health": ("HEALTH", None),
+                b".well-known/jwks.json": ("JWKS", None),
                 b"auth/login": ("AUTH", "password"),
                 b"core/auth/login": ("AUTH", "password"),
                 b"core/auth/github": ("AUTH", "github"),

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from OpenSSL import SSL
+from service_identity import VerificationError
 from treq.testing import RequestTraversalAgent
 from zope.interface import directlyProvides
 
@@ -41,7 +42,12 @@ from metagateway.gateway import Gateway, GatewayService
 from metagateway.http.drain import InFlight
 from metagateway.http.site import GatewaySite
 from metagateway.proxy.headers import upstream_host
-from metagateway.proxy.resource import GatewayProxyResource, _Discard, _Watchdog
+from metagateway.proxy.resource import (
+    GatewayProxyResource,
+    _Discard,
+    _Watchdog,
+    tls_problem,
+)
 from metagateway.routes import route_for
 from metagateway.testing import (
     CLIENT,
@@ -415,6 +421,20 @@ class FailureTests(SynchronousTestCase):
         text = self.log.text()
         self.assertIn("TLS with upstream KV (https://kv.test) failed", text)
         self.assertIn("certificate verify failed", text)
+        self.assertIn("certificate was not accepted", text)
+
+    def test_tls_problems(self) -> None:
+        """
+        The TLS log line says which side refused: the upstream's
+        certificate (untrusted, or for another host), or the upstream
+        refusing the handshake (no client certificate it trusts).
+        """
+        alert = SSL.Error([("SSL routines", "", "tlsv13 alert certificate required")])
+        self.assertIn("--upstream-client-cert", tls_problem(alert))
+        untrusted = SSL.Error([("SSL routines", "", "certificate verify failed")])
+        self.assertIn("--upstream-ca", tls_problem(untrusted))
+        self.assertIn("not for this host", tls_problem(VerificationError(errors=[])))
+        self.assertEqual(tls_problem(SSL.Error([])), "the TLS handshake failed")
 
     def test_connect_error(self) -> None:
         """

@@ -447,6 +447,53 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
         service.stopService()
         self.assertTrue(os.path.isdir(named))
 
+    def test_dev_assertion_key(self) -> None:
+        """
+        ``--dev`` generates an assertion key for the run (removed when it
+        stops) and prints where the JWKS is.
+        """
+        self.use_environ({})
+        service, _, text = self.run_dev([])
+        self.assertIn("curl -s http://127.0.0.1:8080/.well-known/jwks.json", text)
+        key_file = [
+            line.split(": ", 1)[1]
+            for line in text.splitlines()
+            if line.startswith("Generated an assertion key for this run: ")
+        ][0]
+        self.assertTrue(os.path.isfile(key_file))
+        service.startService()
+        service.stopService()
+        self.assertFalse(os.path.exists(key_file))
+
+    def test_echo_shows_assertion(self) -> None:
+        """
+        The echo upstream reports the assertion verified, with its claims;
+        one signed by another key is reported unverified.
+        """
+        import json
+
+        from metagateway.auth.assertion import new_key_pem
+        from metagateway.daemon.dev import EchoResource, _key_set
+        from metagateway.testing import GatewayHarness, make_config
+
+        paths = []
+        for _ in range(2):
+            path = self.mktemp()
+            with open(path, "wb") as f:
+                f.write(new_key_pem())
+            paths.append(path)
+        for key, verified in ((paths[0], True), (paths[1], False)):
+            harness = GatewayHarness(
+                make_config(assertion_key_file=paths[0]),
+                upstream=EchoResource("KV", _key_set(key)),
+            )
+            _, body = harness.request(self, "GET", "/kv/hello")
+            shown = json.loads(body)["assertion"]
+            self.assertEqual(shown["verified"], verified, shown)
+            if verified:
+                self.assertEqual(shown["claims"]["sub"], "anonymous")
+                self.assertEqual(shown["claims"]["path"], "/hello")
+
 
 class VersionTests(SynchronousTestCase):
     """
