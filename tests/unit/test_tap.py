@@ -350,6 +350,11 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
 
         self.use_environ({})
         stderr = self.capture_stderr()
+        # A directory of this test's own, so that what tests running in
+        # parallel (trial -j) leave in the shared one does not count.
+        own = self.mktemp()
+        os.makedirs(own)
+        self.patch(tempfile, "tempdir", own)
         before = set(os.listdir(tempfile.gettempdir()))
         stdout = io.StringIO()
         saved = sys.stdout
