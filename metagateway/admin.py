@@ -13,7 +13,7 @@
 
 With ``--state-url`` (or ``METAGATEWAY_STATE_URL``), ``revoke-user``,
 ``set-password`` and ``remove-user`` refuse every token of NAME issued up
-to now, in every gateway sharing that state store (CONTRACT §7).
+to now, in every gateway sharing that state store (:ref:`contract-shared-state`).
 
 The store is chosen as the daemon chooses it: ``--accounts-dir`` (or
 ``METAGATEWAY_ACCOUNTS_DIR``), else R2 from the ``R2_*`` variables. Every

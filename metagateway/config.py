@@ -92,7 +92,7 @@ class R2Settings:
 @dataclass(frozen=True)
 class StateSettings:
     """
-    Where the shared security state is (CONTRACT §7): a Redis server.
+    Where the shared security state is (:ref:`contract-shared-state`): a Redis server.
 
     :ivar host: the server's host name or address.
     :ivar port: its port.
@@ -204,8 +204,9 @@ class GatewayConfig:
     :ivar state: the shared security state's store (``--state-url``);
         ``None``: held in this process (or by the supervisor of
         ``--workers``).
-    :ivar routes: the proxied routes (CONTRACT §8); empty for §5's table,
-        with :attr:`services` as upstreams (see :meth:`route_table`).
+    :ivar routes: the proxied routes (:ref:`contract-config-file`); empty
+        for the built-in table (:ref:`contract-proxy`), with
+        :attr:`services` as upstreams (see :meth:`route_table`).
     :ivar allow_origins: the origins CORS lets read answers; ``("*",)``
         for any (§4).
     :ivar config_file: the configuration file the routes came from, if

@@ -1,6 +1,6 @@
 """
-The configuration file (CONTRACT §8): a TOML file of ``[[route]]`` tables
-and a ``[cors]`` table, read into :class:`~metagateway.routes.Route`
+The configuration file (:ref:`contract-config-file`): a TOML file of ``[[route]]``
+tables and a ``[cors]`` table, read into :class:`~metagateway.routes.Route`
 objects and a list of allowed origins.
 
 Every refusal is one line naming the file, the key (or, for a TOML syntax

@@ -1,5 +1,5 @@
 """
-Which origins may read the gateway's answers (CONTRACT §4, §8 ``[cors]``).
+Which origins may read the gateway's answers (:ref:`contract-endpoints`, §8 ``[cors]``).
 
 With ``allow_origins = ["*"]`` (the default) every answer the gateway
 makes carries ``Access-Control-Allow-Origin: *``, and a proxied answer

@@ -270,8 +270,8 @@ def store_unavailable(route: str) -> GatewayError:
 
 def state_unavailable(route: str) -> GatewayError:
     """
-    The answer to a login while the shared state store (CONTRACT §7) cannot
-    be reached: the failure limits cannot be enforced, so none is tried.
+    The answer to a login while the shared state store (:ref:`contract-shared-state`)
+    cannot be reached: the failure limits cannot be enforced, so none is tried.
     """
     return GatewayError(
         503,

@@ -231,7 +231,7 @@ class Gateway:
     :ivar metrics: the gateway's :class:`~metagateway.observability.metrics.Metrics`,
         for :class:`~metagateway.observability.metrics.MetricsSite`.
     :ivar reloads: the reloads' figures (also in :attr:`metrics`).
-    :ivar assertions: signs the assertions upstreams get (CONTRACT §10),
+    :ivar assertions: signs the assertions upstreams get (:ref:`contract-assertions`),
         with the key of ``config.assertion_key_file``; ``None`` without
         one. Its ``reload()`` re-reads the file.
     """
@@ -287,8 +287,8 @@ class Gateway:
         self.reloads.loaded(reactor.seconds(), config.config_digest)
         self._reload_hooks: list[Callable[[GatewayConfig], object]] = []
         if self.assertions is not None:
-            # SIGHUP re-reads the assertion key too (CONTRACT §10); the key
-            # it replaces stays in the JWKS for a minute.
+            # SIGHUP re-reads the assertion key too (:ref:`contract-assertions`); the
+            # key it replaces stays in the JWKS for a minute.
             self.on_reload(self._reload_assertion_key)
         stats = getattr(self.state, "stats", None)
         if isinstance(stats, StateStats):
@@ -493,7 +493,7 @@ class Gateway:
     def reload(self, config: GatewayConfig) -> None:
         """
         Put ``config``'s routes, CORS origins and secrets in force
-        (CONTRACT §8): requests that arrive from now on follow them;
+        (:ref:`contract-config-file`): requests that arrive from now on follow them;
         requests in flight finish as they started; no connection is
         dropped. A changed secret signs new tokens at once, and the one it
         replaces keeps verifying tokens until they expire. The other

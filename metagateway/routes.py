@@ -1,5 +1,5 @@
 """
-The routing table (CONTRACT §5, or a configuration file's, §8): path
+The routing table (:ref:`contract-proxy`, or a configuration file's, §8): path
 prefix to route name, upstreams and policy; and the path normalisation
 done before routing.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Sequence
 
-#: The route names a token may carry whatever the routes (CONTRACT §3).
+#: The route names a token may carry whatever the routes (:ref:`contract-tokens`).
 TOKEN_ROUTES = ("AUTH", "KV", "BUILD", "CORE", "BASE", "WEBHOOK")
 
 #: The token policies a route may have.
@@ -22,7 +22,7 @@ CORE_ROUTES = ("CORE", "AUTH")
 @dataclass(frozen=True)
 class Route:
     """
-    One proxied prefix and its policy (CONTRACT §5, and §8 for a file).
+    One proxied prefix and its policy (:ref:`contract-proxy`, and §8 for a file).
 
     :ivar prefix: the path prefix's segments joined by ``/``, without the
         leading slash: ``build``, or ``api/v1``.
@@ -88,7 +88,7 @@ def default_accept(name: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((name,) + CORE_ROUTES))
 
 
-#: CONTRACT §5's table, without upstreams.
+#: :ref:`contract-proxy`'s table, without upstreams.
 ROUTES = (
     Route(b"build", "BUILD", "required"),
     Route(b"kv", "KV"),

@@ -1,5 +1,5 @@
 """
-Verifying the gateway's assertion in a Python upstream (CONTRACT §10,
+Verifying the gateway's assertion in a Python upstream (:ref:`contract-assertions`,
 ``docs/trusting.rst``).
 
 Every request the gateway proxies carries ``X-Gateway-Assertion``, an

@@ -115,7 +115,7 @@ def twistd_command() -> list[str]:
 
 def daemon_argv(*options: str) -> list[str]:
     """
-    The command line of a daemon started as CONTRACT §1 says, on a free
+    The command line of a daemon started as :ref:`contract-starting` says, on a free
     loopback port, with ``options`` added.
     """
     return [

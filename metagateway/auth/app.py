@@ -1,6 +1,6 @@
 """
 The gateway's own endpoints, as a Klein app: logins, guest tokens, sessions,
-logout and ``/health`` (CONTRACT §4).
+logout and ``/health`` (:ref:`contract-endpoints`).
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ class AuthApp:
     @app.route("/.well-known/jwks.json", methods=["GET"])
     def jwks(self, request: IRequest) -> bytes:
         """
-        The public keys assertions are signed with (CONTRACT §10).
+        The public keys assertions are signed with (:ref:`contract-assertions`).
         """
         request.setHeader(b"Cache-Control", b"max-age=300")
         return write_json(request, 200, jwks_document(self.assertions))

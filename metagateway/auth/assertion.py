@@ -1,5 +1,5 @@
 """
-The gateway's signed assertion (CONTRACT §10): an ES256 JWT on every
+The gateway's signed assertion (:ref:`contract-assertions`): an ES256 JWT on every
 proxied request, ``X-Gateway-Assertion``, that tells an upstream who the
 caller is in a way nobody but the gateway can produce; and the JWKS
 document (``GET /.well-known/jwks.json``) an upstream verifies it with.
@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-#: The assertion's ``iss``, the tokens' issuer (CONTRACT §3).
+#: The assertion's ``iss``, the tokens' issuer (:ref:`contract-tokens`).
 ISSUER = "gateway.metacogna.ai"
 
 #: Seconds an assertion is valid: its ``exp`` is its ``iat`` plus this.

@@ -1,6 +1,6 @@
 """
 Signing in with GitHub: the OAuth code exchange behind
-``POST /core/auth/github`` (CONTRACT §4).
+``POST /core/auth/github`` (:ref:`contract-endpoints`).
 
 The code a browser brought back from GitHub is exchanged at the token URL
 for an access token, which reads ``{GITHUB_API_URL}/user``; the GitHub login
@@ -37,7 +37,7 @@ USER_AGENT = b"metagateway"
 #: The largest GitHub answer read, in bytes.
 MAX_RESPONSE_BYTES = 256 * 1024
 
-#: The role a GitHub sign-in holds (CONTRACT §4).
+#: The role a GitHub sign-in holds (:ref:`contract-endpoints`).
 GITHUB_ROLE = "admin"
 
 

@@ -1,5 +1,5 @@
 """
-Issuing and verifying the gateway's HS256 tokens (CONTRACT §3).
+Issuing and verifying the gateway's HS256 tokens (:ref:`contract-tokens`).
 
 PyJWT checks the signature, the algorithm, ``iss`` and ``aud``; the time
 claims are checked here against an injected clock, with the configured
@@ -113,7 +113,7 @@ class TokenAuthority:
     :param revocations: the revoked tokens; a fresh
         :class:`RevocationList` if omitted.
     :param route_names: route names a token may carry besides
-        :data:`ROUTES` (a configuration file's, CONTRACT §8).
+        :data:`ROUTES` (a configuration file's, :ref:`contract-config-file`).
 
     :ivar routes: every route name a token may carry.
     """
@@ -165,8 +165,8 @@ class TokenAuthority:
         route_names: Iterable[str] = (),
     ) -> None:
         """
-        Sign with ``secret`` from now on (CONTRACT §8's reload). The secret
-        it replaces still verifies the tokens it signed until they expire
+        Sign with ``secret`` from now on (:ref:`contract-config-file`'s reload). The
+        secret it replaces still verifies the tokens it signed until they expire
         (their lifetime plus the leeway); ``previous_secrets`` replace the
         former ones, and ``route_names`` the extra route names.
         """
@@ -280,7 +280,7 @@ class TokenAuthority:
         # PyJWT has refused a kid that is not a string. A kid naming a
         # secret held here is checked against that secret only; without
         # one, or with one naming no secret held here, the signature alone
-        # decides (CONTRACT §3), so every secret is tried.
+        # decides (:ref:`contract-tokens`), so every secret is tried.
         kid = header.get("kid")
         if isinstance(kid, str) and kid in self._keys:
             candidates = [self._keys[kid]]

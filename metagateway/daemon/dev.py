@@ -2,7 +2,7 @@
 ``--dev``: the embedded default a new user starts with.
 
 A generated signing secret, a temporary accounts directory holding a demo
-admin with a random password, a generated assertion key (CONTRACT §10),
+admin with a random password, a generated assertion key (:ref:`contract-assertions`),
 loopback echo upstreams for every service URL that is unset (each shows
 the assertion it got, verified), and copy-paste ``curl`` lines.
 """

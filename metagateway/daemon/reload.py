@@ -1,6 +1,6 @@
 """
 ``SIGHUP``: reload the configuration file and ``GATEWAY_JWT_SECRET_FILE``
-(CONTRACT §8).
+(:ref:`contract-config-file`).
 
 The daemon's options and environment are read again exactly as at start
 (so the file, and the secret's file, are read again); a valid result is

@@ -317,7 +317,7 @@ def makeService(
 
     :param options: the parsed :class:`Options`.
     :param reactor: the reactor; the global one if omitted.
-    :param reload_signal: whether ``SIGHUP`` reloads (CONTRACT §8); by
+    :param reload_signal: whether ``SIGHUP`` reloads (:ref:`contract-config-file`); by
         default only with the global reactor (the real daemon).
     :raises SystemExit: after one line on stderr when the configuration is
         incomplete or a port cannot be bound.

@@ -464,7 +464,7 @@ class WorkerSupervisor(Service):
     def reload(self) -> None:
         """
         Pass ``SIGHUP`` on to every worker: each reloads its configuration
-        (CONTRACT §8).
+        (:ref:`contract-config-file`).
         """
         log.info("Reloading {count} worker(s)", count=len(self.running_workers()))
         self._signal_all("HUP")

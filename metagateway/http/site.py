@@ -38,7 +38,7 @@ from metagateway.routes import ROUTES, Route, RouteTable, normalise_path
 log = Logger()
 
 #: The answer to any ``OPTIONS`` request (with ``allow_origins`` a list,
-#: CONTRACT §8, the first is the request's listed origin, or left out).
+#: :ref:`contract-config-file`, the first is the request's listed origin, or left out).
 PREFLIGHT_HEADERS = (
     (b"Access-Control-Allow-Origin", b"*"),
     (b"Access-Control-Allow-Headers", b"Authorization, Content-Type"),
@@ -137,7 +137,7 @@ class GatewayResource(Resource):
     :param endpoint_labels: the access-log and metrics label, ``(route
         label, login kind)``, of those of ``auth``'s paths not labelled
         plain ``AUTH`` (:func:`metagateway.auth.app.endpoint_labels`).
-    :param routes: the proxied routes; CONTRACT §5's by default. Each
+    :param routes: the proxied routes; :ref:`contract-proxy`'s by default. Each
         has its proxy in ``proxies``.
     :param cors: the origins allowed to read answers; any by default.
 

@@ -1,5 +1,5 @@
 """
-What configuration reloads report to the metrics (CONTRACT §8).
+What configuration reloads report to the metrics (:ref:`contract-config-file`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-A route's upstream pool (CONTRACT §8): requests spread round-robin over
+A route's upstream pool (:ref:`contract-config-file`): requests spread round-robin over
 the healthy upstreams, with passive health checks.
 
 An upstream whose connection is refused (or cannot be made at all), or

@@ -2,7 +2,7 @@
 The proxy's header rules, both ways: which request headers go upstream
 and what the gateway adds to them, which of the upstream's response
 headers come back, and how the upstream's URL and ``Host`` are made
-(CONTRACT §5).
+(:ref:`contract-proxy`).
 
 The webhook fan-out (:mod:`metagateway.proxy.webhooks`) drops the same
 hop-by-hop headers.
@@ -93,7 +93,7 @@ def upstream_headers(
 
     :param host_header: the upstream's ``Host``, when known; without it
         the ``Agent`` adds one (on a copy of every header).
-    :param assertion: the signed ``X-Gateway-Assertion`` (CONTRACT §10),
+    :param assertion: the signed ``X-Gateway-Assertion`` (:ref:`contract-assertions`),
         if the gateway has a key.
     """
     incoming = request.requestHeaders
@@ -138,7 +138,7 @@ def adopt_response_headers(response: IResponse, request: IRequest) -> None:
     """
     Answer ``request`` with an upstream's end-to-end response headers, and
     add ``Access-Control-Allow-Origin: *`` unless the upstream set one: the
-    one addition CONTRACT §5 allows (with an ``allow_origins`` list, §8,
+    one addition :ref:`contract-proxy` allows (with an ``allow_origins`` list, §8,
     the request's listed origin and ``Vary: Origin`` instead).
 
     The upstream's ``Headers`` become the request's response headers (one
@@ -158,7 +158,8 @@ def adopt_response_headers(response: IResponse, request: IRequest) -> None:
     request.responseHeaders = headers
     policy = policy_of(request)
     if not policy.any:
-        # A listed origin (CONTRACT §8), unless the upstream set its own.
+        # A listed origin (:ref:`contract-config-file`), unless the upstream set its
+        # own.
         policy.apply(request, headers, keep=True)
     elif not headers.hasHeader(b"access-control-allow-origin"):
         headers.setRawHeaders(b"Access-Control-Allow-Origin", [b"*"])

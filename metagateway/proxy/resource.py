@@ -2,7 +2,7 @@
 The proxy: a :class:`twisted.web.proxy.ReverseProxyResource` subclass that
 checks tokens per route, strips the route prefix, and relays requests to an
 upstream through a pooled :class:`twisted.web.client.Agent`, streaming both
-bodies with backpressure (CONTRACT §5, ``docs/proxy.rst``).
+bodies with backpressure (:ref:`contract-proxy`, ``docs/proxy.rst``).
 
 One request's trip is an :class:`_Exchange`: it sends the request (its body
 streamed from a :class:`~metagateway.http.body.StreamingBody` when the
@@ -603,11 +603,11 @@ class GatewayProxyResource(ReverseProxyResource):
     :param cooperator: schedules the writes of buffered request bodies.
     :param max_body: the largest request body proxied, in bytes; 0 for no
         limit.
-    :param upstreams: the route's upstreams (CONTRACT §8), spread
+    :param upstreams: the route's upstreams (:ref:`contract-config-file`), spread
         round-robin; by default ``base_url`` alone. ``base_url`` is then
         the first.
     :param assertions: signs the ``X-Gateway-Assertion`` each request
-        carries upstream (CONTRACT §10); none without it.
+        carries upstream (:ref:`contract-assertions`); none without it.
     """
 
     isLeaf = True

@@ -1,5 +1,5 @@
 """
-Inbound webhooks: ``/webhooks/{source}`` (CONTRACT §4).
+Inbound webhooks: ``/webhooks/{source}`` (:ref:`contract-endpoints`).
 
 Only ``notion`` is a known source. A ``POST /webhooks/notion`` carrying the
 shared secret in ``X-Notion-Signature`` is forwarded, in parallel, to
@@ -71,8 +71,9 @@ MAX_BODY = 1024 * 1024
 #: How much of a target's answer body is read (then discarded).
 MAX_TARGET_ANSWER = 64 * 1024
 
-#: Request headers never forwarded to a target: ``Authorization`` (CONTRACT
-#: §4), and the framing of the client's connection, which the gateway's own
+#: Request headers never forwarded to a target: ``Authorization``
+#: (:ref:`contract-webhooks`), and the framing of the client's connection, which the
+#: gateway's own
 #: request to the target sets anew.
 _DROPPED = HOP_BY_HOP | {
     b"authorization",

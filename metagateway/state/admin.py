@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 
 from metagateway.config import StateSettings
 
-#: A token lives this long (CONTRACT §3): a user revocation ends after it.
+#: A token lives this long (:ref:`contract-tokens`): a user revocation ends after it.
 TOKEN_LIFETIME = 3600.0
 
 #: Extra seconds a user revocation is kept, for gateways whose clocks or

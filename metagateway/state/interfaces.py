@@ -1,5 +1,5 @@
 """
-The shared security state (CONTRACT §7), as one interface.
+The shared security state (:ref:`contract-shared-state`), as one interface.
 
 What is shared: revoked token ids (until the token's ``exp``), per-user
 revocations ("tokens of this user issued at or before T are refused") and

@@ -1,6 +1,7 @@
 """
-The configuration file and ``SIGHUP`` through the real daemon (CONTRACT
-§8): an upstream pool with one upstream killed mid-run, reloads under
+The configuration file and ``SIGHUP`` through the real daemon
+(:ref:`contract-config-file`): an upstream pool with one upstream killed mid-run,
+reloads under
 load, a bad file on reload, secret rotation via
 ``GATEWAY_JWT_SECRET_FILE``, and ``--workers 2``.
 """

@@ -81,7 +81,7 @@ class DaemonTests(TestCase):
 
 class DaemonContractTests(TestCase):
     """
-    CONTRACT §1, §4, §5 and §6 rows, black-box against the real daemon.
+    :ref:`contract-starting`, §4, §5 and §6 rows, black-box against the real daemon.
     """
 
     timeout = 60

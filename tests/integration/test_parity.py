@@ -1,7 +1,7 @@
 """
 End-to-end tests of the endpoints clients of the original gateway call
-besides ``/auth/*`` (CONTRACT §4): the ``/core/*`` session endpoints, GitHub
-sign-in against a fake GitHub server, and the Notion webhook fan-out to real
+besides ``/auth/*`` (:ref:`contract-endpoints`): the ``/core/*`` session endpoints,
+GitHub sign-in against a fake GitHub server, and the Notion webhook fan-out to real
 target servers, all through the real ``twistd metagateway`` daemon on
 loopback.
 """

@@ -1,5 +1,5 @@
 """
-Security state shared by real daemons (CONTRACT §7): two ``twistd
+Security state shared by real daemons (:ref:`contract-shared-state`): two ``twistd
 metagateway`` daemons naming one ``redis-server``, and ``--workers 2``
 without one.
 """

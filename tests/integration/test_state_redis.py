@@ -108,7 +108,7 @@ class RedisPasswordContractTests(RedisStateContractTests):
 
 class RedisFaultTests(RedisCase):
     """
-    CONTRACT §7's faults: the store unreachable at start or later, and
+    :ref:`contract-shared-state`'s faults: the store unreachable at start or later, and
     restarted empty.
     """
 

@@ -1,5 +1,5 @@
 """
-What upstreams can trust (CONTRACT §10), end to end: the real daemon signs
+What upstreams can trust (:ref:`contract-assertions`), end to end: the real daemon signs
 an assertion on every proxied request, which an upstream on loopback
 verifies against the daemon's own JWKS with :mod:`metagateway.verify`; and
 mutual TLS to an HTTPS upstream whose certificate a test CA (made at test

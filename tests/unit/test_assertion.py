@@ -1,6 +1,6 @@
 """
-The signed assertion upstreams get (CONTRACT §10): signing, claims, ``kid``,
-the JWKS and key rotation on a fake clock; the header through the gateway
+The signed assertion upstreams get (:ref:`contract-assertions`): signing, claims,
+``kid``, the JWKS and key rotation on a fake clock; the header through the gateway
 in memory; the JWKS endpoint.
 """
 

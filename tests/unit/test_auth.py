@@ -1,5 +1,5 @@
 """
-Tests for the auth endpoints (CONTRACT §4): ``/auth/login``,
+Tests for the auth endpoints (:ref:`contract-endpoints`): ``/auth/login``,
 ``/auth/guest``, ``/health``.
 """
 

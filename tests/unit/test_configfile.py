@@ -1,6 +1,6 @@
 """
 Tests for :mod:`metagateway.configfile`: the configuration file's
-parsing, and every message it refuses a file with (CONTRACT §8).
+parsing, and every message it refuses a file with (:ref:`contract-config-file`).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ max_body = 1024
 
     def test_example_is_the_builtin_table(self) -> None:
         """
-        ``examples/gateway.toml`` reproduces CONTRACT §5's table: the same
+        ``examples/gateway.toml`` reproduces :ref:`contract-proxy`'s table: the same
         routes, policies and defaults as the gateway without a file.
         """
         loaded = load_config_file(EXAMPLE, {})

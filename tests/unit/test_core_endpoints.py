@@ -1,5 +1,5 @@
 """
-Tests for the ``/core/*`` rows of CONTRACT §4: core login, session,
+Tests for the ``/core/*`` rows of :ref:`contract-endpoints`: core login, session,
 refresh and logout, and the other methods on those paths (proxied to the
 core service), through a whole in-memory gateway.
 """

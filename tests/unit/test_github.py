@@ -1,6 +1,6 @@
 """
 Tests for ``POST /core/auth/github``: the GitHub OAuth code exchange
-(CONTRACT §4), against a fake GitHub behind a ``RequestTraversalAgent``.
+(:ref:`contract-endpoints`), against a fake GitHub behind a ``RequestTraversalAgent``.
 """
 
 from __future__ import annotations

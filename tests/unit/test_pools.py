@@ -1,5 +1,6 @@
 """
-Tests for a configuration file's routes in a running gateway (CONTRACT §8):
+Tests for a configuration file's routes in a running gateway
+(:ref:`contract-config-file`):
 upstream pools and passive health (:mod:`metagateway.proxy.balancer`),
 route policies, CORS origins, and :meth:`Gateway.reload`.
 """

@@ -115,7 +115,7 @@ class GatewayAnswerIdTests(SynchronousTestCase):
 
     def test_proxied_answer_unchanged(self) -> None:
         """
-        A proxied answer carries the upstream's headers only (CONTRACT §5):
+        A proxied answer carries the upstream's headers only (:ref:`contract-proxy`):
         no ``X-Request-Id`` unless the upstream sent one, and then the
         upstream's.
         """

@@ -1,5 +1,5 @@
 """
-Tests for routing and proxying as CONTRACT §5 states it: prefixes, dot
+Tests for routing and proxying as :ref:`contract-proxy` states it: prefixes, dot
 segments, token policy, the upstream URL, headers, and the JSON 404.
 """
 

@@ -265,7 +265,7 @@ class StateMetricsTests(SynchronousTestCase):
 
 class UnreachableStateGatewayTests(SynchronousTestCase):
     """
-    A gateway whose Redis state store cannot be reached (CONTRACT §7):
+    A gateway whose Redis state store cannot be reached (:ref:`contract-shared-state`):
     logins answer ``503 STATE_UNAVAILABLE`` under their route; tokens are
     checked against what is known; logout answers ``200`` and holds at
     once; ``/health`` never asks the store.

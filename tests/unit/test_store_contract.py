@@ -28,7 +28,7 @@ from metagateway.testing import SETTINGS, FakeS3, GatewayHarness, StubTreq
 from tests.helpers import assert_json_error
 
 #: Stored bytes that are no account record, each failing the lookup with
-#: :class:`StoreUnavailable` (CONTRACT §2: fail closed, never open).
+#: :class:`StoreUnavailable` (:ref:`contract-credentials`: fail closed, never open).
 UNREADABLE_RECORDS = (
     # Not JSON, or not UTF-8.
     b"",

@@ -1,7 +1,7 @@
 """
 Tests for :mod:`metagateway.auth.tokens`: issuing, verifying against an injected
 clock, key rotation, clock-skew leeway, claim shapes, revocation and the
-verified-token cache (CONTRACT §3).
+verified-token cache (:ref:`contract-tokens`).
 """
 
 from __future__ import annotations

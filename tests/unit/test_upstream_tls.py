@@ -1,5 +1,5 @@
 """
-``--upstream-ca`` and ``--upstream-client-cert`` (CONTRACT §10): the files
+``--upstream-ca`` and ``--upstream-client-cert`` (:ref:`contract-assertions`): the files
 read at start, refused in one line when unusable, and the TLS policy they
 make; the options and variables through the daemon's ``makeService``.
 """

@@ -1,6 +1,6 @@
 """
-Tests for ``/webhooks/…`` (CONTRACT §4): the Notion webhook fan-out to fake
-targets behind a ``RequestTraversalAgent``, and the path, method and
+Tests for ``/webhooks/…`` (:ref:`contract-endpoints`): the Notion webhook fan-out to
+fake targets behind a ``RequestTraversalAgent``, and the path, method and
 signature errors.
 """
 
