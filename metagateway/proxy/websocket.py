@@ -32,7 +32,7 @@ from urllib.parse import unquote_to_bytes
 
 from zope.interface import implementer
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -262,13 +262,15 @@ class Join:
         if call is not None and call.active():
             call.cancel()
         self._idle_call = None
-        for transport in (self.client, self.upstream):
-            transport.unregisterProducer()  # type: ignore[attr-defined]
+        self.upstream.unregisterProducer()  # type: ignore[attr-defined]
         if close_upstream:
             self.upstream.loseConnection()
         self.sockets.left(self)
-        # Finishing the request closes the client's connection.
+        # Finishing the request closes the client's connection (its
+        # channel takes the producer off).
         self.ended(self)
+        if getattr(self.client, "producer", None) is not None:
+            self.client.unregisterProducer()  # type: ignore[attr-defined]
         if close_client:
             self.client.loseConnection()
 
@@ -453,22 +455,26 @@ class UpstreamHandshake(Protocol):
         timeout = self.proxy.timeout
         if timeout and timeout > 0:
             self._timer = self.sockets.clock.callLater(timeout, self._time_out)
-        connecting = self._connecting = connectProtocol(endpoint, self)
+        connecting = connectProtocol(endpoint, self)
+        if self.transport is None and not connecting.called:
+            self._connecting = connecting
         connecting.addErrback(self._connect_failed)
 
     def _connect_failed(self, failure: Failure) -> None:
         self._connecting = None
-        if self.client_gone:
+        if self.client_gone or self._timed_out:
             return
         self._fail(failure)
 
     def _time_out(self) -> None:
         self._timer = None
         self._timed_out = True
-        if self._connecting is not None:
-            self._connecting.cancel()
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
         elif self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
+        self._fail(Failure(TimeoutError()))
 
     def _stop_timer(self) -> None:
         timer = self._timer
@@ -607,7 +613,7 @@ class UpstreamHandshake(Protocol):
         if self._relaying:
             self._relay_over(reason)
             return
-        if self.client_gone:
+        if self.client_gone or self._timed_out:
             return
         self._fail(reason)
 
