@@ -28,6 +28,7 @@ setup(
         "test": [
             "moto[s3,server]>=5",
             "boto3",
+            "autobahn",
         ],
     },
     entry_points={

@@ -198,6 +198,8 @@ class GatewayConfig:
     :ivar store_retries: how many times a failed R2 call (connection
         error, ``5xx``) is repeated within ``store_timeout``.
     :ivar drain_timeout: seconds in-flight requests get to finish on stop.
+    :ivar websocket_idle_timeout: seconds a joined WebSocket may pass no
+        byte either way before it is closed; 0 for no limit.
     :ivar max_header_bytes: the largest request head (request line and
         headers), in bytes; past it ``431``.
     :ivar max_headers: the most header lines in a request; past it ``431``.
@@ -243,6 +245,7 @@ class GatewayConfig:
     store_timeout: float = STORE_TIMEOUT
     store_retries: int = STORE_RETRIES
     drain_timeout: float = 30.0
+    websocket_idle_timeout: float = 300.0
     max_header_bytes: int = 16384
     max_headers: int = 100
     state: Optional[StateSettings] = None
@@ -596,6 +599,9 @@ def _limits(read: _Reader) -> dict[str, Any]:
             "store-retries", "METAGATEWAY_STORE_RETRIES", STORE_RETRIES
         ),
         "drain_timeout": number("drain-timeout", "METAGATEWAY_DRAIN_TIMEOUT", 30.0),
+        "websocket_idle_timeout": number(
+            "websocket-idle-timeout", "METAGATEWAY_WEBSOCKET_IDLE_TIMEOUT", 300.0
+        ),
         "max_header_bytes": count(
             "max-header-bytes", "METAGATEWAY_MAX_HEADER_BYTES", 16384
         ),

@@ -45,6 +45,7 @@ from metagateway.proxy.upstream import (
     upstream_tls_policy,
 )
 from metagateway.proxy.webhooks import WebhooksResource
+from metagateway.proxy.websocket import WebSockets
 from metagateway.routes import Route
 from metagateway.state.interfaces import ISecurityState
 from metagateway.state.stats import StateStats
@@ -119,6 +120,8 @@ class GatewayService(Service):
         cancelled once the pool is closed.
     :param state: the shared state's connection, started and stopped with
         this service.
+    :param websockets: the joined WebSockets, closed once the drain is
+        over.
     """
 
     def __init__(
@@ -130,8 +133,10 @@ class GatewayService(Service):
         passwords: Optional[PasswordChecks] = None,
         pool_timer: Optional[SharedTimer] = None,
         state: Optional[IService] = None,
+        websockets: Optional[WebSockets] = None,
     ) -> None:
         self.state = state
+        self.websockets = websockets
         self.pool = pool
         self.in_flight = in_flight
         self.clock = clock
@@ -172,6 +177,12 @@ class GatewayService(Service):
                     "Drain period over; closing {count} request(s) in flight",
                     count=in_flight.count,
                 )
+        if self.websockets is not None and self.websockets.open:
+            log.info(
+                "Closing {count} joined WebSocket connection(s)",
+                count=len(self.websockets.open),
+            )
+            self.websockets.close_all()
         await self.pool.closeCachedConnections()
         if self.state is not None:
             stopping = self.state.stopService()
@@ -304,6 +315,15 @@ class Gateway:
             partial(client_address, trusted_proxies=trusted),
         )
         self.in_flight = InFlight()
+        # WebSocket handshakes connect anew, with the proxy's TLS.
+        self.websockets = WebSockets(
+            reactor,
+            UpstreamEndpoints(
+                reactor, self.upstream_tls, config.upstream_timeout or None
+            ),
+            config.websocket_idle_timeout,
+        )
+        self.metrics.extra.append(self.websockets.samples)
         self.proxies = self._proxies(config, routes)
         self.root = GatewayResource(
             self.auth.app.resource(),
@@ -328,6 +348,7 @@ class Gateway:
             self.passwords,
             self.pool_timer,
             IService(self.state, None),
+            self.websockets,
         )
 
     def _connect(
@@ -451,6 +472,7 @@ class Gateway:
                 config.max_body if route.max_body is None else route.max_body,
                 upstreams=route.upstreams,
                 assertions=self.assertions,
+                websockets=self.websockets,
             )
             old = (previous or {}).get(route.name)
             if old is not None:

@@ -56,6 +56,8 @@ class RequestNotes:
         with what it was routed from (its own cache).
     :ivar cors: the CORS policy the answer follows, when it is not every
         origin's (a :class:`~metagateway.cors.CorsPolicy`).
+    :ivar closed_by: how a joined WebSocket ended (``ws-client-closed``
+        ...), logged in place of the upstream's status.
     """
 
     __slots__ = (
@@ -74,6 +76,7 @@ class RequestNotes:
         "in_flight",
         "target",
         "cors",
+        "closed_by",
     )
 
     def __init__(self) -> None:
@@ -92,6 +95,7 @@ class RequestNotes:
         self.in_flight: Optional[DrainState] = None
         self.target: Optional[tuple[Any, ...]] = None
         self.cors: Any = None
+        self.closed_by: Optional[str] = None
 
     def draining(self) -> bool:
         """

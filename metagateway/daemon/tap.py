@@ -130,6 +130,13 @@ class Options(usage.Options):
             None,
             "Seconds in-flight requests get to finish on SIGTERM (30).",
         ],
+        [
+            "websocket-idle-timeout",
+            None,
+            None,
+            "Seconds a joined WebSocket may pass no byte before it is closed "
+            "(300; 0: no limit).",
+        ],
         ["max-header-bytes", None, None, "Largest request head in bytes (16384)."],
         ["max-headers", None, None, "Most header lines in a request (100)."],
         ["workers", None, None, "Processes sharing the --listen sockets (1)."],

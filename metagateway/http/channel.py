@@ -31,7 +31,7 @@ from metagateway.errors import (
     GatewayError,
     new_request_id,
 )
-from metagateway.http.twisted_internals import ChannelInternals
+from metagateway.http.twisted_internals import ChannelInternals, take_pipelined
 from metagateway.observability.accesslog import note_refused
 
 log = Logger()
@@ -191,6 +191,10 @@ class GatewayChannel(ChannelInternals):
     # Reading.
 
     def dataReceived(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.dataReceived(data)
+            return
         if self.discarding:
             return
         if self._reading:
@@ -489,7 +493,43 @@ class GatewayChannel(ChannelInternals):
         if self.transport is not None:
             self.transport.loseConnection()
 
+    # Handing the connection over (a joined WebSocket).
+
+    #: What the connection carries once it no longer speaks HTTP: it gets
+    #: every byte the client sends (``dataReceived``) and the loss of the
+    #: connection (``connectionLost``), before the request does.
+    tunnel: Optional[Any] = None
+
+    def hand_over(self, tunnel: Any) -> bytes:
+        """
+        Stop speaking HTTP on this connection (its request was answered
+        ``101 Switching Protocols``): from now on ``tunnel`` gets what the
+        client sends, the idle and head timeouts are off, the connection's
+        reading is resumed and no longer paced by the channel, and it
+        closes once the request is finished.
+
+        :return: what the client sent past the request's head already.
+        """
+        self.tunnel = tunnel
+        self.setTimeout(None)
+        call = self._head_call
+        if call is not None and call.active():
+            call.cancel()
+        self._head_call = None
+        self.close_after_answer()
+        transport = self.transport
+        if transport is not None:
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+            producer = IPushProducer(transport, None)
+            if producer is not None:
+                producer.resumeProducing()
+        return take_pipelined(self)
+
     def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            tunnel.connectionLost(reason)
         for call in (self._linger_call, self._head_call, self._idle_call):
             if call is not None and call.active():
                 call.cancel()

@@ -241,3 +241,42 @@ def prepare_for_root(request: Any, site: Any, date: bytes) -> None:
     request.setHeader(b"Date", date)
     request.prepath = []
     request.postpath = []
+
+
+def take_pipelined(channel: Any) -> bytes:
+    """
+    Take the bytes the client sent past the head of the request ``channel``
+    is answering: Twisted holds them back until that answer is finished.
+    Once a connection is handed over to another protocol (a joined
+    WebSocket), they belong to that protocol.
+    """
+    # HTTPChannel._dataBuffer: private. rawDataReceived appends to it what
+    # arrives while a request is being handled (_handlingRequest), and
+    # requestDone replays it as the next request; a connection that stops
+    # being HTTP must have it now, and never see it replayed.
+    buffered: list[bytes] = channel._dataBuffer
+    channel._dataBuffer = []
+    return b"".join(buffered)
+
+
+def head_written(request: Any) -> None:
+    """
+    Tell ``request`` that its answer's head was written by the caller,
+    straight on the connection (a ``101 Switching Protocols``): finishing
+    it then writes nothing more.
+    """
+    # Request.startedWriting: undocumented. write() sends the status line
+    # and headers while it is false (adding a chunked framing to an
+    # HTTP/1.1 answer without Content-Length), and finish() calls
+    # write(b"") while it is false.
+    request.startedWriting = 1
+
+
+def set_sent_length(request: Any, size: int) -> None:
+    """
+    Record that ``size`` bytes of answer went to the client, for a request
+    whose bytes did not go through its ``write`` (what the access log
+    reads as ``bytes_out``).
+    """
+    # Request.sentLength: undocumented, incremented by write() only.
+    request.sentLength = size

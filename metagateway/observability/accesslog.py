@@ -644,6 +644,9 @@ class RequestRecorder:
         if upstream_error is None and error is not None:
             # The upstream failure a gateway error stands for, if any.
             upstream_error = UPSTREAM_ERRORS.get(error)
+        if notes.closed_by is not None:
+            # A joined WebSocket: how it ended (proxy/websocket.py).
+            upstream_error = notes.closed_by
         fields = (
             request_id_of(request),
             self.client(request),

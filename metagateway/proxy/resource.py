@@ -55,6 +55,11 @@ from metagateway.proxy.headers import (
     upstream_url,
 )
 from metagateway.proxy.twisted_internals import lost_uncleanly
+from metagateway.proxy.websocket import (
+    WebSockets,
+    is_websocket_upgrade,
+    take_access_token,
+)
 from metagateway.routes import Route
 from metagateway.timers import SharedTimer
 
@@ -69,22 +74,27 @@ def unauthorized(status: int, code: str, route: str) -> GatewayError:
 
 
 def check_token(
-    request: IRequest, route: Route, tokens: TokenAuthority
+    request: IRequest,
+    route: Route,
+    tokens: TokenAuthority,
+    query_token: Optional[str] = None,
 ) -> Optional[Claims]:
     """
     Enforce ``route``'s token policy on ``request``.
 
+    :param query_token: the token a WebSocket handshake gave as its
+        ``access_token`` query parameter (:ref:`contract-websocket`): used
+        when no ``Authorization`` header was sent.
     :return: the verified claims, or ``None`` when no token was needed and
         none was sent.
     :raises GatewayError: ``401 MISSING_TOKEN`` or ``403 INVALID_TOKEN``.
     """
     headers = request.requestHeaders
     policy = route.token
-    if policy == "none" or (
-        policy != "required" and not headers.hasHeader(b"authorization")
-    ):
+    sent = headers.hasHeader(b"authorization")
+    if policy == "none" or (policy != "required" and not sent and query_token is None):
         return None
-    token = request_token(headers)
+    token = request_token(headers) if sent else query_token
     if token is None:
         raise unauthorized(401, "MISSING_TOKEN", route.name)
     try:
@@ -608,6 +618,9 @@ class GatewayProxyResource(ReverseProxyResource):
         the first.
     :param assertions: signs the ``X-Gateway-Assertion`` each request
         carries upstream (:ref:`contract-assertions`); none without it.
+    :param websockets: passes WebSocket handshakes through
+        (:ref:`contract-websocket`); without it an ``Upgrade`` is dropped
+        and the request proxied plain.
     """
 
     isLeaf = True
@@ -624,6 +637,7 @@ class GatewayProxyResource(ReverseProxyResource):
         max_body: int = 0,
         upstreams: Optional[Sequence[str]] = None,
         assertions: Optional[AssertionSigner] = None,
+        websockets: Optional[WebSockets] = None,
     ) -> None:
         if upstreams is None:
             upstreams = (base_url,) if base_url else ()
@@ -649,6 +663,7 @@ class GatewayProxyResource(ReverseProxyResource):
         self.cooperator = cooperator
         self.max_body = max_body
         self.assertions = assertions
+        self.websockets = websockets
         self.host_header = upstream_host(base_url) if base_url else None
 
     def getChild(self, path: bytes, request: IRequest) -> GatewayProxyResource:
@@ -663,8 +678,13 @@ class GatewayProxyResource(ReverseProxyResource):
         upstream.
         """
         route = self.route.name
+        uri = request.uri
+        query_token = None
+        upgrade = self.websockets is not None and is_websocket_upgrade(request)
+        if upgrade:
+            uri, query_token = take_access_token(uri)
         try:
-            claims = check_token(request, self.route, self.tokens)
+            claims = check_token(request, self.route, self.tokens, query_token)
             if claims is not None:
                 note_subject(request, claims.project_id)
             if not self.balancer.upstreams:
@@ -693,7 +713,7 @@ class GatewayProxyResource(ReverseProxyResource):
                     502, "UPSTREAM_UNAVAILABLE", "Upstream unavailable", route
                 )
             first = candidates[0]
-            tail = upstream_url(b"", request.postpath, request.uri)
+            tail = upstream_url(b"", request.postpath, uri)
             url = (
                 first.url.rstrip("/").encode("ascii")
                 if first.base is None
@@ -724,6 +744,9 @@ class GatewayProxyResource(ReverseProxyResource):
             first.host_header,
             assertion,
         )
+        if upgrade and self.websockets is not None:
+            self.websockets.handshake(self, request, url, headers, first)
+            return NOT_DONE_YET
         body = stream if stream is not None else self._buffered_body(request)
         _Exchange(self, request, url, headers, body, candidates, tail).start()
         return NOT_DONE_YET

@@ -14,7 +14,7 @@ The server side has its own such module, ``metagateway.http.twisted_internals``.
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Optional
+from typing import Any, Callable, Hashable, Optional
 from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import Deferred
@@ -31,6 +31,7 @@ from twisted.web._newclient import HTTP11ClientProtocol, Request
 # pool's connections is to give the pool another factory (see
 # use_gateway_factory).
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.http import _ChunkedTransferDecoder
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
@@ -175,3 +176,19 @@ def pool_request(
         )
 
     return pool.getConnection(key, endpoint).addCallback(connected)
+
+
+def chunked_decoder(
+    data: Callable[[bytes], None], finished: Callable[[bytes], None]
+) -> Any:
+    """
+    A decoder of a chunked body: feed it the bytes read (its
+    ``dataReceived``); it calls ``data`` with each piece of body and
+    ``finished`` with whatever follows the last chunk. Its
+    ``dataReceived`` raises an ``Exception`` on a malformed body.
+    """
+    # Why: twisted.web.http._ChunkedTransferDecoder is private; it is what
+    # Twisted's own client and server decode chunked bodies with. The
+    # WebSocket handshake reads its upstream's answer itself (Twisted's
+    # client drops a 101), and relays a refusal's body with it.
+    return _ChunkedTransferDecoder(data, finished)

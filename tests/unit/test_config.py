@@ -193,6 +193,37 @@ class FromOptionsTests(SynchronousTestCase):
         )
 
 
+class WebSocketIdleTimeoutTests(SynchronousTestCase):
+    """
+    ``--websocket-idle-timeout`` (:ref:`contract-websocket`).
+    """
+
+    def test_default(self) -> None:
+        """
+        Unset, it is 300 seconds.
+        """
+        config = GatewayConfig.from_options({}, BASE_ENV)
+        self.assertEqual(config.websocket_idle_timeout, 300.0)
+
+    def test_option_and_variable(self) -> None:
+        """
+        The variable is read; the option wins over it; a bad value is
+        refused naming the option.
+        """
+        env = {**BASE_ENV, "METAGATEWAY_WEBSOCKET_IDLE_TIMEOUT": "45"}
+        config = GatewayConfig.from_options({}, env)
+        self.assertEqual(config.websocket_idle_timeout, 45.0)
+        config = GatewayConfig.from_options({"websocket-idle-timeout": "0"}, env)
+        self.assertEqual(config.websocket_idle_timeout, 0.0)
+        e = self.assertRaises(
+            ConfigurationError,
+            GatewayConfig.from_options,
+            {"websocket-idle-timeout": "-1"},
+            BASE_ENV,
+        )
+        self.assertIn("websocket-idle-timeout", str(e))
+
+
 class StoreSettingsTests(SynchronousTestCase):
     """
     ``--store-timeout`` and ``--store-retries``.

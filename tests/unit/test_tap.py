@@ -36,6 +36,20 @@ class OptionsTests(SynchronousTestCase):
         options.parseOptions(["--listen", "tcp:1", "--listen", "unix:/tmp/x"])
         self.assertEqual(options["listen"], ["tcp:1", "unix:/tmp/x"])
 
+    def test_websocket_idle_timeout(self) -> None:
+        """
+        ``--websocket-idle-timeout`` is an option, read into the
+        configuration.
+        """
+        from metagateway.config import GatewayConfig
+
+        options = Options()
+        options.parseOptions(["--websocket-idle-timeout", "12"])
+        config = GatewayConfig.from_options(
+            options, {"GATEWAY_JWT_SECRET": "s", "METAGATEWAY_ACCOUNTS_DIR": "/x"}
+        )
+        self.assertEqual(config.websocket_idle_timeout, 12.0)
+
     def test_unknown_option(self) -> None:
         """
         A malformed flag is a usage error.

@@ -29,6 +29,7 @@ from twisted.web.http_headers import Headers
 from metagateway.proxy.twisted_internals import (
     GatewayClientFactory,
     GatewayClientProtocol,
+    chunked_decoder,
     lost_uncleanly,
     pool_request,
     use_gateway_factory,
@@ -388,3 +389,37 @@ class GatewayClientProtocolTests(SynchronousTestCase):
         response.deliverBody(BodyCollector())
         protocol.connectionLost(Failure(ConnectionLost("reset")))
         self.assertIsNone(lost_uncleanly(response))
+
+
+class ChunkedDecoderGuards(GuardTestCase):
+    """
+    :func:`chunked_decoder` (``twisted.web.http._ChunkedTransferDecoder``).
+    """
+
+    def test_decodes(self) -> None:
+        """
+        Each piece of body goes to the data callback; what follows the last
+        chunk to the finish callback.
+        """
+        pieces: list[bytes] = []
+        rest: list[bytes] = []
+        decoder = chunked_decoder(pieces.append, rest.append)
+        decoder.dataReceived(b"4\r\nnope\r\n3")
+        decoder.dataReceived(b"\r\n!!!\r\n0\r\n\r\nafter")
+        self.guard(
+            b"".join(pieces) == b"nope!!!",
+            "_ChunkedTransferDecoder",
+            "the body was not decoded",
+        )
+        self.guard(rest == [b"after"], "_ChunkedTransferDecoder", "finish callback")
+
+    def test_malformed(self) -> None:
+        """
+        A malformed chunk raises (``_MalformedChunkedDataError``, an
+        ``Exception``).
+        """
+        from twisted.web.http import _MalformedChunkedDataError
+
+        decoder = chunked_decoder(lambda data: None, lambda rest: None)
+        with self.assertRaises(_MalformedChunkedDataError):
+            decoder.dataReceived(b"zz\r\n")

@@ -34,8 +34,11 @@ from metagateway.http.twisted_internals import (
     ChannelInternals,
     RequestInternals,
     close_after_answer,
+    head_written,
     prepare_for_root,
+    set_sent_length,
     site_of,
+    take_pipelined,
 )
 
 CLIENT = IPv4Address("TCP", "10.0.0.7", 50000)
@@ -387,6 +390,51 @@ class ChannelBehaviourTests(SynchronousTestCase):
         self.assertTrue(
             self.transport.disconnecting,
             changed("HTTPChannel.persistent", "a false value no longer closes"),
+        )
+
+    def test_pipelined_bytes_held_in_data_buffer(self) -> None:
+        """
+        Bytes that arrive behind a request being answered are held in
+        ``HTTPChannel._dataBuffer`` (:func:`take_pipelined` takes them),
+        and what was taken is never replayed.
+        """
+        self.channel.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n\x81\x80abcd")
+        self.channel.dataReceived(b"more")
+        self.assertEqual(
+            take_pipelined(self.channel),
+            b"\x81\x80abcdmore",
+            changed("HTTPChannel._dataBuffer", "pipelined bytes held elsewhere"),
+        )
+        self.assertEqual(take_pipelined(self.channel), b"")
+        self.channel.events.clear()
+        self.answer()
+        self.assertNotIn(
+            "requestReceived",
+            [e[0] for e in self.channel.events],
+            changed("HTTPChannel._dataBuffer", "taken bytes replayed"),
+        )
+
+    def test_head_written_finish_writes_nothing(self) -> None:
+        """
+        With ``Request.startedWriting`` set (:func:`head_written`),
+        ``finish`` writes neither a head nor a chunk terminator; the
+        ``sentLength`` set by :func:`set_sent_length` is what it keeps.
+        """
+        self.channel.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        request = self.channel.queued_requests()[0]
+        self.transport.clear()
+        head_written(request)
+        set_sent_length(request, 1234)
+        request.finish()
+        self.assertEqual(
+            self.transport.value(),
+            b"",
+            changed("Request.startedWriting", "finish() wrote something"),
+        )
+        self.assertEqual(
+            request.sentLength,
+            1234,
+            changed("Request.sentLength", "not kept"),
         )
 
     def test_defaults_are_twisteds(self) -> None:
