@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from metagateway.config import StateSettings
+from metagateway.state.attempts import LoginAttempt
 from metagateway.state.interfaces import (
     ILoginAttempt,
     ISecurityState,
@@ -99,8 +100,7 @@ def _ms(seconds: float) -> int:
     return max(1, int(math.ceil(seconds * 1000)))
 
 
-@implementer(ILoginAttempt)
-class RedisLoginAttempt:
+class RedisLoginAttempt(LoginAttempt):
     """
     A login counted in Redis.
 
@@ -110,22 +110,8 @@ class RedisLoginAttempt:
     def __init__(
         self, state: RedisSecurityState, user: str, address: str, member: str
     ) -> None:
-        self._state = state
-        self.user = user
-        self.address = address
+        super().__init__(state, user, address)
         self.member = member
-
-    def succeeded(self) -> None:
-        """
-        The username's count starts again; the address forgives this one.
-        """
-        self._state.end_login(self, True)
-
-    def abandoned(self) -> None:
-        """
-        Neither key counts this attempt any more.
-        """
-        self._state.end_login(self, False)
 
 
 @implementer(ISecurityState)
@@ -365,40 +351,44 @@ class RedisSecurityState(RedisConnection):
     def _write_token(
         self, token_id: str, subject: str, until: float, publish: bool = True
     ) -> Deferred[Any]:
-        protocol = self.commands.protocol
-        ttl = until - self._now()
-        if protocol is None or not self.commands.ready:
-            return fail(StateUnavailable("not connected"))
-        if ttl <= 0:
-            return succeed(None)
         value = json.dumps({"s": subject, "u": until}, separators=(",", ":"))
         message = self._message([(token_id, subject, until)]) if publish else ""
-        return protocol.eval(  # type: ignore[no-any-return]
-            REVOKE,
-            [_wire(self._key_token(token_id))],
-            [value, _ms(ttl), self.channel if publish else "", message],
-        )
+        return self._write(REVOKE, self._key_token(token_id), until, [value], message)
 
     def _write_user(
         self, subject: str, before: float, until: float, publish: bool = True
     ) -> Deferred[Any]:
+        message = self._message(users=[(subject, before, until)]) if publish else ""
+        return self._write(
+            REVOKE_USER,
+            self._key_user(subject),
+            until,
+            ["%.17g" % (before,), "%.17g" % (until,)],
+            message,
+        )
+
+    def _write(
+        self, script: str, key: str, until: float, leading: list[Any], message: str
+    ) -> Deferred[Any]:
+        """
+        Run the revocation ``script`` on ``key``, kept until ``until``:
+        its arguments are ``leading``, the milliseconds to live, then the
+        channel and ``message`` (both empty: not published).
+
+        :return: fires once Redis has it (at once when ``until`` has
+            passed), or fails with :class:`StateUnavailable` when not
+            connected.
+        """
         protocol = self.commands.protocol
         ttl = until - self._now()
         if protocol is None or not self.commands.ready:
             return fail(StateUnavailable("not connected"))
         if ttl <= 0:
             return succeed(None)
-        message = self._message(users=[(subject, before, until)]) if publish else ""
         return protocol.eval(  # type: ignore[no-any-return]
-            REVOKE_USER,
-            [_wire(self._key_user(subject))],
-            [
-                "%.17g" % (before,),
-                "%.17g" % (until,),
-                _ms(ttl),
-                self.channel if publish else "",
-                message,
-            ],
+            script,
+            [_wire(key)],
+            [*leading, _ms(ttl), self.channel if message else "", message],
         )
 
     # -- ISecurityState
