@@ -102,7 +102,7 @@ class RedisLink:
     One connection to Redis, made again after a backoff whenever it fails
     or is lost, until stopped.
 
-    :param owner: the state told when the link is ready or lost.
+    :param owner: the connection service told when the link is ready or lost.
     :param name: ``commands`` or ``events``.
     :param kind: the protocol class.
     :param endpoint: where to connect.
