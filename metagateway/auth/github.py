@@ -183,23 +183,16 @@ class GitHubSignIn:
         }
         if redirect_uri:
             payload["redirect_uri"] = redirect_uri
-        response = await self.client.post(
+        document = await self._ask(
+            "POST",
             self.settings.token_url,
-            data=json.dumps(payload).encode("utf-8"),
-            headers=Headers(
-                {
-                    b"Accept": [b"application/json"],
-                    b"Content-Type": [b"application/json"],
-                    b"User-Agent": [USER_AGENT],
-                }
-            ),
-            allow_redirects=False,
-            unbuffered=True,
+            "token",
+            {
+                b"Accept": [b"application/json"],
+                b"Content-Type": [b"application/json"],
+            },
+            json.dumps(payload).encode("utf-8"),
         )
-        body = await read_limited(response, MAX_RESPONSE_BYTES)
-        if not 200 <= response.code < 300:
-            raise GitHubFailure(f"token endpoint answered {response.code}")
-        document = _json_object(body, "token answer")
         access_token = document.get("access_token")
         if not isinstance(access_token, str) or not access_token:
             error = document.get("error")
@@ -213,22 +206,15 @@ class GitHubSignIn:
 
         :raises GitHubFailure: when GitHub answers without a usable login.
         """
-        response = await self.client.get(
+        user = await self._ask(
+            "GET",
             self.settings.api_url.rstrip("/") + "/user",
-            headers=Headers(
-                {
-                    b"Accept": [b"application/vnd.github+json"],
-                    b"Authorization": [b"Bearer " + access_token.encode("utf-8")],
-                    b"User-Agent": [USER_AGENT],
-                }
-            ),
-            allow_redirects=False,
-            unbuffered=True,
+            "user",
+            {
+                b"Accept": [b"application/vnd.github+json"],
+                b"Authorization": [b"Bearer " + access_token.encode("utf-8")],
+            },
         )
-        body = await read_limited(response, MAX_RESPONSE_BYTES)
-        if not 200 <= response.code < 300:
-            raise GitHubFailure(f"user endpoint answered {response.code}")
-        user = _json_object(body, "user answer")
         login = user.get("login")
         if not isinstance(login, str) or not is_valid_username(login):
             raise GitHubFailure("user answer has no login that can hold a token")
@@ -236,3 +222,34 @@ class GitHubSignIn:
             if not isinstance(user.get(field), (str, type(None))):
                 user[field] = None
         return user
+
+    async def _ask(
+        self,
+        method: str,
+        url: str,
+        endpoint: str,
+        headers: dict[bytes, list[bytes]],
+        data: bytes | None = None,
+    ) -> dict[str, Any]:
+        """
+        One call to GitHub (no redirect followed, the answer read up to
+        :data:`MAX_RESPONSE_BYTES`).
+
+        :param endpoint: ``token`` or ``user``, for the failures.
+        :param headers: the headers to send, besides ``User-Agent``.
+        :return: the answer's JSON object.
+        :raises GitHubFailure: for an answer other than 2xx, or one that is
+            not a JSON object.
+        """
+        response = await self.client.request(
+            method,
+            url,
+            data=data,
+            headers=Headers({**headers, b"User-Agent": [USER_AGENT]}),
+            allow_redirects=False,
+            unbuffered=True,
+        )
+        body = await read_limited(response, MAX_RESPONSE_BYTES)
+        if not 200 <= response.code < 300:
+            raise GitHubFailure(f"{endpoint} endpoint answered {response.code}")
+        return _json_object(body, f"{endpoint} answer")

@@ -3,7 +3,7 @@ The one place a credential store is chosen and built: the accounts
 directory if one is named, else R2.
 
 The daemon (:func:`metagateway.gateway.make_store`) and
-``metagateway-admin`` (:func:`metagateway.admin.open_store`) both build
+``metagateway-admin`` (:func:`metagateway.admin.accounts.open_store`) both build
 their store here, so that the two always read the same records.
 """
 

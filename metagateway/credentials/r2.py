@@ -3,9 +3,9 @@ The R2 credential store: account records in an S3-compatible bucket.
 
 Records live under ``auth/admins/{username}.json`` in one bucket, addressed
 path-style (``{endpoint}/{bucket}/{key}``) and signed with AWS Signature
-Version 4 as S3 expects it. botocore's :class:`S3SigV4Auth` does the
-signing (and nothing else: no botocore I/O); treq sends the requests, so
-every call is a :class:`Deferred` driven by the injected reactor.
+Version 4 as S3 expects it (:mod:`~metagateway.credentials.s3`: the
+signing, encoding and XML); treq sends the requests, so every call is a
+:class:`Deferred` driven by the injected reactor.
 
 Faults map onto the two failures of
 :class:`~metagateway.credentials.interfaces.ICredentialStore`: a missing
@@ -19,15 +19,9 @@ connection errors and 5xx after a few retries, unreadable records) is
 from __future__ import annotations
 
 import datetime
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Coroutine, Mapping, Optional, TypeVar
-from urllib.parse import quote
-from xml.etree import ElementTree
 
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 from hyperlink import EncodedURL
 from treq import collect
 from treq.client import HTTPClient
@@ -58,6 +52,15 @@ from metagateway.credentials.interfaces import (
     is_valid_username,
     record_key,
 )
+from metagateway.credentials.s3 import (
+    CONTENTS_KEY,
+    S3_NAMESPACE,
+    encode_key,
+    encode_query,
+    error_code,
+    parse_xml,
+    sign_request,
+)
 
 _T = TypeVar("_T")
 
@@ -73,14 +76,6 @@ MAX_LISTING_BYTES = 4 * 1024 * 1024
 #: Most ListObjectsV2 pages followed in one listing.
 MAX_LISTING_PAGES = 10000
 
-#: The SigV4 timestamp format.
-SIGV4_TIMESTAMP = "%Y%m%dT%H%M%SZ"
-
-_S3_NAMESPACE = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-
-#: Where ListObjectsV2 puts each key, below its ListBucketResult.
-_CONTENTS_KEY = "%sContents/%sKey" % (_S3_NAMESPACE, _S3_NAMESPACE)
-
 #: Failures of the connection (not of the store's answer) that are retried.
 _CONNECTION_ERRORS = (
     ConnectError,
@@ -91,86 +86,6 @@ _CONNECTION_ERRORS = (
     ResponseFailed,
     ResponseNeverReceived,
 )
-
-
-def encode_key(key: str) -> str:
-    """
-    Percent-encode an object key for a URL path, as S3's SigV4 expects.
-
-    Every byte of the UTF-8 encoding is escaped except the unreserved
-    characters (``A-Z a-z 0-9 - _ . ~``) and ``/``, which separates key
-    segments; a space becomes ``%20``, never ``+``.
-
-    :param key: the object key.
-    :return: the encoded key, ASCII only.
-    """
-    return quote(key, safe="/~")
-
-
-def encode_query(params: Mapping[str, str]) -> str:
-    """
-    A canonical SigV4 query string: names sorted, every name and value
-    percent-encoded (only unreserved characters kept).
-
-    :param params: query parameter names to values.
-    """
-    pairs = sorted(
-        (quote(name, safe="-_.~"), quote(value, safe="-_.~"))
-        for name, value in params.items()
-    )
-    return "&".join("%s=%s" % pair for pair in pairs)
-
-
-def sign_request(
-    method: str,
-    url: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    access_key_id: str,
-    secret_access_key: str,
-    region: str,
-    when: datetime.datetime,
-) -> dict[str, str]:
-    """
-    Sign a request for S3 with Signature Version 4.
-
-    The URL's path and query must already be encoded (see
-    :func:`encode_key`, :func:`encode_query`): S3 signs the path as sent,
-    without normalising or encoding it again. ``X-Amz-Date`` and
-    ``X-Amz-Content-SHA256`` (the hex SHA-256 of ``body``) are set here;
-    every header given is signed along with ``Host``.
-
-    :param method: the HTTP method.
-    :param url: the full request URL.
-    :param headers: further headers to send and sign.
-    :param body: the request body (``b""`` for none).
-    :param access_key_id: the access key id.
-    :param secret_access_key: the secret key; it appears in no result.
-    :param region: the SigV4 region (``auto`` for R2).
-    :param when: the signing time, timezone-aware.
-    :return: every header to send, ``Authorization`` included.
-    """
-    timestamp = when.astimezone(datetime.timezone.utc).strftime(SIGV4_TIMESTAMP)
-    signer = S3SigV4Auth(Credentials(access_key_id, secret_access_key), "s3", region)
-    request = AWSRequest(method=method, url=url, data=body)
-    for name, value in headers.items():
-        request.headers[name] = value
-    request.context["timestamp"] = timestamp
-    for name in ("Authorization", "X-Amz-Date", "X-Amz-Content-SHA256"):
-        if name in request.headers:
-            del request.headers[name]
-    request.headers["X-Amz-Date"] = timestamp
-    request.headers["X-Amz-Content-SHA256"] = hashlib.sha256(body).hexdigest()
-    signed = signer.headers_to_sign(request)
-    canonical = signer.canonical_request(request)
-    signature = signer.signature(signer.string_to_sign(request, canonical), request)
-    result = {name: str(value) for name, value in request.headers.items()}
-    result["Host"] = signed["host"]
-    result["Authorization"] = (
-        "AWS4-HMAC-SHA256 Credential=%s, SignedHeaders=%s, Signature=%s"
-        % (signer.scope(request), signer.signed_headers(signed), signature)
-    )
-    return result
 
 
 class _TooLarge(Exception):
@@ -206,51 +121,6 @@ def _is_cancellation(error: BaseException) -> bool:
             for reason in reasons
         )
     return False
-
-
-def _error_code(body: bytes) -> str:
-    """
-    The ``<Code>`` of an S3 error document (``<Error><Code>NoSuchKey</Code>
-    ...</Error>``), letters and digits only, or ``""`` when ``body`` is not
-    such a document.
-
-    :param body: the answer's body, already read up to its cap.
-    """
-    try:
-        root = _parse_xml(body)
-    except StoreUnavailable:
-        return ""
-    if root.tag not in ("Error", _S3_NAMESPACE + "Error"):
-        return ""
-    code = root.findtext("Code") or root.findtext(_S3_NAMESPACE + "Code") or ""
-    return "".join(c for c in code[:64] if c.isalnum())
-
-
-def _parse_xml(body: bytes) -> ElementTree.Element:
-    """
-    Parse an XML document from the store.
-
-    The body has already been read up to a cap (see :meth:`R2CredentialStore
-    ._call`). It must be UTF-8, as S3 and R2 send it: the text is checked,
-    then parsed as text, so an encoding declaration or byte-order mark
-    cannot hide a document type declaration from the check. Without one, a
-    document cannot declare entities, so nothing is expanded or fetched.
-
-    :param body: the bytes of the answer.
-    :raises StoreUnavailable: if it is not UTF-8, not well-formed, or has
-        a DOCTYPE or ENTITY declaration.
-    """
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise StoreUnavailable("R2 answered XML that is not UTF-8") from None
-    upper = text.upper()
-    if "<!DOCTYPE" in upper or "<!ENTITY" in upper:
-        raise StoreUnavailable("R2 answered an XML document with a DOCTYPE")
-    try:
-        return ElementTree.fromstring(text)  # noqa: S314 (DOCTYPE refused above)
-    except ElementTree.ParseError:
-        raise StoreUnavailable("R2 answered XML that cannot be parsed") from None
 
 
 @implementer(IWritableCredentialStore)
@@ -398,11 +268,11 @@ class R2CredentialStore:
                 "GET", "", query=encode_query(params), cap=MAX_LISTING_BYTES
             )
             self._expect(answer, "LIST", 200)
-            root = _parse_xml(answer.body)
+            root = parse_xml(answer.body)
             # Only ListBucketResult/Contents/Key: a path, not a recursive
             # search, so a deeply nested answer cannot exhaust the stack
             # (ElementTree's pure-Python iter() recurses, as on PyPy).
-            for key in root.iterfind(_CONTENTS_KEY):
+            for key in root.iterfind(CONTENTS_KEY):
                 name = (key.text or "")[len(RECORD_PREFIX) :]
                 if (key.text or "").startswith(RECORD_PREFIX) and name.endswith(
                     ".json"
@@ -410,10 +280,10 @@ class R2CredentialStore:
                     name = name[: -len(".json")]
                     if name and "/" not in name:
                         names.append(name)
-            truncated = root.findtext(_S3_NAMESPACE + "IsTruncated", "false")
+            truncated = root.findtext(S3_NAMESPACE + "IsTruncated", "false")
             if truncated.strip().lower() != "true":
                 return sorted(set(names))
-            token = root.findtext(_S3_NAMESPACE + "NextContinuationToken")
+            token = root.findtext(S3_NAMESPACE + "NextContinuationToken")
             if not token or token in seen:
                 raise StoreUnavailable("R2 listing has a bad continuation token")
             seen.add(token)
@@ -459,7 +329,7 @@ class R2CredentialStore:
         """
         if answer.status in statuses:
             return
-        code = _error_code(answer.body) if answer.body else ""
+        code = error_code(answer.body) if answer.body else ""
         if answer.status == 403:
             reason = "R2 refused our credentials or clock"
         elif code == "NoSuchBucket":
@@ -487,7 +357,7 @@ class R2CredentialStore:
 
         :raises StoreUnavailable: unless the answer's code is ``NoSuchKey``.
         """
-        if _error_code(answer.body) != "NoSuchKey":
+        if error_code(answer.body) != "NoSuchKey":
             self._expect(answer, what)
 
     async def _call(

@@ -13,6 +13,7 @@ from zope.interface import implementer
 
 from twisted.internet.defer import Deferred, fail, succeed
 
+from metagateway.state.attempts import TimedLoginAttempt
 from metagateway.state.counters import DEFAULT_MAX_KEYS, FailureCounter
 from metagateway.state.interfaces import (
     ILoginAttempt,
@@ -22,42 +23,10 @@ from metagateway.state.interfaces import (
 from metagateway.state.revocations import RevocationList
 
 
-@implementer(ILoginAttempt)
-class MemoryLoginAttempt:
+class MemoryLoginAttempt(TimedLoginAttempt):
     """
     A login counted in a :class:`MemorySecurityState`.
-
-    :ivar user_time: when it was counted against the user (``None``: not).
-    :ivar address_time: when it was counted against the address.
     """
-
-    def __init__(
-        self,
-        state: MemorySecurityState,
-        user: str,
-        address: str,
-        user_time: Optional[float],
-        address_time: Optional[float],
-    ) -> None:
-        self._state = state
-        self.user = user
-        self.address = address
-        self.user_time = user_time
-        self.address_time = address_time
-
-    def succeeded(self) -> None:
-        """
-        The username's count starts again; the address is forgiven this one.
-        """
-        self._state.users.reset(self.user)
-        self._state.addresses.forgive(self.address, self.address_time)
-
-    def abandoned(self) -> None:
-        """
-        Neither key counts this attempt any more.
-        """
-        self._state.users.forgive(self.user, self.user_time)
-        self._state.addresses.forgive(self.address, self.address_time)
 
 
 @implementer(ISecurityState)
@@ -179,6 +148,18 @@ class MemorySecurityState:
             self.users.record_failure(user),
             self.addresses.record_failure(address),
         )
+
+    def end_login(self, attempt: TimedLoginAttempt, succeeded: bool) -> None:
+        """
+        Take ``attempt`` back: the username's count starts again if it
+        succeeded, else the username forgives it; the address forgives it
+        either way.
+        """
+        if succeeded:
+            self.users.reset(attempt.user)
+        else:
+            self.users.forgive(attempt.user, attempt.user_time)
+        self.addresses.forgive(attempt.address, attempt.address_time)
 
     def begin_login(self, user: str, address: str) -> Deferred[ILoginAttempt]:
         """

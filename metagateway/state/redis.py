@@ -1,7 +1,9 @@
 """
 The shared security state in Redis (``--state-url redis://...``), through
-txredisapi's protocol on connections this module makes and remakes itself
-(with the injected reactor, and a backoff).
+txredisapi's protocol on the connections of
+:mod:`~metagateway.state.redis_link` (made and made again with the injected
+reactor, and a backoff), running the Lua scripts of
+:mod:`~metagateway.state.redis_scripts`.
 
 Layout in Redis (every key under :data:`PREFIX`):
 
@@ -32,26 +34,28 @@ import math
 import uuid
 from typing import Any, Callable, Optional, Sequence
 
-import txredisapi
 from zope.interface import implementer
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.defer import TimeoutError as TimeoutError_
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from metagateway.config import StateSettings
+from metagateway.state.attempts import LoginAttempt
 from metagateway.state.interfaces import (
     ILoginAttempt,
     ISecurityState,
     StateUnavailable,
     Throttled,
     retry_seconds,
+)
+from metagateway.state.redis_link import REPLY_TIMEOUT, RedisConnection, RedisLink
+from metagateway.state.redis_scripts import (
+    BEGIN_LOGIN,
+    END_LOGIN,
+    REVOKE,
+    REVOKE_USER,
 )
 from metagateway.state.revocations import RevocationList
 from metagateway.state.stats import StateStats
@@ -64,98 +68,11 @@ PREFIX = "metagateway:"
 #: The channel revocations are published on (after :data:`PREFIX`).
 CHANNEL = "revocations"
 
-#: Reconnection delays: the first, and the cap it doubles up to.
-FIRST_DELAY = 0.25
-MAX_DELAY = 4.0
-
-#: Seconds to wait for a connection, and for a reply.
-CONNECT_TIMEOUT = 3.0
-REPLY_TIMEOUT = 3.0
-
 #: Keys read per ``SCAN`` step on a reload.
 SCAN_COUNT = 1000
 
 #: Seconds before a write that failed while connected is tried again.
 RESYNC_DELAY = 1.0
-
-#: ``KEYS``: user, address; ``ARGV``: now, window, user limit, address
-#: limit, attempt id, record (1) or only look (0). Answers ``{0, wait}``
-#: when held back, else ``{1, ""}`` (the attempt counted if recording).
-_BEGIN = """
-local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local horizon = string.format('%.17g', now - window)
-local wait = nil
-for i = 1, 2 do
-  local limit = tonumber(ARGV[2 + i])
-  if limit > 0 and window > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', horizon)
-    local n = redis.call('ZCARD', KEYS[i])
-    if n >= limit then
-      local at = redis.call('ZRANGE', KEYS[i], n - limit, n - limit, 'WITHSCORES')
-      local w = tonumber(at[2]) + window - now
-      if wait == nil or w > wait then wait = w end
-    end
-  end
-end
-if wait ~= nil then return {0, string.format('%.17g', wait)} end
-if ARGV[6] == '1' then
-  for i = 1, 2 do
-    local limit = tonumber(ARGV[2 + i])
-    if limit > 0 and window > 0 then
-      redis.call('ZADD', KEYS[i], ARGV[1], ARGV[5])
-      redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -(limit + 1))
-      redis.call('PEXPIRE', KEYS[i], math.ceil(window * 1000))
-    end
-  end
-end
-return {1, ''}
-"""
-
-#: ``KEYS``: user, address; ``ARGV``: attempt id, succeeded (1) or
-#: abandoned (0).
-_END = """
-if ARGV[2] == '1' then
-  redis.call('DEL', KEYS[1])
-else
-  redis.call('ZREM', KEYS[1], ARGV[1])
-end
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 1
-"""
-
-#: ``KEYS``: the token's key; ``ARGV``: value, milliseconds to live,
-#: channel, message.
-_REVOKE = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
-return 1
-"""
-
-#: ``KEYS``: the user's key; ``ARGV``: issued before, until, milliseconds
-#: to live, channel, message. Keeps the larger of each.
-_REVOKE_USER = """
-local b = tonumber(ARGV[1])
-local u = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[3])
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local ok, o = pcall(cjson.decode, cur)
-  if ok and type(o) == 'table' then
-    local ob = tonumber(o['b'])
-    local ou = tonumber(o['u'])
-    if ob and ob > b then b = ob end
-    if ou and ou > u then
-      u = ou
-      local left = redis.call('PTTL', KEYS[1])
-      if left > ttl then ttl = left end
-    end
-  end
-end
-redis.call('SET', KEYS[1], string.format('{"b":%.17g,"u":%.17g}', b, u), 'PX', ttl)
-if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
-return 1
-"""
 
 
 def _wire(text: str) -> bytes:
@@ -183,203 +100,7 @@ def _ms(seconds: float) -> int:
     return max(1, int(math.ceil(seconds * 1000)))
 
 
-class _Commands(txredisapi.BaseRedisProtocol):  # type: ignore[misc]
-    """
-    The connection commands go over.
-    """
-
-    def __init__(self, link: _Link) -> None:
-        super().__init__(
-            charset="utf-8", replyTimeout=link.reply_timeout, convertNumbers=False
-        )
-        self.link = link
-        # txredisapi's timers use the global reactor unless told otherwise.
-        self.callLater = link.reactor.callLater
-
-    def connectionLost(self, why: Failure) -> None:
-        super().connectionLost(why)
-        self.link.lost(self)
-
-
-class _Events(txredisapi.SubscriberProtocol):  # type: ignore[misc]
-    """
-    The connection the revocations channel is read from.
-    """
-
-    def __init__(self, link: _Link) -> None:
-        super().__init__(
-            charset="utf-8", replyTimeout=link.reply_timeout, convertNumbers=False
-        )
-        self.link = link
-        self.callLater = link.reactor.callLater
-
-    def replyReceived(self, reply: Any) -> None:
-        # txredisapi's own compares each reply with both str and bytes,
-        # which ``python -b`` warns about; replies are str here (charset).
-        if isinstance(reply, list) and len(reply) >= 3:
-            kind = reply[-3]
-            if kind == "message":
-                self.link.owner.message_received(reply[-1])
-                return
-            if kind in ("subscribe", "unsubscribe") and not self.replyQueue.waiting:
-                return
-            self.replyQueue.put(reply[-3:])
-            return
-        self.replyQueue.put(reply)
-
-    def connectionLost(self, why: Failure) -> None:
-        super().connectionLost(why)
-        self.link.lost(self)
-
-
-class _LinkFactory(Factory):
-    """
-    Builds the one protocol of a connection attempt.
-    """
-
-    noisy = False
-
-    def __init__(self, build: Callable[[], Protocol]) -> None:
-        self.build = build
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        return self.build()
-
-
-class _Link:
-    """
-    One connection to Redis, made again after a backoff whenever it fails
-    or is lost, until stopped.
-
-    :param owner: the state told when the link is ready or lost.
-    :param name: ``commands`` or ``events``.
-    :param kind: the protocol class.
-    :param endpoint: where to connect.
-    :param prepare: run on each new connection before it counts as ready
-        (``AUTH``, ``SELECT``, ``SUBSCRIBE``); a failure drops it.
-    """
-
-    def __init__(
-        self,
-        owner: RedisSecurityState,
-        name: str,
-        kind: Callable[[_Link], Any],
-        endpoint: IStreamClientEndpoint,
-        prepare: Callable[[Any], Deferred[Any]],
-    ) -> None:
-        self.owner = owner
-        self.name = name
-        self.kind = kind
-        self.endpoint = endpoint
-        self.prepare = prepare
-        self.reactor = owner.reactor
-        self.reply_timeout = owner.reply_timeout
-        self.protocol: Optional[Any] = None
-        self.ready = False
-        self.stopped = True
-        self.delay = FIRST_DELAY
-        self._attempt: Optional[Deferred[Any]] = None
-        self._retry: Optional[IDelayedCall] = None
-        self._lost: list[Deferred[None]] = []
-
-    def start(self) -> None:
-        """
-        Connect, and keep connecting.
-        """
-        self.stopped = False
-        self.connect()
-
-    def connect(self) -> None:
-        """
-        One connection attempt.
-        """
-        self._retry = None
-        if self.stopped:
-            return
-        attempt = self.endpoint.connect(_LinkFactory(lambda: self.kind(self)))
-        self._attempt = attempt
-        attempt.addCallbacks(self._connected, self._failed)
-
-    def _connected(self, protocol: Any) -> None:
-        self._attempt = None
-        self.protocol = protocol
-        if self.stopped:
-            protocol.transport.loseConnection()
-            return
-        self.prepare(protocol).addCallbacks(
-            lambda _: self._prepared(protocol), lambda f: self._unprepared(protocol, f)
-        )
-
-    def _prepared(self, protocol: Any) -> None:
-        if protocol is not self.protocol or self.stopped:
-            return
-        self.ready = True
-        self.delay = FIRST_DELAY
-        self.owner.link_ready(self)
-
-    def _unprepared(self, protocol: Any, failure: Failure) -> None:
-        self.owner.link_failed(self, failure)
-        transport = getattr(protocol, "transport", None)
-        if transport is not None:
-            transport.abortConnection()
-
-    def _failed(self, failure: Failure) -> None:
-        self._attempt = None
-        if self.stopped:
-            return
-        self.owner.link_failed(self, failure)
-        self._schedule()
-
-    def lost(self, protocol: Any) -> None:
-        """
-        ``protocol``'s connection ended.
-        """
-        if protocol is not self.protocol:
-            return
-        self.protocol = None
-        was_ready, self.ready = self.ready, False
-        waiting, self._lost = self._lost, []
-        for d in waiting:
-            d.callback(None)
-        if self.stopped:
-            return
-        if was_ready:
-            self.owner.link_lost(self)
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if self.stopped or self._retry is not None:
-            return
-        self._retry = self.reactor.callLater(self.delay, self.connect)
-        self.delay = min(MAX_DELAY, self.delay * 2)
-
-    def stop(self) -> Deferred[None]:
-        """
-        Stop connecting and close the connection.
-
-        :return: fires once it is closed.
-        """
-        self.stopped = True
-        self.ready = False
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        if self._attempt is not None:
-            attempt, self._attempt = self._attempt, None
-            attempt.addErrback(lambda _: None)
-            attempt.cancel()
-        protocol = self.protocol
-        if protocol is None or protocol.transport is None:
-            self.protocol = None
-            return succeed(None)
-        done: Deferred[None] = Deferred()
-        self._lost.append(done)
-        protocol.transport.loseConnection()
-        return done
-
-
-@implementer(ILoginAttempt)
-class RedisLoginAttempt:
+class RedisLoginAttempt(LoginAttempt):
     """
     A login counted in Redis.
 
@@ -389,26 +110,12 @@ class RedisLoginAttempt:
     def __init__(
         self, state: RedisSecurityState, user: str, address: str, member: str
     ) -> None:
-        self._state = state
-        self.user = user
-        self.address = address
+        super().__init__(state, user, address)
         self.member = member
-
-    def succeeded(self) -> None:
-        """
-        The username's count starts again; the address forgives this one.
-        """
-        self._state.end_login(self, True)
-
-    def abandoned(self) -> None:
-        """
-        Neither key counts this attempt any more.
-        """
-        self._state.end_login(self, False)
 
 
 @implementer(ISecurityState)
-class RedisSecurityState(Service):
+class RedisSecurityState(RedisConnection):
     """
     The security state every process naming the same Redis shares.
 
@@ -443,159 +150,51 @@ class RedisSecurityState(Service):
         endpoint: Optional[IStreamClientEndpoint] = None,
         reply_timeout: float = REPLY_TIMEOUT,
     ) -> None:
-        self.settings = settings
-        self.reactor = reactor
+        # Channels are not per database: the database is in the name.
+        super().__init__(
+            settings,
+            reactor,
+            "%s%s:%d" % (prefix, CHANNEL, settings.db),
+            stats if stats is not None else StateStats(),
+            endpoint,
+            reply_timeout,
+        )
         self._now: Callable[[], float] = now if now is not None else reactor.seconds
         self.per_user = per_user
         self.per_address = per_address
         self.window = window
         self.revoked = revoked if revoked is not None else RevocationList(self._now)
-        self.stats = stats if stats is not None else StateStats()
         self.prefix = prefix
-        # Channels are not per database: the database is in the name.
-        self.channel = "%s%s:%d" % (prefix, CHANNEL, settings.db)
-        self.reply_timeout = reply_timeout
-        if endpoint is None:
-            endpoint = HostnameEndpoint(
-                reactor, settings.host, settings.port, timeout=CONNECT_TIMEOUT
-            )
-            if settings.tls:
-                endpoint = wrapClientTLS(optionsForClientTLS(settings.host), endpoint)
-        self.commands = _Link(self, "commands", _Commands, endpoint, self._prepare)
-        self.events = _Link(self, "events", _Events, endpoint, self._subscribe)
         #: Both links are up and the mirror has been reloaded since.
         self.synced = False
-        self._complained = False
         self._resync: Optional[IDelayedCall] = None
         self._syncing: Optional[Deferred[None]] = None
-        self._since_ready = 0
-        self._waiters: list[Deferred[None]] = []
-        self._last_error = ""
 
-    # -- the service
-
-    def startService(self) -> None:
-        """
-        Start connecting (and keep at it).
-        """
-        super().startService()
-        self.commands.start()
-        self.events.start()
+    # -- the connections
 
     def stopService(self) -> Deferred[None]:
         """
-        Close both connections.
+        Stop writing back, and close both connections.
         """
-        super().stopService()
         if self._resync is not None and self._resync.active():
             self._resync.cancel()
         self._resync = None
-        closing = [self.commands.stop(), self.events.stop()]
-        self.stats.connected = False
-        return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+        return super().stopService()
 
-    def wait_connected(self, timeout: float) -> Deferred[None]:
+    def connected(self) -> None:
         """
-        Fire once commands can be sent (at once if they can now), or fail
-        with :class:`StateUnavailable` after ``timeout`` seconds.
+        Both connections are up: reload the mirror (and write back what
+        Redis lacks).
         """
-        if self.commands.ready:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._waiters.append(waiter)
+        self._start_sync()
 
-        def timed_out(failure: Failure, timeout: float) -> Failure:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            if failure.check(TimeoutError_):
-                why = " (%s)" % (self._last_error,) if self._last_error else ""
-                return Failure(
-                    StateUnavailable(
-                        "%s unreachable for %g s%s"
-                        % (self.settings.display(), timeout, why)
-                    )
-                )
-            return failure
-
-        waiter.addTimeout(timeout, self.reactor)
-        waiter.addErrback(timed_out, timeout)
-        return waiter
-
-    # -- connection events
-
-    def _prepare(self, protocol: Any) -> Deferred[Any]:
-        return Deferred.fromCoroutine(self._login(protocol))
-
-    async def _login(self, protocol: Any) -> None:
-        if self.settings.password is not None:
-            if self.settings.username:
-                await protocol.execute_command(
-                    "AUTH", self.settings.username, self.settings.password
-                )
-            else:
-                await protocol.execute_command("AUTH", self.settings.password)
-        if self.settings.db:
-            await protocol.execute_command("SELECT", self.settings.db)
-
-    def _subscribe(self, protocol: Any) -> Deferred[Any]:
-        async def subscribe() -> None:
-            await self._login(protocol)
-            await protocol.subscribe(self.channel)
-
-        return Deferred.fromCoroutine(subscribe())
-
-    def link_ready(self, link: _Link) -> None:
+    def link_lost(self, link: RedisLink) -> None:
         """
-        ``link`` is connected (and subscribed, for the events link).
-        """
-        if self.commands.ready:
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-        if self.commands.ready and self.events.ready:
-            self.stats.connected = True
-            if self._complained or self._since_ready:
-                log.info(
-                    "Shared state store {url} reachable again",
-                    url=self.settings.display(),
-                )
-            else:
-                log.info(
-                    "Shared state store {url} connected", url=self.settings.display()
-                )
-            self._complained = False
-            self._since_ready += 1
-            if self._since_ready > 1:
-                self.stats.reconnects += 1
-            self._start_sync()
-
-    def link_lost(self, link: _Link) -> None:
-        """
-        ``link``'s connection ended; it is being made again.
+        ``link``'s connection ended: the mirror is no longer known to be
+        complete.
         """
         self.synced = False
-        if self.stats.connected:
-            self.stats.connected = False
-            log.warn(
-                "Shared state store {url} lost; logins answer 503 until it is back",
-                url=self.settings.display(),
-            )
-            self._complained = True
-
-    def link_failed(self, link: _Link, failure: Failure) -> None:
-        """
-        A connection attempt of ``link`` failed; it is tried again later.
-        """
-        self.stats.connected = False
-        self._last_error = failure.getErrorMessage() or repr(failure.value)
-        if not self._complained:
-            self._complained = True
-            log.warn(
-                "Shared state store {url} unreachable ({why}); logins answer 503 "
-                "until it is reachable, retrying",
-                url=self.settings.display(),
-                why=self._last_error,
-            )
+        super().link_lost(link)
 
     # -- the mirror
 
@@ -752,40 +351,44 @@ class RedisSecurityState(Service):
     def _write_token(
         self, token_id: str, subject: str, until: float, publish: bool = True
     ) -> Deferred[Any]:
-        protocol = self.commands.protocol
-        ttl = until - self._now()
-        if protocol is None or not self.commands.ready:
-            return fail(StateUnavailable("not connected"))
-        if ttl <= 0:
-            return succeed(None)
         value = json.dumps({"s": subject, "u": until}, separators=(",", ":"))
         message = self._message([(token_id, subject, until)]) if publish else ""
-        return protocol.eval(  # type: ignore[no-any-return]
-            _REVOKE,
-            [_wire(self._key_token(token_id))],
-            [value, _ms(ttl), self.channel if publish else "", message],
-        )
+        return self._write(REVOKE, self._key_token(token_id), until, [value], message)
 
     def _write_user(
         self, subject: str, before: float, until: float, publish: bool = True
     ) -> Deferred[Any]:
+        message = self._message(users=[(subject, before, until)]) if publish else ""
+        return self._write(
+            REVOKE_USER,
+            self._key_user(subject),
+            until,
+            ["%.17g" % (before,), "%.17g" % (until,)],
+            message,
+        )
+
+    def _write(
+        self, script: str, key: str, until: float, leading: list[Any], message: str
+    ) -> Deferred[Any]:
+        """
+        Run the revocation ``script`` on ``key``, kept until ``until``:
+        its arguments are ``leading``, the milliseconds to live, then the
+        channel and ``message`` (both empty: not published).
+
+        :return: fires once Redis has it (at once when ``until`` has
+            passed), or fails with :class:`StateUnavailable` when not
+            connected.
+        """
         protocol = self.commands.protocol
         ttl = until - self._now()
         if protocol is None or not self.commands.ready:
             return fail(StateUnavailable("not connected"))
         if ttl <= 0:
             return succeed(None)
-        message = self._message(users=[(subject, before, until)]) if publish else ""
         return protocol.eval(  # type: ignore[no-any-return]
-            _REVOKE_USER,
-            [_wire(self._key_user(subject))],
-            [
-                "%.17g" % (before,),
-                "%.17g" % (until,),
-                _ms(ttl),
-                self.channel if publish else "",
-                message,
-            ],
+            script,
+            [_wire(key)],
+            [*leading, _ms(ttl), self.channel if message else "", message],
         )
 
     # -- ISecurityState
@@ -854,7 +457,7 @@ class RedisSecurityState(Service):
             return fail(StateUnavailable("the shared state store is unreachable"))
         return self._unavailable(
             protocol.eval(
-                _BEGIN,
+                BEGIN_LOGIN,
                 [
                     self._key_failures("user", user),
                     self._key_failures("address", address),
@@ -912,7 +515,7 @@ class RedisSecurityState(Service):
             )
 
         protocol.eval(
-            _END,
+            END_LOGIN,
             [
                 self._key_failures("user", attempt.user),
                 self._key_failures("address", attempt.address),

@@ -29,13 +29,14 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from metagateway.state.attempts import TimedLoginAttempt
 from metagateway.state.interfaces import (
     ILoginAttempt,
     ISecurityState,
     StateUnavailable,
     Throttled,
 )
-from metagateway.state.memory import MemorySecurityState
+from metagateway.state.memory import MemoryLoginAttempt, MemorySecurityState
 from metagateway.state.revocations import RevocationList
 from metagateway.state.stats import StateStats
 
@@ -203,11 +204,8 @@ class HubProtocol(amp.AMP):
         address_time: Optional[float] = None,
     ) -> dict[str, Any]:
         state = self.hub.state
-        if succeeded:
-            state.users.reset(user)
-        else:
-            state.users.forgive(user, user_time)
-        state.addresses.forgive(address, address_time)
+        attempt = MemoryLoginAttempt(state, user, address, user_time, address_time)
+        state.end_login(attempt, succeeded)
         return {}
 
     @RetryAfter.responder
@@ -302,37 +300,10 @@ class _WorkerFactory(Factory):
         return WorkerProtocol(self.state)
 
 
-@implementer(ILoginAttempt)
-class SupervisedLoginAttempt:
+class SupervisedLoginAttempt(TimedLoginAttempt):
     """
     A login counted by the supervisor.
     """
-
-    def __init__(
-        self,
-        state: SupervisedSecurityState,
-        user: str,
-        address: str,
-        user_time: Optional[float],
-        address_time: Optional[float],
-    ) -> None:
-        self._state = state
-        self.user = user
-        self.address = address
-        self.user_time = user_time
-        self.address_time = address_time
-
-    def succeeded(self) -> None:
-        """
-        The username's count starts again; the address forgives this one.
-        """
-        self._state.end_login(self, True)
-
-    def abandoned(self) -> None:
-        """
-        Neither key counts this attempt any more.
-        """
-        self._state.end_login(self, False)
 
 
 @implementer(ISecurityState)

@@ -16,12 +16,9 @@ from twisted.internet.task import Clock
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from metagateway.admin import (
-    COMMANDS,
-    is_terminal,
-    report_failure,
-    run,
-)
+from metagateway.admin.accounts import COMMANDS, is_terminal
+from metagateway.admin.cli import run
+from metagateway.admin.errors import report_failure
 from metagateway.auth.passwords import check_password, make_record
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.testing import SETTINGS, FakeS3, StubTreq

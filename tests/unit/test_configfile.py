@@ -11,7 +11,8 @@ import os
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from metagateway.admin import check_config, run
+from metagateway.admin.cli import run
+from metagateway.admin.files import check_config
 from metagateway.config import ConfigurationError, GatewayConfig
 from metagateway.configfile import ConfigFileError, load_config_file, parse_config
 from metagateway.routes import Route, builtin_routes

@@ -1,6 +1,7 @@
 """
-Tests for :mod:`metagateway.credentials.r2`: the SigV4 signer against
-AWS's published examples, and the store over ``StubTreq`` against a fake
+Tests for :mod:`metagateway.credentials.r2` and
+:mod:`metagateway.credentials.s3`: the SigV4 signer against AWS's published
+examples, and the store over ``StubTreq`` against a fake
 S3 bucket that checks every signature.
 """
 
@@ -28,13 +29,8 @@ from metagateway.credentials.interfaces import (
     UnknownAccount,
     UnreadableRecord,
 )
-from metagateway.credentials.r2 import (
-    MAX_RECORD_BYTES,
-    R2CredentialStore,
-    encode_key,
-    encode_query,
-    sign_request,
-)
+from metagateway.credentials.r2 import MAX_RECORD_BYTES, R2CredentialStore
+from metagateway.credentials.s3 import encode_key, encode_query, sign_request
 from metagateway.testing import (
     HANG,
     SETTINGS,

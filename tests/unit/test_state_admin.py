@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from metagateway.admin import run
+from metagateway.admin.cli import run
 from metagateway.auth.passwords import make_record
 from metagateway.config import StateSettings
 from metagateway.credentials.directory import DirectoryCredentialStore

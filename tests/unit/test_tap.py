@@ -316,10 +316,16 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
         self, argv: list[str], reactor: Optional[MemoryReactorClock] = None
     ) -> tuple[Any, MemoryReactorClock, str]:
         """
-        ``makeService`` for ``--dev`` and ``argv``, on ``reactor``.
+        ``makeService`` for ``--dev`` and ``argv``, on ``reactor``. What
+        ``--dev`` makes in the temporary directory (its accounts, its
+        assertion key) goes to a directory of this test's own, so that a
+        service the test never stops leaves nothing in the shared one.
 
         :return: the service, the reactor and what was printed on stdout.
         """
+        own = self.mktemp()
+        os.makedirs(own)
+        self.patch(tempfile, "tempdir", own)
         stdout = io.StringIO()
         saved = sys.stdout
         sys.stdout = stdout
@@ -341,6 +347,7 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
         """
         self.use_environ({"KV_SERVICE_URL": "http://kv.test"})
         service, reactor, text = self.run_dev(["--accounts-dir", self.accounts_dir()])
+        self.addCleanup(service.stopService)
         self.assertIn("demo-admin", text)
         self.assertIn("curl -s -X POST http://127.0.0.1:8080/auth/login", text)
         self.assertIn("BUILD_SERVICE_URL", text)

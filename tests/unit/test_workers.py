@@ -11,6 +11,7 @@ import io
 import os
 import socket
 import sys
+import tempfile
 from typing import Any, Optional
 
 from twisted.application.service import MultiService
@@ -757,6 +758,11 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
         """
         ``--dev`` runs one process whatever ``--workers`` says, and says so.
         """
+        # The assertion key --dev generates goes to this test's own
+        # temporary directory, and is removed when the service stops.
+        own = self.mktemp()
+        os.makedirs(own)
+        self.patch(tempfile, "tempdir", own)
         stderr = self.capture_stderr()
         stdout = io.StringIO()
         saved = sys.stdout
@@ -767,6 +773,7 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
             ["--dev", "--workers", "2", "--accounts-dir", self.accounts]
         )
         service = makeService(options, MemoryReactorClock())
+        self.addCleanup(service.stopService)
         self.assertIsInstance(service, MultiService)
         self.assertIn("--dev runs one process", stderr.getvalue())
 
