@@ -102,7 +102,7 @@ class EchoFactory(WebSocketServerFactory):
     every TCP connection.
     """
 
-    protocol = EchoServer
+    protocol = EchoServer  # type: ignore[assignment]
 
     def __init__(self) -> None:
         super().__init__()
@@ -141,7 +141,7 @@ class ClientFactory(WebSocketClientFactory):
     Makes one :class:`Client`.
     """
 
-    protocol = Client
+    protocol = Client  # type: ignore[assignment]
 
     def __init__(self, url: str, headers: Optional[dict[str, str]] = None) -> None:
         super().__init__(url, headers=headers or {})
