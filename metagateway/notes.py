@@ -123,10 +123,9 @@ def notes_of(request: object) -> RequestNotes:
     ``Componentized``.
     """
     try:
-        notes: RequestNotes = request.metagateway_notes  # type: ignore[attr-defined]
+        return request.metagateway_notes  # type: ignore[attr-defined,no-any-return]
     except AttributeError:
-        notes = new_notes(request)
-    return notes
+        return new_notes(request)
 
 
 def new_notes(request: object) -> RequestNotes:

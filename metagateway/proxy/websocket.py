@@ -84,12 +84,15 @@ def is_websocket_upgrade(request: IRequest) -> bool:
     ``Connection`` tokens (both case-insensitive).
     """
     headers = request.requestHeaders
+    upgrades = headers.getRawHeaders(b"upgrade")
+    if not upgrades:
+        # Nearly every request: one lookup, and no more work.
+        return False
     if request.method != b"GET" or getattr(request, "clientproto", None) != (
         b"HTTP/1.1"
     ):
         return False
-    upgrades = headers.getRawHeaders(b"upgrade")
-    if not upgrades or b"upgrade" not in connection_tokens(headers):
+    if b"upgrade" not in connection_tokens(headers):
         return False
     if headers.hasHeader(b"transfer-encoding"):
         return False
