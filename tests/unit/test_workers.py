@@ -39,6 +39,7 @@ from metagateway.daemon.workers import (
     worker_environ,
 )
 from metagateway.http.site import GatewaySite
+from metagateway.observability.loglines import TextLines
 from metagateway.observability.metrics import MetricsSite
 from metagateway.testing import SECRET, EnvironmentMixin
 
@@ -733,6 +734,29 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
             gateways.append(site.resource.recorder.access_log)
         text, json_log, off = gateways
         self.assertEqual((text.form, json_log.form, off), ("text", "json", None))
+        # Not under twistd -n: text lines go through the log publisher.
+        self.assertIsNone(text.lines)
+
+    def test_worker_text_log_buffered(self) -> None:
+        """
+        A worker logs to its standard output: its text access log writes
+        there directly, buffered, in ``twistd``'s line form, and is flushed
+        at shutdown.
+        """
+        self.use_environ(
+            {
+                "GATEWAY_JWT_SECRET": SECRET,
+                WORKER_INDEX_VARIABLE: "0",
+                WORKER_SOCKETS_VARIABLE: "3:%d" % (socket.AF_INET,),
+            }
+        )
+        service, reactor = self.make("--listen", "tcp:8080")
+        site = [s for s in service if isinstance(s, AdoptedPortService)][0].factory
+        access_log = site.resource.recorder.access_log
+        self.assertEqual(access_log.form, "text")
+        self.assertIsInstance(access_log.lines, TextLines)
+        after = reactor.triggers.get("after", {}).get("shutdown", [])
+        self.assertIn(access_log.flush, [f for f, *_ in after])
 
     def test_worker(self) -> None:
         """
