@@ -37,6 +37,8 @@ from metagateway.daemon.workers import (
     bind_sockets,
     endpoint_kind,
     offset_endpoint,
+    reuse_port_supported,
+    tcp_address,
     worker_argv,
     worker_environ,
 )
@@ -310,6 +312,7 @@ def makeService(
     options: Options,
     reactor: Optional[Any] = None,
     reload_signal: Optional[bool] = None,
+    reuse_port: Optional[bool] = None,
 ) -> IService:
     """
     Build the daemon's service from parsed options and the environment, and
@@ -320,6 +323,10 @@ def makeService(
     :param reactor: the reactor; the global one if omitted.
     :param reload_signal: whether ``SIGHUP`` reloads (:ref:`contract-config-file`); by
         default only with the global reactor (the real daemon).
+    :param reuse_port: whether each worker of ``--workers N`` gets its own
+        ``SO_REUSEPORT`` socket per TCP endpoint; by default with the
+        global reactor where the kernel spreads connections over them
+        (:func:`~metagateway.daemon.workers.reuse_port_supported`).
     :raises SystemExit: after one line on stderr when the configuration is
         incomplete or a port cannot be bound.
     """
@@ -328,6 +335,8 @@ def makeService(
     # Only the real daemon is run by twistd, whose options say where its
     # log goes.
     text_to_stdout = reactor is None and twistd_logs_to_stdout(sys.argv[1:])
+    if reuse_port is None:
+        reuse_port = reactor is None and reuse_port_supported()
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
@@ -339,7 +348,14 @@ def makeService(
     try:
         config, process = _configure(settings, environ)
         service = _build(
-            options, config, process, environ, reactor, dev, text_to_stdout
+            options,
+            config,
+            process,
+            environ,
+            reactor,
+            dev,
+            text_to_stdout,
+            reuse_port,
         )
         if reload_signal:
             on_sighup(reactor, _reload_action(service, settings, environ))
@@ -403,6 +419,7 @@ def _build(
     reactor: Any,
     dev: Optional[DevSetup],
     text_to_stdout: bool = False,
+    reuse_port: bool = False,
 ) -> IService:
     """
     The supervisor of ``--workers N``, or one process's services.
@@ -411,7 +428,7 @@ def _build(
         if dev is not None:
             sys.stderr.write("metagateway: warning: --dev runs one process\n")
         else:
-            return _supervisor(options, config, process, environ, reactor)
+            return _supervisor(options, config, process, environ, reactor, reuse_port)
     return _single(config, process, reactor, dev, text_to_stdout)
 
 
@@ -564,9 +581,11 @@ def _supervisor(
     process: ProcessSettings,
     environ: dict[str, str],
     reactor: Any,
+    reuse_port: bool = False,
 ) -> IService:
     """
-    The parent of ``--workers N``: binds the ``--listen`` endpoints and
+    The parent of ``--workers N``: binds the ``--listen`` endpoints (with
+    ``reuse_port``, one socket per worker for each TCP one) and
     supervises N worker processes (:mod:`metagateway.daemon.workers`).
     """
     try:
@@ -576,6 +595,8 @@ def _supervisor(
                     "--workers needs tcp:, tcp6: or unix: --listen endpoints "
                     "(terminate TLS in front), not %r" % (description,)
                 )
+            if reuse_port and endpoint_kind(description) != "unix":
+                tcp_address(description)
         if process.metrics_listen:
             offset_endpoint(process.metrics_listen, 0)
     except ConfigurationError as e:
@@ -600,7 +621,10 @@ def _supervisor(
         partial(worker_argv, options, flags, parameters, process.metrics_listen),
         worker_environ(environ),
         process.workers,
-        partial(_bound, partial(bind_sockets, reactor, config.listen)),
+        partial(
+            _bound,
+            partial(bind_sockets, reactor, config.listen, process.workers, reuse_port),
+        ),
         config.drain_timeout + KILL_MARGIN,
         hub,
     )
