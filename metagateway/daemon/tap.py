@@ -6,6 +6,7 @@ This is the only module that reads ``os.environ`` or writes to stderr.
 
 from __future__ import annotations
 
+import getopt
 import os
 import signal
 import sys
@@ -36,6 +37,8 @@ from metagateway.daemon.workers import (
     bind_sockets,
     endpoint_kind,
     offset_endpoint,
+    reuse_port_supported,
+    tcp_address,
     worker_argv,
     worker_environ,
 )
@@ -316,6 +319,7 @@ def makeService(
     options: Options,
     reactor: Optional[Any] = None,
     reload_signal: Optional[bool] = None,
+    reuse_port: Optional[bool] = None,
 ) -> IService:
     """
     Build the daemon's service from parsed options and the environment, and
@@ -326,11 +330,20 @@ def makeService(
     :param reactor: the reactor; the global one if omitted.
     :param reload_signal: whether ``SIGHUP`` reloads (:ref:`contract-config-file`); by
         default only with the global reactor (the real daemon).
+    :param reuse_port: whether each worker of ``--workers N`` gets its own
+        ``SO_REUSEPORT`` socket per TCP endpoint; by default with the
+        global reactor where the kernel spreads connections over them
+        (:func:`~metagateway.daemon.workers.reuse_port_supported`).
     :raises SystemExit: after one line on stderr when the configuration is
         incomplete or a port cannot be bound.
     """
     if reload_signal is None:
         reload_signal = reactor is None
+    # Only the real daemon is run by twistd, whose options say where its
+    # log goes.
+    text_to_stdout = reactor is None and twistd_logs_to_stdout(sys.argv[1:])
+    if reuse_port is None:
+        reuse_port = reactor is None and reuse_port_supported()
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
@@ -341,7 +354,16 @@ def makeService(
     dev = prepare_dev(settings, environ, reactor) if options["dev"] else None
     try:
         config, process = _configure(settings, environ)
-        service = _build(options, config, process, environ, reactor, dev)
+        service = _build(
+            options,
+            config,
+            process,
+            environ,
+            reactor,
+            dev,
+            text_to_stdout,
+            reuse_port,
+        )
         if reload_signal:
             on_sighup(reactor, _reload_action(service, settings, environ))
         _bound(service.privilegedStartService)
@@ -403,6 +425,8 @@ def _build(
     environ: dict[str, str],
     reactor: Any,
     dev: Optional[DevSetup],
+    text_to_stdout: bool = False,
+    reuse_port: bool = False,
 ) -> IService:
     """
     The supervisor of ``--workers N``, or one process's services.
@@ -411,8 +435,8 @@ def _build(
         if dev is not None:
             sys.stderr.write("metagateway: warning: --dev runs one process\n")
         else:
-            return _supervisor(options, config, process, environ, reactor)
-    return _single(config, process, reactor, dev)
+            return _supervisor(options, config, process, environ, reactor, reuse_port)
+    return _single(config, process, reactor, dev, text_to_stdout)
 
 
 def _reload_action(
@@ -428,19 +452,55 @@ def _reload_action(
     return Reloader(gateway, settings, environ).reload
 
 
-def _access_log(process: ProcessSettings, reactor: Any) -> Optional[AccessLog]:
+def twistd_logs_to_stdout(args: Sequence[str]) -> bool:
+    """
+    Whether ``twistd``, run with the arguments ``args`` (its own options,
+    then the subcommand's), writes its text log to standard output: with
+    ``-n``/``--nodaemon``, and neither a ``--logfile`` other than ``-``
+    nor ``--syslog`` or ``--logger``. Read with ``twistd``'s own option
+    names, as ``twistd`` reads them (``getopt``, up to the subcommand).
+    """
+    from twisted.scripts import twistd
+
+    # twistd's options on this platform (the Unix ones name -n).
+    server = twistd.ServerOptions()  # type: ignore[attr-defined]
+    try:
+        parsed, _ = getopt.getopt(list(args), server.shortOpt, server.longOpt)
+    except getopt.GetoptError:
+        return False
+    nodaemon = False
+    logfile = ""
+    for name, value in parsed:
+        if name in ("-n", "--nodaemon"):
+            nodaemon = True
+        elif name in ("-l", "--logfile"):
+            logfile = value
+        elif name in ("--syslog", "--logger"):
+            return False
+    return nodaemon and logfile in ("", "-")
+
+
+def _access_log(
+    process: ProcessSettings, reactor: Any, to_stdout: bool
+) -> Optional[AccessLog]:
     """
     The access log ``--access-log`` names.
+
+    :param to_stdout: whether this process's text log is standard output
+        (a worker's; ``twistd -n``'s without ``--logfile``): then the text
+        lines are written there directly, in the form ``twistd`` writes
+        them, buffered like JSON lines; else they are events to
+        ``twistd``'s log, wherever it goes.
     """
-    if process.access_log == "text":
-        return AccessLog("text")
-    if process.access_log == "json":
+    if process.access_log == "off":
+        return None
+    if process.access_log == "json" or to_stdout:
         # Lines are buffered briefly and written in batches; whatever is
         # left is written once the drain is over and the reactor stops.
-        access_log = AccessLog("json", sys.stdout, clock=reactor)
+        access_log = AccessLog(process.access_log, sys.stdout, clock=reactor)
         reactor.addSystemEventTrigger("after", "shutdown", access_log.flush)
         return access_log
-    return None
+    return AccessLog("text")
 
 
 def _single(
@@ -448,15 +508,19 @@ def _single(
     process: ProcessSettings,
     reactor: Any,
     dev: Optional[DevSetup],
+    text_to_stdout: bool = False,
 ) -> MultiService:
     """
     One process serving the gateway: on the ``--listen`` endpoints, or on
     the sockets a worker inherited.
+
+    :param text_to_stdout: whether ``twistd`` writes its text log to
+        standard output (see :func:`_access_log`).
     """
     gateway = Gateway(
         config,
         reactor,
-        access_log=_access_log(process, reactor),
+        access_log=_access_log(process, reactor, text_to_stdout or process.is_worker),
         metrics=Metrics(worker=process.worker_index),
         state=_worker_state(config, process, reactor),
     )
@@ -524,9 +588,11 @@ def _supervisor(
     process: ProcessSettings,
     environ: dict[str, str],
     reactor: Any,
+    reuse_port: bool = False,
 ) -> IService:
     """
-    The parent of ``--workers N``: binds the ``--listen`` endpoints and
+    The parent of ``--workers N``: binds the ``--listen`` endpoints (with
+    ``reuse_port``, one socket per worker for each TCP one) and
     supervises N worker processes (:mod:`metagateway.daemon.workers`).
     """
     try:
@@ -536,6 +602,8 @@ def _supervisor(
                     "--workers needs tcp:, tcp6: or unix: --listen endpoints "
                     "(terminate TLS in front), not %r" % (description,)
                 )
+            if reuse_port and endpoint_kind(description) != "unix":
+                tcp_address(description)
         if process.metrics_listen:
             offset_endpoint(process.metrics_listen, 0)
     except ConfigurationError as e:
@@ -560,7 +628,10 @@ def _supervisor(
         partial(worker_argv, options, flags, parameters, process.metrics_listen),
         worker_environ(environ),
         process.workers,
-        partial(_bound, partial(bind_sockets, reactor, config.listen)),
+        partial(
+            _bound,
+            partial(bind_sockets, reactor, config.listen, process.workers, reuse_port),
+        ),
         config.drain_timeout + KILL_MARGIN,
         hub,
     )

@@ -3,10 +3,19 @@
 
 The parent (the ``twistd`` process) binds every ``--listen`` endpoint and
 never accepts on it; it starts N children with ``python -m
-metagateway.daemon.worker`` and the same options, handing each the listening
-sockets as inherited file descriptors (3, 4, ...). Each child adopts them
-(``reactor.adoptStreamPort``) and runs a whole gateway; the kernel spreads
-new connections over the children.
+metagateway.daemon.worker`` and the same options, handing each its
+listening sockets as inherited file descriptors (3, 4, ...). Each child
+adopts them (``reactor.adoptStreamPort``) and runs a whole gateway.
+
+On Linux each worker gets a listening socket of its own for each TCP
+endpoint: the parent binds N sockets to the port with ``SO_REUSEPORT``
+and the kernel spreads new connections evenly over them (by a hash of
+the client's address and port). Workers sharing one socket instead (a
+``unix:`` endpoint, or a system without ``SO_REUSEPORT``) take whatever
+each accepts first: a burst of keep-alive connections may all land on
+one. While a worker is down its socket leaves the group (``shutdown``),
+so that new connections go to the others, and listens again when the
+worker is started again.
 
 The parent supervises: a worker that dies is started again after a delay
 that doubles while workers keep dying young (0.5 s up to 30 s), and is
@@ -25,6 +34,7 @@ serves them on the endpoint's port plus ``k`` (see
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -36,7 +46,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.error import CannotListenError, ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReadDescriptor
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
@@ -242,29 +252,167 @@ class _Unused(Factory):
 @dataclass
 class HeldSocket:
     """
-    A listening socket the parent holds open for its workers.
+    A listening socket the parent holds open for its workers, or one per
+    worker (``SO_REUSEPORT``).
 
-    :ivar fd: its file descriptor in the parent.
+    :ivar fd: its file descriptor in the parent (the first worker's, with
+        one per worker).
     :ivar family: its address family.
     :ivar port: the listening port, closed by :meth:`close`.
+    :ivar own: one listening socket per worker (worker ``k`` gets
+        ``own[k]``), all bound to one port with ``SO_REUSEPORT``; empty
+        when the workers share ``fd``.
+    :ivar backlog: the listen queue of each of ``own``.
     """
 
     fd: int
     family: int
     port: Optional[IListeningPort] = None
+    own: Sequence[Any] = ()
+    backlog: int = 50
+    paused: set[int] = field(default_factory=set)
+
+    def fd_for(self, index: int) -> int:
+        """
+        The descriptor worker ``index`` inherits.
+        """
+        return int(self.own[index].fileno()) if self.own else self.fd
+
+    def pause(self, index: int) -> None:
+        """
+        Worker ``index`` is down: take its own socket out of the port's
+        group (``shutdown``; it stays bound), so that the kernel sends new
+        connections to the other workers. Shared sockets need nothing.
+        """
+        if index < len(self.own) and index not in self.paused:
+            try:
+                self.own[index].shutdown(socket.SHUT_RDWR)
+            except OSError:
+                return
+            self.paused.add(index)
+
+    def resume(self, index: int) -> None:
+        """
+        Worker ``index`` starts again: its own socket listens again.
+        """
+        if index in self.paused:
+            self.paused.discard(index)
+            self.own[index].listen(self.backlog)
 
     def close(self) -> Optional[Deferred[None]]:
         """
         Stop listening (the workers keep their own copies open).
         """
+        for own in self.own:
+            own.close()
         if self.port is None:
             return None
         return self.port.stopListening()  # type: ignore[no-any-return]
 
 
-def bind_sockets(reactor: Any, descriptions: Sequence[str]) -> list[HeldSocket]:
+def reuse_port_supported() -> bool:
+    """
+    Whether the kernel spreads connections over sockets sharing a port
+    with ``SO_REUSEPORT`` (Linux; other systems accept the option without
+    spreading, or lack it).
+    """
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def tcp_address(description: str) -> tuple[int, str, int, int]:
+    """
+    The address family, interface, port and backlog of a ``tcp:`` or
+    ``tcp6:`` endpoint description, as Twisted reads them.
+
+    :raises ConfigurationError: when the port is missing or malformed.
+    """
+    parts = _split_endpoint(description)
+    kind = parts[0].strip().lower()
+    interface = "::" if kind == "tcp6" else ""
+    port: Optional[int] = None
+    backlog = 50
+    try:
+        for i, part in enumerate(parts[1:], 1):
+            name, equals, value = part.partition("=")
+            if not equals and i == 1:
+                port = int(name)
+            elif name == "port":
+                port = int(value)
+            elif name == "interface":
+                interface = _unescape(value)
+            elif name == "backlog":
+                backlog = int(value)
+    except ValueError:
+        port = None
+    if port is None:
+        raise ConfigurationError("bad --listen %r: no port" % (description,))
+    family = socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
+    return family, interface, port, backlog
+
+
+def bind_reuse_port(
+    description: str,
+    count: int,
+    make_socket: Callable[[int, int], Any] = socket.socket,
+) -> HeldSocket:
+    """
+    Bind ``count`` listening sockets to the port of the ``tcp:`` or
+    ``tcp6:`` endpoint ``description``, with ``SO_REUSEPORT``: one per
+    worker.
+
+    A socket without ``SO_REUSEPORT`` is bound first (and closed), so that
+    a port any other socket listens on is refused, as a plain listen
+    would refuse it, and port ``0`` picks one free port for them all.
+
+    :raises CannotListenError: when the port cannot be bound.
+    """
+    family, interface, port, backlog = tcp_address(description)
+    shown = interface or "any"
+    probe = make_socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((interface, port))
+        port = int(probe.getsockname()[1])
+    except OSError as e:
+        raise CannotListenError(shown, port, e) from None
+    finally:
+        probe.close()
+    own: list[Any] = []
+    try:
+        for _ in range(count):
+            own.append(make_socket(family, socket.SOCK_STREAM))
+            own[-1].setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            own[-1].setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            own[-1].bind((interface, port))
+            own[-1].listen(backlog)
+            # A worker's reactor adopts it as it is: accepting must not
+            # block (the flag belongs to the socket, shared with the child).
+            own[-1].setblocking(False)
+    except OSError as e:
+        for sock in own:
+            sock.close()
+        raise CannotListenError(shown, port, e) from None
+    return HeldSocket(own[0].fileno(), family, None, own, backlog)
+
+
+def bind_sockets(
+    reactor: Any,
+    descriptions: Sequence[str],
+    workers: int = 1,
+    reuse_port: bool = False,
+    make_socket: Callable[[int, int], Any] = socket.socket,
+) -> list[HeldSocket]:
     """
     Listen on every endpoint in ``descriptions`` without accepting.
+
+    :param workers: how many workers will serve them.
+    :param reuse_port: give each worker a socket of its own per TCP
+        endpoint (:func:`bind_reuse_port`); ``unix:`` ones are shared.
+    :param make_socket: makes those sockets (tests).
 
     :raises ConfigurationError: for an endpoint type that cannot be shared.
     :raises twisted.internet.error.CannotListenError: when one cannot be
@@ -279,6 +427,9 @@ def bind_sockets(reactor: Any, descriptions: Sequence[str]) -> list[HeldSocket]:
             )
     try:
         for description in descriptions:
+            if reuse_port and endpoint_kind(description) in ("tcp", "tcp6"):
+                held.append(bind_reuse_port(description, workers, make_socket))
+                continue
             result: list[Any] = []
             serverFromString(reactor, description).listen(_Unused()).addBoth(
                 result.append
@@ -399,7 +550,8 @@ class WorkerSupervisor(Service):
         )
         child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2}
         for i, held in enumerate(self.sockets):
-            child_fds[FIRST_SOCKET_FD + i] = held.fd
+            held.resume(index)
+            child_fds[FIRST_SOCKET_FD + i] = held.fd_for(index)
         state = None
         if self.hub is not None:
             state = self.hub.open()
@@ -435,6 +587,9 @@ class WorkerSupervisor(Service):
         if worker.protocol is not protocol:
             return
         worker.protocol = None
+        if not self.stopping:
+            for held in self.sockets:
+                held.pause(index)
         status = getattr(reason.value, "exitCode", None)
         signal_number = getattr(reason.value, "signal", None)
         if self.stopping:

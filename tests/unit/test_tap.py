@@ -19,7 +19,12 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from metagateway.daemon.dev import curl_target
-from metagateway.daemon.tap import Listener, Options, makeService
+from metagateway.daemon.tap import (
+    Listener,
+    Options,
+    makeService,
+    twistd_logs_to_stdout,
+)
 from metagateway.testing import EnvironmentMixin
 
 
@@ -546,3 +551,39 @@ class VersionTests(SynchronousTestCase):
             "metagateway %s (Twisted %s)\n"
             % (metagateway.__version__, twisted.__version__),
         )
+
+
+class TwistdLogTests(SynchronousTestCase):
+    """
+    :func:`twistd_logs_to_stdout`: where ``twistd`` writes its text log,
+    read from its own options.
+    """
+
+    def test_stdout(self) -> None:
+        """
+        ``-n`` (or ``--nodaemon``, or in a cluster of flags) without a log
+        file, or with ``--logfile -``: standard output.
+        """
+        for args in (
+            ["-n", "metagateway", "--listen", "tcp:0"],
+            ["--nodaemon", "--pidfile=", "metagateway"],
+            ["-no", "metagateway", "--logfile=x.log"],
+            ["-n", "--logfile", "-", "metagateway"],
+        ):
+            self.assertTrue(twistd_logs_to_stdout(args), args)
+
+    def test_elsewhere(self) -> None:
+        """
+        A daemon (no ``-n``), a log file, syslog, a custom logger, or
+        options ``twistd`` would not accept: not standard output (the text
+        access log then goes through ``twistd``'s log).
+        """
+        for args in (
+            ["metagateway"],
+            ["-n", "--logfile=/var/log/x.log", "metagateway"],
+            ["-nl", "x.log", "metagateway"],
+            ["-n", "--syslog", "metagateway"],
+            ["-n", "--logger=a.b", "metagateway"],
+            ["--no-such-option", "-n", "metagateway"],
+        ):
+            self.assertFalse(twistd_logs_to_stdout(args), args)

@@ -16,7 +16,12 @@ from typing import Any, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.error import (
+    CannotListenError,
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+)
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -35,11 +40,14 @@ from metagateway.daemon.workers import (
     ParentWatch,
     ProcessSettings,
     WorkerSupervisor,
+    bind_sockets,
     offset_endpoint,
+    tcp_address,
     worker_argv,
     worker_environ,
 )
 from metagateway.http.site import GatewaySite
+from metagateway.observability.loglines import TextLines
 from metagateway.observability.metrics import MetricsSite
 from metagateway.testing import SECRET, EnvironmentMixin
 
@@ -734,6 +742,29 @@ class MakeServiceTests(EnvironmentMixin, SynchronousTestCase):
             gateways.append(site.resource.recorder.access_log)
         text, json_log, off = gateways
         self.assertEqual((text.form, json_log.form, off), ("text", "json", None))
+        # Not under twistd -n: text lines go through the log publisher.
+        self.assertIsNone(text.lines)
+
+    def test_worker_text_log_buffered(self) -> None:
+        """
+        A worker logs to its standard output: its text access log writes
+        there directly, buffered, in ``twistd``'s line form, and is flushed
+        at shutdown.
+        """
+        self.use_environ(
+            {
+                "GATEWAY_JWT_SECRET": SECRET,
+                WORKER_INDEX_VARIABLE: "0",
+                WORKER_SOCKETS_VARIABLE: "3:%d" % (socket.AF_INET,),
+            }
+        )
+        service, reactor = self.make("--listen", "tcp:8080")
+        site = [s for s in service if isinstance(s, AdoptedPortService)][0].factory
+        access_log = site.resource.recorder.access_log
+        self.assertEqual(access_log.form, "text")
+        self.assertIsInstance(access_log.lines, TextLines)
+        after = reactor.triggers.get("after", {}).get("shutdown", [])
+        self.assertIn(access_log.flush, [f for f, *_ in after])
 
     def test_worker(self) -> None:
         """
@@ -807,3 +838,172 @@ class ImportTests(SynchronousTestCase):
         self.assertFalse(
             imported & {"metagateway.daemon.tap", "metagateway.daemon.worker"}
         )
+
+
+class FakeSocket:
+    """
+    A socket that records what is done to it; ``busy`` ports refuse to be
+    bound (without ``SO_REUSEPORT``, or always when ``busy_all``).
+    """
+
+    next_fd = 100
+
+    def __init__(self, world: FakeSockets, family: int, kind: int) -> None:
+        self.world = world
+        self.family = family
+        self.options: dict[int, int] = {}
+        self.address: Any = None
+        self.listening: Optional[int] = None
+        self.closed = False
+        self.shut = False
+        self.blocking = True
+        FakeSocket.next_fd += 1
+        self.fd = FakeSocket.next_fd
+
+    def setsockopt(self, level: int, name: int, value: int) -> None:
+        self.options[name] = value
+
+    def bind(self, address: Any) -> None:
+        host, port = address[:2]
+        if port in self.world.busy and (
+            self.world.busy_all or socket.SO_REUSEPORT not in self.options
+        ):
+            raise OSError(98, "Address already in use")
+        self.address = (host, port or 40000)
+
+    def getsockname(self) -> Any:
+        return self.address
+
+    def listen(self, backlog: int) -> None:
+        self.listening = backlog
+        self.shut = False
+
+    def shutdown(self, how: int) -> None:
+        self.shut = True
+
+    def setblocking(self, flag: bool) -> None:
+        self.blocking = flag
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeSockets:
+    """
+    Makes :class:`FakeSocket` objects and keeps them.
+    """
+
+    def __init__(self, busy: tuple[int, ...] = (), busy_all: bool = False) -> None:
+        self.busy = busy
+        self.busy_all = busy_all
+        self.made: list[FakeSocket] = []
+
+    def __call__(self, family: int, kind: int) -> FakeSocket:
+        made = FakeSocket(self, family, kind)
+        self.made.append(made)
+        return made
+
+
+class ReusePortTests(SynchronousTestCase):
+    """
+    ``SO_REUSEPORT``: one listening socket per worker for each TCP
+    endpoint, a busy port refused, ``unix:`` still shared.
+    """
+
+    def test_tcp_address(self) -> None:
+        """
+        The family, interface, port and backlog of ``tcp:`` and ``tcp6:``
+        descriptions, escaped colons included.
+        """
+        self.assertEqual(
+            tcp_address("tcp:8080:interface=127.0.0.1"),
+            (socket.AF_INET, "127.0.0.1", 8080, 50),
+        )
+        self.assertEqual(
+            tcp_address("tcp6:port=0:interface=\\:\\:1:backlog=7"),
+            (socket.AF_INET6, "::1", 0, 7),
+        )
+        self.assertEqual(tcp_address("tcp6:80"), (socket.AF_INET6, "::", 80, 50))
+        self.assertRaises(ConfigurationError, tcp_address, "tcp:interface=x")
+
+    def test_one_socket_per_worker(self) -> None:
+        """
+        Each worker gets its own socket, all bound with ``SO_REUSEPORT`` to
+        the port a probe without it picked, listening; the probe is closed.
+        """
+        sockets = FakeSockets()
+        [held] = bind_sockets(
+            None, ["tcp:0:interface=127.0.0.1"], 3, True, make_socket=sockets
+        )
+        probe, *own = sockets.made
+        self.assertTrue(probe.closed)
+        self.assertNotIn(socket.SO_REUSEPORT, probe.options)
+        self.assertEqual(len(own), 3)
+        for sock in own:
+            self.assertEqual(sock.options[socket.SO_REUSEPORT], 1)
+            self.assertEqual(sock.address, ("127.0.0.1", 40000))
+            self.assertEqual(sock.listening, 50)
+            # Adopted as it is by the worker's reactor, which must not block.
+            self.assertFalse(sock.blocking)
+        self.assertEqual([held.fd_for(i) for i in range(3)], [sock.fd for sock in own])
+        held.close()
+        self.assertTrue(all(sock.closed for sock in own))
+
+    def test_busy_port(self) -> None:
+        """
+        A port another socket holds is refused by the probe, as a plain
+        listen would be, before any ``SO_REUSEPORT`` socket joins it; a
+        failure part-way closes the sockets already bound.
+        """
+        sockets = FakeSockets(busy=(8125,))
+        with self.assertRaises(CannotListenError) as raised:
+            bind_sockets(
+                None, ["tcp:8125:interface=127.0.0.1"], 2, True, make_socket=sockets
+            )
+        self.assertEqual(
+            str(raised.exception),
+            "Couldn't listen on 127.0.0.1:8125: [Errno 98] Address already in use.",
+        )
+        self.assertEqual(len(sockets.made), 1)
+        self.assertTrue(sockets.made[0].closed)
+
+    def test_unix_shared(self) -> None:
+        """
+        ``unix:`` endpoints stay one socket the workers share.
+        """
+
+        class UnixHolding(HoldingReactor):
+            def listenUNIX(self, address: str, *args: Any, **kw: Any) -> Any:
+                super().listenUNIX(address, *args, **kw)
+                return HeldPort(0)
+
+        sockets = FakeSockets()
+        held = bind_sockets(
+            UnixHolding(), ["unix:/tmp/x.sock"], 2, True, make_socket=sockets
+        )
+        self.assertEqual(sockets.made, [])
+        self.assertEqual(held[0].own, ())
+        self.assertEqual(held[0].fd_for(1), held[0].fd)
+
+    def test_down_worker_paused(self) -> None:
+        """
+        A worker that dies has its socket taken out of the group
+        (``shutdown``) until it is started again, when it listens again
+        and is handed to the new worker; the others are left alone.
+        """
+        sockets = FakeSockets()
+        held = bind_sockets(None, ["tcp:0"], 2, True, make_socket=sockets)
+        reactor = ProcessReactor()
+        supervisor = WorkerSupervisor(
+            reactor, lambda index: ["python"], {}, 2, lambda: held
+        )
+        supervisor.startService()
+        own = sockets.made[1:]
+        reactor.end(1)
+        self.assertEqual([sock.shut for sock in own], [False, True])
+        reactor.advance(RESTART_DELAY)
+        self.assertEqual([sock.shut for sock in own], [False, False])
+        self.assertEqual(reactor.spawned[-1][3][FIRST_SOCKET_FD], own[1].fd)
