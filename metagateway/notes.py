@@ -56,6 +56,8 @@ class RequestNotes:
         with what it was routed from (its own cache).
     :ivar cors: the CORS policy the answer follows, when it is not every
         origin's (a :class:`~metagateway.cors.CorsPolicy`).
+    :ivar trace: the request's trace context, once asked for (a
+        :class:`~metagateway.observability.tracing.TraceContext`).
     """
 
     __slots__ = (
@@ -74,6 +76,7 @@ class RequestNotes:
         "in_flight",
         "target",
         "cors",
+        "trace",
     )
 
     def __init__(self) -> None:
@@ -92,6 +95,7 @@ class RequestNotes:
         self.in_flight: Optional[DrainState] = None
         self.target: Optional[tuple[Any, ...]] = None
         self.cors: Any = None
+        self.trace: Any = None
 
     def draining(self) -> bool:
         """

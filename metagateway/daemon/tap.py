@@ -44,6 +44,7 @@ from metagateway.http.site import GatewaySite
 from metagateway.observability.accesslog import AccessLog
 from metagateway.observability.collector import CollectorTuning
 from metagateway.observability.metrics import Metrics, MetricsSite
+from metagateway.observability.otel import TracingService, tracing_from_environ
 from metagateway.proxy.upstream import upstream_tls_policy
 from metagateway.state.memory import MemorySecurityState
 from metagateway.state.supervisor import StateHub, SupervisedSecurityState
@@ -446,14 +447,19 @@ def _single(
     One process serving the gateway: on the ``--listen`` endpoints, or on
     the sockets a worker inherited.
     """
+    # Spans only when the OTEL_* variables name an exporter.
+    tracing = tracing_from_environ(os.environ)
     gateway = Gateway(
         config,
         reactor,
         access_log=_access_log(process, reactor),
         metrics=Metrics(worker=process.worker_index),
         state=_worker_state(config, process, reactor),
+        tracing=tracing,
     )
     top = MultiService()
+    if tracing is not None:
+        TracingService(tracing).setServiceParent(top)
     # For the reload (SIGHUP).
     top.gateway = gateway  # type: ignore[attr-defined]
     gateway.service.setServiceParent(top)

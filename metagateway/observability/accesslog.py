@@ -24,11 +24,12 @@ field               meaning                              set by
 ``request_id``      the request id                       ``errors.request_id_of``
 ``bytes_in``        request body bytes                   the recorder, or
                                                          :func:`note_bytes_in`
+``trace``           the trace context                    ``tracing.trace_of``
 =================== ==================================== =========================
 
 An event holds the request id, client address, method, path (never the
 query string), route, status, bytes in and out, duration, upstream status
-or error, error code and token subject: never a header value, a token or
+or error, error code, token subject and trace id: never a header value, a token or
 a secret. Nothing is formatted on the request path: the fields are handed
 to the observer, which formats them only if it writes them, and then
 cheaply (one ``%`` for the text line, one ``%`` of JSON-quoted values for
@@ -54,6 +55,7 @@ from twisted.web.iweb import IRequest
 from metagateway.errors import request_id_of
 from metagateway.notes import RequestNotes, notes_of
 from metagateway.observability.metrics import UPSTREAM_ERRORS, Metrics
+from metagateway.observability.tracing import trace_of
 
 #: The namespace of access-log events.
 NAMESPACE = "metagateway.access"
@@ -63,7 +65,10 @@ FORMATS = ("text", "json", "off")
 
 #: The text line of an access-log event, ``%``-formatted from the values of
 #: :data:`TEXT_FIELDS` (a missing value reads ``-``).
-TEXT_LINE = '%s "%s %s" %s %s in=%s out=%s %.1fms upstream=%s error=%s subject=%s id=%s'
+TEXT_LINE = (
+    '%s "%s %s" %s %s in=%s out=%s %.1fms upstream=%s error=%s subject=%s id=%s '
+    "trace=%s"
+)
 
 #: The event keys the text line is made of, in order.
 TEXT_FIELDS = (
@@ -79,6 +84,7 @@ TEXT_FIELDS = (
     "error",
     "subject",
     "request_id",
+    "trace_id",
 )
 
 #: An access-log event's ``log_format``: the one :class:`AccessLine` field.
@@ -260,6 +266,7 @@ class JSONLines:
             upstream_error,
             error,
             subject,
+            trace_id,
         ) = fields
         try:
             if isfinite(duration_ms):
@@ -280,6 +287,7 @@ class JSONLines:
                     "null" if upstream_error is None else _quote(upstream_error),
                     "null" if error is None else _quote(error),
                     "null" if subject is None else _quote(subject),
+                    _quote(trace_id),
                 )
         except TypeError:
             pass
@@ -303,6 +311,7 @@ JSON_FIELDS = (
     "upstream_error",
     "error",
     "subject",
+    "trace_id",
 )
 
 
@@ -311,7 +320,8 @@ JSON_FIELDS = (
 JSON_LINE = (
     '{"time":"%s","requestId":%s,"client":%s,"method":%s,"path":%s,'
     '"route":%s,"status":%s,"bytesIn":%s,"bytesOut":%s,"durationMs":%s,'
-    '"upstreamStatus":%s,"upstreamError":%s,"error":%s,"subject":%s}\n'
+    '"upstreamStatus":%s,"upstreamError":%s,"error":%s,"subject":%s,'
+    '"traceId":%s}\n'
 )
 
 
@@ -658,6 +668,7 @@ class RequestRecorder:
             upstream_error,
             error,
             notes.subject,
+            trace_of(request, notes).trace_id,
         )
         if not access_log.add_json(time.time(), fields):
             access_log.observer(_event(access_log, fields))
@@ -705,6 +716,7 @@ def _event(access_log: AccessLog, fields: tuple[Any, ...]) -> dict[str, Any]:
         upstream_error,
         error,
         subject,
+        trace_id,
     ) = fields
     upstream = upstream_error if upstream_error is not None else upstream_status
     event = {
@@ -728,6 +740,7 @@ def _event(access_log: AccessLog, fields: tuple[Any, ...]) -> dict[str, Any]:
         "upstream_error": upstream_error,
         "error": error,
         "subject": subject,
+        "trace_id": trace_id,
     }
     if access_log.text:
         event["access_line"] = AccessLine(
@@ -744,6 +757,7 @@ def _event(access_log: AccessLog, fields: tuple[Any, ...]) -> dict[str, Any]:
                 error,
                 subject,
                 request_id,
+                trace_id,
             )
         )
     return event
