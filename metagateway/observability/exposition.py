@@ -235,4 +235,3 @@ def exposition(registry: CollectorRegistry) -> bytes:
     ``registry``'s metrics in the Prometheus text format.
     """
     return generate_latest(registry)
-
