@@ -45,6 +45,7 @@ from metagateway.observability.accesslog import AccessLog
 from metagateway.observability.collector import CollectorTuning
 from metagateway.observability.metrics import Metrics, MetricsSite
 from metagateway.observability.otel import TracingService, tracing_from_environ
+from metagateway.observability.status import GatewayStatus, StatusSampler
 from metagateway.proxy.upstream import upstream_tls_policy
 from metagateway.state.memory import MemorySecurityState
 from metagateway.state.supervisor import StateHub, SupervisedSecurityState
@@ -472,11 +473,23 @@ def _single(
         for description in config.listen:
             _listener(reactor, "listen", description, site).setServiceParent(top)
     if process.metrics_listen:
+        status = GatewayStatus(
+            gateway.metrics,
+            reactor.seconds,
+            lambda: gateway.proxies,
+            gateway.reloads,
+            lambda: gateway.config.config_file,
+            config.listen,
+            process.worker_index,
+            # A worker is not told how many there are.
+            None if process.is_worker else process.workers,
+        )
+        StatusSampler(status, reactor).setServiceParent(top)
         _listener(
             reactor,
             "metrics-listen",
             process.metrics_listen,
-            MetricsSite(gateway.metrics),
+            MetricsSite(gateway.metrics, status),
         ).setServiceParent(top)
     if dev is not None:
         DevCleanup(dev).setServiceParent(top)

@@ -12,7 +12,7 @@ The exposition is the Prometheus text format, version 0.0.4, written by
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from prometheus_client.exposition import generate_latest
 from zope.interface import implementer
@@ -34,6 +34,9 @@ from metagateway.errors import GatewayError, error_response
 from metagateway.observability.exposition import CONTENT_TYPE as CONTENT_TYPE
 from metagateway.observability.exposition import gateway_registry
 from metagateway.state.stats import StateStats
+
+if TYPE_CHECKING:
+    from metagateway.observability.status import GatewayStatus
 
 #: Upper bounds, in seconds, of the request latency histogram's buckets.
 LATENCY_BUCKETS = (
@@ -282,39 +285,59 @@ class MeasuredCredentialStore:
 
 class MetricsResource(Resource):
     """
-    ``GET /metrics``: the exposition of one :class:`Metrics`; anything
-    else is a JSON ``404``.
+    ``GET /metrics``: the exposition of one :class:`Metrics`; with a
+    status, ``GET /status`` and ``GET /status.json`` too
+    (:mod:`metagateway.observability.status`); anything else is a JSON
+    ``404``.
 
     :param metrics: what to expose.
+    :param status: what the status page shows, if served.
     """
 
     isLeaf = True
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(
+        self, metrics: Metrics, status: Optional[GatewayStatus] = None
+    ) -> None:
         super().__init__()
         self.metrics = metrics
+        self.status = status
 
     def render(self, request: IRequest) -> bytes:
         """
-        Answer a scrape.
+        Answer a scrape, or a look at the status.
         """
-        if request.path != b"/metrics" or request.method not in (b"GET", b"HEAD"):
-            return error_response(
-                request, GatewayError(404, "NOT_FOUND", "Route not handled", "CORE")
-            )
-        body = self.metrics.exposition()
-        request.setHeader(b"Content-Type", CONTENT_TYPE)
-        request.setHeader(b"Content-Length", b"%d" % (len(body),))
-        return body
+        path = request.path
+        if request.method not in (b"GET", b"HEAD"):
+            path = b""
+        if path == b"/metrics":
+            body = self.metrics.exposition()
+            request.setHeader(b"Content-Type", CONTENT_TYPE)
+            request.setHeader(b"Content-Length", b"%d" % (len(body),))
+            return body
+        if self.status is not None:
+            from metagateway.observability.status import status_html, status_json
+
+            if path == b"/status.json":
+                return status_json(self.status, request)
+            if path in (b"/status", b"/status/"):
+                return status_html(self.status, request)
+        return error_response(
+            request, GatewayError(404, "NOT_FOUND", "Route not handled", "CORE")
+        )
 
 
 class MetricsSite(Site):
     """
     The ``Site`` on ``--metrics-listen``: scrapes are not access-logged.
+
+    :param status: what ``/status`` shows, if served.
     """
 
-    def __init__(self, metrics: Metrics, **kwargs: Any) -> None:
-        super().__init__(MetricsResource(metrics), **kwargs)
+    def __init__(
+        self, metrics: Metrics, status: Optional[GatewayStatus] = None, **kwargs: Any
+    ) -> None:
+        super().__init__(MetricsResource(metrics, status), **kwargs)
 
     def log(self, request: Request) -> None:
         """
