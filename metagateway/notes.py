@@ -10,7 +10,16 @@ imports nothing of the gateway's, so that any layer may.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any, Optional, Protocol
+
+#: The ``traceparent`` that a call made now on a request's behalf (the
+#: credential store's lookup) carries; ``None`` outside such a call. Set
+#: by :func:`metagateway.observability.tracing.call_traced`: the stores sit
+#: below the layer that knows the request.
+outgoing_traceparent: ContextVar[Optional[str]] = ContextVar(
+    "metagateway_outgoing_traceparent", default=None
+)
 
 
 class DrainState(Protocol):

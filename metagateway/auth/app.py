@@ -42,7 +42,7 @@ from metagateway.errors import (
     write_json,
 )
 from metagateway.observability.accesslog import note_subject
-from metagateway.observability.tracing import child_span, end_span
+from metagateway.observability.tracing import call_traced, child_span, end_span
 from metagateway.state.interfaces import StateUnavailable
 
 log = Logger()
@@ -314,7 +314,9 @@ class AuthApp:
         if is_valid_username(username):
             span = child_span(request, "credentials.lookup")
             try:
-                record = await self.store.lookup(username)
+                record = await call_traced(
+                    request, span, lambda: self.store.lookup(username)
+                )
             except UnknownAccount:
                 record = None
             except StoreUnavailable as e:

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
-from metagateway.notes import RequestNotes, notes_of
+from metagateway.notes import RequestNotes, notes_of, outgoing_traceparent
+
+_T = TypeVar("_T")
 
 #: ``version-traceid-parentid-flags``, lower-case hex only; a version
 #: other than ``00`` may be followed by more fields, after a ``-``.
@@ -257,3 +259,21 @@ def end_span(
 
         span.set_status(Status(StatusCode.ERROR, error))
     span.end()
+
+
+def call_traced(request: IRequest, span: Any, call: Callable[[], _T]) -> _T:
+    """
+    Make ``call`` (which starts a call on ``request``'s behalf, such as a
+    credential-store lookup) with
+    :data:`~metagateway.notes.outgoing_traceparent` naming ``request``'s
+    trace, and ``span`` (from :func:`child_span`) as the parent when spans
+    are recorded. A store that makes HTTP calls (R2) sends it on; the
+    Deferred ``call`` returns keeps it for its later steps.
+    """
+    trace = trace_of(request)
+    span_id = None if span is None else trace.tracing.span_id(span)
+    token = outgoing_traceparent.set(trace.traceparent(span_id).decode("ascii"))
+    try:
+        return call()
+    finally:
+        outgoing_traceparent.reset(token)

@@ -458,3 +458,44 @@ class _Refusing:
         from twisted.internet.error import ConnectionRefusedError
 
         return fail(ConnectionRefusedError())
+
+
+class CredentialStoreTraceTests(SynchronousTestCase):
+    """
+    The credential store's calls carry the login's trace.
+    """
+
+    def test_r2_lookup(self) -> None:
+        """
+        A login's R2 lookup sends the login's ``traceparent``: its trace,
+        the gateway's span as parent. Other R2 calls send none.
+        """
+        from metagateway.auth.passwords import make_record
+        from metagateway.credentials.r2 import R2CredentialStore
+        from metagateway.testing import FakeS3, StubTreq
+        from metagateway.testing.s3 import SETTINGS
+
+        harness = GatewayHarness()
+        s3 = FakeS3(harness.clock)
+        store = R2CredentialStore(SETTINGS, StubTreq(s3), harness.clock)  # type: ignore[arg-type]
+        s3.objects["auth/admins/%s.json" % (USERNAME,)] = make_record(
+            USERNAME, PASSWORD, "admin"
+        ).to_json()
+        harness.gateway.auth.store = store
+        response, body = harness.request(
+            self,
+            "POST",
+            "/auth/login",
+            data=json.dumps({"username": USERNAME, "password": PASSWORD}).encode(),
+            headers={"traceparent": VALID.decode()},
+        )
+        self.assertEqual(response.code, 200, body)
+        [(method, _, headers)] = s3.requests
+        self.assertEqual(method, "GET")
+        sent = {k.lower(): v for k, v in headers.items()}["traceparent"]
+        self.assertRegex(sent, r"\A00-%s-[0-9a-f]{16}-01\Z" % (TRACE,))
+        self.assertNotIn(PARENT, sent)
+        self.successResultOf(store.lookup(USERNAME))
+        harness.clock.advance(0)
+        later = {k.lower() for k in s3.requests[-1][2]}
+        self.assertNotIn("traceparent", later)
