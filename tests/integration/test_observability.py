@@ -7,12 +7,15 @@ receiver started by the test.
 from __future__ import annotations
 
 import json
+import os
 import re
-from typing import Any
+import shutil
+from typing import Any, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -37,9 +40,9 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = "00-%s-00f067aa0ba902b7-01" % (TRACE,)
 
 
-class StatusDaemonTests(DaemonCase):
+class StatusDaemonCase(DaemonCase):
     """
-    ``/status`` and ``/status.json`` on the daemon's ``--metrics-listen``.
+    The daemon with ``--metrics-listen``, whose URL is :attr:`metrics`.
     """
 
     timeout = 60
@@ -60,6 +63,12 @@ class StatusDaemonTests(DaemonCase):
         )
         document: dict[str, Any] = json.loads(await r.content())
         return document
+
+
+class StatusDaemonTests(StatusDaemonCase):
+    """
+    ``/status`` and ``/status.json`` on the daemon's ``--metrics-listen``.
+    """
 
     def test_status(self) -> Deferred[None]:
         """
@@ -239,3 +248,105 @@ class OtlpTests(DaemonCase):
             self.assertTrue(re.fullmatch(r"[0-9a-f]{32}", login.trace_id.hex()))
 
         return ensureDeferred(go())
+
+
+def chromium() -> Optional[str]:
+    """
+    The headless browser to use, if one is installed.
+    """
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+#: The flags every headless run gets: no network of its own, no first-run
+#: work, a profile of its own.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+
+class BrowserTests(StatusDaemonCase):
+    """
+    The status page in a real headless Chromium.
+    """
+
+    timeout = 120
+
+    def setUp(self) -> Any:
+        if chromium() is None:
+            raise self.skipTest(
+                "no chromium installed (apt-get install -y chromium) to render "
+                "the status page in"
+            )
+        return super().setUp()
+
+    async def render(self, *extra: str) -> str:
+        """
+        Load ``/status`` in Chromium and return the DOM it rendered.
+        """
+        browser = chromium()
+        assert browser is not None
+        profile = self.mktemp()
+        os.makedirs(profile)
+        out, err, code = await getProcessOutputAndValue(
+            browser,
+            [
+                *CHROMIUM_FLAGS,
+                "--user-data-dir=" + profile,
+                *extra,
+                "--dump-dom",
+                self.metrics + "/status",
+            ],
+            env={"HOME": profile, "PATH": os.environ.get("PATH", "")},
+            reactor=reactor,
+        )
+        self.assertEqual(code, 0, err)
+        return out.decode("utf-8")
+
+    def test_renders_and_moves(self) -> Deferred[None]:
+        """
+        The page renders in a real browser; after load, its numbers have
+        moved. With ``METAGATEWAY_STATUS_SCREENSHOT`` set, a screenshot of
+        the loaded page is written there (for the docs).
+        """
+
+        async def go() -> None:
+            before = await self.render()
+            self.assertIn("metagateway", before)
+            first = card(before, "requests-total")
+            for _ in range(40):
+                r = await self.http.get(self.base + "/nowhere")
+                await r.content()
+            after = await self.render()
+            self.assertGreaterEqual(card(after, "requests-total"), first + 40)
+            self.assertGreater(float(card_text(after, "requests-per-second")), 0)
+            shot = os.environ.get("METAGATEWAY_STATUS_SCREENSHOT")
+            if shot:
+                await self.render("--window-size=1100,760", "--screenshot=" + shot)
+
+        return ensureDeferred(go())
+
+
+def card_text(dom: str, ident: str) -> str:
+    """
+    The text of the figure ``ident`` on the rendered page.
+    """
+    match = re.search(r'<b id="%s">([^<]*)</b>' % (re.escape(ident),), dom)
+    assert match is not None, dom
+    return match.group(1)
+
+
+def card(dom: str, ident: str) -> int:
+    """
+    The figure ``ident`` on the rendered page, as a whole number.
+    """
+    return int(card_text(dom, ident))
