@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
@@ -42,7 +42,7 @@ try:
     )
     from opentelemetry.trace import SpanKind, StatusCode
 
-    OTEL: str | None = None
+    OTEL: Optional[str] = None
 except ImportError:  # pragma: no cover
     OTEL = "the otel extra (opentelemetry-sdk) is not installed"
 
