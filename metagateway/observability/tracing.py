@@ -182,11 +182,18 @@ def start_trace(headers: Headers) -> TraceContext:
     The trace context of a request with ``headers``: its caller's trace
     continued, or a new trace.
     """
-    incoming = incoming_trace(headers)
-    if incoming is None:
+    if headers.hasHeader(b"traceparent"):
+        incoming = incoming_trace(headers)
+        if incoming is not None:
+            trace_id, parent_id, flags, state = incoming
+            return TraceContext(trace_id, new_span_id(), parent_id, flags, state)
+    # Both ids from one draw: a new trace is the usual case.
+    ids = "%048x" % (_random.getrandbits(192),)
+    trace_id = ids[:32]
+    span_id = ids[32:]
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return TraceContext(new_trace_id(), new_span_id())
-    trace_id, parent_id, flags, state = incoming
-    return TraceContext(trace_id, new_span_id(), parent_id, flags, state)
+    return TraceContext(trace_id, span_id)
 
 
 def trace_of(request: Any, notes: Optional[RequestNotes] = None) -> TraceContext:
