@@ -91,6 +91,7 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(document["config"]["file"], "/etc/metagateway.toml")
         self.assertEqual(document["config"]["reloads"], {"success": 0, "error": 0})
         self.assertEqual(document["state"], {"shared": False})
+        self.assertEqual((document["worker"], document["workers"]), (None, 1))
         routes = {route["name"]: route for route in document["routes"]}
         self.assertEqual(sorted(routes), ["BUILD", "KV"])
         self.assertEqual(routes["BUILD"]["prefix"], "/build")
@@ -112,7 +113,6 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(first["downFor"], 10)
         self.assertTrue(second["healthy"])
         self.assertTrue(build["healthy"])
-        self.flushLoggedErrors()
 
     def test_rates(self) -> None:
         """
@@ -161,11 +161,21 @@ class StatusTests(SynchronousTestCase):
         """
         The sampler samples every few seconds on the given clock, and stops.
         """
+        metrics = self.harness.gateway.metrics
         sampler = StatusSampler(self.status, self.harness.clock)
         sampler.startService()
-        calls = len(self.harness.clock.getDelayedCalls())
-        self.assertGreaterEqual(calls, 1)
+        for _ in range(12):
+            metrics.observe_request("KV", b"GET", 200, 0.01)
+            self.harness.clock.advance(SAMPLE_SECONDS)
+        # Sampled along the way: the first minute's requests are all seen,
+        # over the whole window.
+        last = self.status.rates()
+        self.assertEqual(last["seconds"], 60)
+        self.assertEqual(last["requests"], round(12 / 60, 3))
         sampler.stopService()
+        before = len(self.harness.clock.getDelayedCalls())
+        self.harness.clock.advance(SAMPLE_SECONDS * 3)
+        self.assertEqual(len(self.harness.clock.getDelayedCalls()), before)
 
     def test_shared_state(self) -> None:
         """
