@@ -22,9 +22,16 @@ setup(
         "zope.interface>=6",
         "botocore>=1.31",
         "txredisapi>=1.4",
+        "prometheus_client>=0.17",
         'tomli>=1.1; python_version < "3.11"',
     ],
     extras_require={
+        # OpenTelemetry spans, exported over OTLP/HTTP when the OTEL_*
+        # variables name an exporter (docs/observability.rst).
+        "otel": [
+            "opentelemetry-sdk>=1.20",
+            "opentelemetry-exporter-otlp-proto-http>=1.20",
+        ],
         "test": [
             "moto[s3,server]>=5",
             "boto3",

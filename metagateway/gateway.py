@@ -34,6 +34,7 @@ from metagateway.http.drain import InFlight
 from metagateway.http.site import GatewayResource
 from metagateway.observability.accesslog import AccessLog, RequestRecorder
 from metagateway.observability.metrics import MeasuredCredentialStore, Metrics
+from metagateway.observability.otel import OpenTelemetryTracing, TracingRecorder
 from metagateway.observability.reloads import ReloadStats
 from metagateway.proxy.balancer import pool_samples
 from metagateway.proxy.resource import GatewayProxyResource
@@ -229,6 +230,9 @@ class Gateway:
         counters); by default the Redis store ``config.state`` names, else
         one held in this process. One that is also an ``IService`` is
         started and stopped with :attr:`service`.
+    :param tracing: the OpenTelemetry bridge spans go through
+        (:func:`~metagateway.observability.otel.tracing_from_environ`);
+        ``None`` records none (the ``traceparent`` is still passed on).
 
     :raises ConfigurationError: when the secret is empty, a trusted proxy
         is not an address or network, or no store is passed and ``config``
@@ -259,6 +263,7 @@ class Gateway:
         metrics: Optional[Metrics] = None,
         webhook_agent: Optional[IAgent] = None,
         state: Optional[ISecurityState] = None,
+        tracing: Optional[OpenTelemetryTracing] = None,
     ) -> None:
         if not config.jwt_secret:
             raise ConfigurationError("the JWT secret is empty")
@@ -308,11 +313,15 @@ class Gateway:
         trusted = _trusted_proxies(config)
         self.auth = self._auth_app(trusted)
         self.webhooks = self._webhooks(webhook_agent)
-        self.recorder = RequestRecorder(
-            self.metrics,
-            reactor.seconds,
-            access_log,
-            partial(client_address, trusted_proxies=trusted),
+        self.tracing = tracing
+        client = partial(client_address, trusted_proxies=trusted)
+        self.recorder: RequestRecorder = (
+            RequestRecorder(self.metrics, reactor.seconds, access_log, client)
+            if tracing is None
+            # Spans only when asked for: no per-request test otherwise.
+            else TracingRecorder(
+                self.metrics, reactor.seconds, access_log, client, tracing=tracing
+            )
         )
         self.in_flight = InFlight()
         # WebSocket handshakes connect anew, with the proxy's TLS.

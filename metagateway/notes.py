@@ -10,7 +10,16 @@ imports nothing of the gateway's, so that any layer may.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any, Optional, Protocol
+
+#: The ``traceparent`` that a call made now on a request's behalf (the
+#: credential store's lookup) carries; ``None`` outside such a call. Set
+#: by :func:`metagateway.observability.tracing.call_traced`: the stores sit
+#: below the layer that knows the request.
+outgoing_traceparent: ContextVar[Optional[str]] = ContextVar(
+    "metagateway_outgoing_traceparent", default=None
+)
 
 
 class DrainState(Protocol):
@@ -58,6 +67,8 @@ class RequestNotes:
         origin's (a :class:`~metagateway.cors.CorsPolicy`).
     :ivar closed_by: how a joined WebSocket ended (``ws-client-closed``
         ...), logged in place of the upstream's status.
+    :ivar trace: the request's trace context, once asked for (a
+        :class:`~metagateway.observability.tracing.TraceContext`).
     """
 
     __slots__ = (
@@ -77,6 +88,7 @@ class RequestNotes:
         "target",
         "cors",
         "closed_by",
+        "trace",
     )
 
     def __init__(self) -> None:
@@ -96,6 +108,7 @@ class RequestNotes:
         self.target: Optional[tuple[Any, ...]] = None
         self.cors: Any = None
         self.closed_by: Optional[str] = None
+        self.trace: Any = None
 
     def draining(self) -> bool:
         """

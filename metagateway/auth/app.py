@@ -42,6 +42,7 @@ from metagateway.errors import (
     write_json,
 )
 from metagateway.observability.accesslog import note_subject
+from metagateway.observability.tracing import call_traced, child_span, end_span
 from metagateway.state.interfaces import StateUnavailable
 
 log = Logger()
@@ -311,8 +312,11 @@ class AuthApp:
             ) from None
         record = None
         if is_valid_username(username):
+            span = child_span(request, "credentials.lookup")
             try:
-                record = await self.store.lookup(username)
+                record = await call_traced(
+                    request, span, lambda: self.store.lookup(username)
+                )
             except UnknownAccount:
                 record = None
             except StoreUnavailable as e:
@@ -322,12 +326,17 @@ class AuthApp:
                     why=str(e),
                 )
                 raise store_unavailable(route) from None
+            finally:
+                end_span(span)
+        span = child_span(request, "password.check")
         try:
             matched = await self.passwords.check(record, password)
         except BadParameters:
             attempt.abandoned()
             log.warn("Unusable password parameters in an account record")
             raise store_unavailable(route) from None
+        finally:
+            end_span(span)
         if (
             record is None
             or not matched

@@ -61,6 +61,7 @@ from metagateway.credentials.s3 import (
     parse_xml,
     sign_request,
 )
+from metagateway.notes import outgoing_traceparent
 
 _T = TypeVar("_T")
 
@@ -216,8 +217,13 @@ class R2CredentialStore:
     async def _lookup(self, username: str) -> AccountRecord:
         if not is_valid_username(username):
             raise UnknownAccount(username)
+        # The login's trace, when one is looking (:ref:`contract-observability`).
+        traceparent = outgoing_traceparent.get()
         answer = await self._call(
-            "GET", self._object_path(username), cap=MAX_RECORD_BYTES
+            "GET",
+            self._object_path(username),
+            cap=MAX_RECORD_BYTES,
+            headers=None if traceparent is None else {"traceparent": traceparent},
         )
         if answer.status == 404:
             self._expect_no_such_key(answer, "GET")

@@ -47,6 +47,8 @@ from metagateway.http.site import GatewaySite
 from metagateway.observability.accesslog import AccessLog
 from metagateway.observability.collector import CollectorTuning
 from metagateway.observability.metrics import Metrics, MetricsSite
+from metagateway.observability.otel import TracingService, tracing_from_environ
+from metagateway.observability.status import GatewayStatus, StatusSampler
 from metagateway.proxy.upstream import upstream_tls_policy
 from metagateway.state.memory import MemorySecurityState
 from metagateway.state.supervisor import StateHub, SupervisedSecurityState
@@ -517,14 +519,19 @@ def _single(
     :param text_to_stdout: whether ``twistd`` writes its text log to
         standard output (see :func:`_access_log`).
     """
+    # Spans only when the OTEL_* variables name an exporter.
+    tracing = tracing_from_environ(os.environ)
     gateway = Gateway(
         config,
         reactor,
         access_log=_access_log(process, reactor, text_to_stdout or process.is_worker),
         metrics=Metrics(worker=process.worker_index),
         state=_worker_state(config, process, reactor),
+        tracing=tracing,
     )
     top = MultiService()
+    if tracing is not None:
+        TracingService(tracing).setServiceParent(top)
     # For the reload (SIGHUP).
     top.gateway = gateway  # type: ignore[attr-defined]
     gateway.service.setServiceParent(top)
@@ -537,11 +544,23 @@ def _single(
         for description in config.listen:
             _listener(reactor, "listen", description, site).setServiceParent(top)
     if process.metrics_listen:
+        status = GatewayStatus(
+            gateway.metrics,
+            reactor.seconds,
+            lambda: gateway.proxies,
+            gateway.reloads,
+            lambda: gateway.config.config_file,
+            config.listen,
+            process.worker_index,
+            # A worker is not told how many there are.
+            None if process.is_worker else process.workers,
+        )
+        StatusSampler(status, reactor).setServiceParent(top)
         _listener(
             reactor,
             "metrics-listen",
             process.metrics_listen,
-            MetricsSite(gateway.metrics),
+            MetricsSite(gateway.metrics, status),
         ).setServiceParent(top)
     if dev is not None:
         DevCleanup(dev).setServiceParent(top)

@@ -65,6 +65,7 @@ from metagateway.observability.loglines import (
     json_line,
 )
 from metagateway.observability.metrics import UPSTREAM_ERRORS, Metrics
+from metagateway.observability.tracing import trace_of
 
 __all__ = [
     "ATOMIC_WRITE",
@@ -327,6 +328,7 @@ class RequestRecorder:
             upstream_error,
             error,
             notes.subject,
+            trace_of(request, notes).trace_id,
         )
         if not access_log.add_request(time.time(), fields):
             access_log.observer(_event(access_log, fields))
@@ -374,6 +376,7 @@ def _event(access_log: AccessLog, fields: tuple[Any, ...]) -> dict[str, Any]:
         upstream_error,
         error,
         subject,
+        trace_id,
     ) = fields
     upstream = upstream_error if upstream_error is not None else upstream_status
     event = {
@@ -397,6 +400,7 @@ def _event(access_log: AccessLog, fields: tuple[Any, ...]) -> dict[str, Any]:
         "upstream_error": upstream_error,
         "error": error,
         "subject": subject,
+        "trace_id": trace_id,
     }
     if access_log.text:
         event["access_line"] = AccessLine(
@@ -413,6 +417,7 @@ def _event(access_log: AccessLog, fields: tuple[Any, ...]) -> dict[str, Any]:
                 error,
                 subject,
                 request_id,
+                trace_id,
             )
         )
     return event

@@ -35,7 +35,10 @@ FORMATS = ("text", "json", "off")
 
 #: The text line of an access-log event, ``%``-formatted from the values of
 #: :data:`TEXT_FIELDS` (a missing value reads ``-``).
-TEXT_LINE = '%s "%s %s" %s %s in=%s out=%s %.1fms upstream=%s error=%s subject=%s id=%s'
+TEXT_LINE = (
+    '%s "%s %s" %s %s in=%s out=%s %.1fms upstream=%s error=%s subject=%s id=%s '
+    "trace=%s"
+)
 
 #: The event keys the text line is made of, in order.
 TEXT_FIELDS = (
@@ -51,6 +54,7 @@ TEXT_FIELDS = (
     "error",
     "subject",
     "request_id",
+    "trace_id",
 )
 
 #: An access-log event's ``log_format``: the one :class:`AccessLine` field.
@@ -161,6 +165,7 @@ class TextLines:
             upstream_error,
             error,
             subject,
+            trace_id,
         ) = fields
         upstream = upstream_status if upstream_error is None else upstream_error
         text = TEXT_LINE % (
@@ -176,6 +181,7 @@ class TextLines:
             "-" if error is None else error,
             _word(subject),
             _word(request_id),
+            "-" if trace_id is None else trace_id,
         )
         if "\n" in text:
             text = text.replace("\n", "\n\t")
@@ -259,6 +265,7 @@ class JSONLines:
             upstream_error,
             error,
             subject,
+            trace_id,
         ) = fields
         try:
             if isfinite(duration_ms):
@@ -279,6 +286,7 @@ class JSONLines:
                     "null" if upstream_error is None else _quote(upstream_error),
                     "null" if error is None else _quote(error),
                     "null" if subject is None else _quote(subject),
+                    "null" if trace_id is None else _quote(trace_id),
                 )
         except TypeError:
             pass
@@ -302,6 +310,7 @@ JSON_FIELDS = (
     "upstream_error",
     "error",
     "subject",
+    "trace_id",
 )
 
 
@@ -310,7 +319,8 @@ JSON_FIELDS = (
 JSON_LINE = (
     '{"time":"%s","requestId":%s,"client":%s,"method":%s,"path":%s,'
     '"route":%s,"status":%s,"bytesIn":%s,"bytesOut":%s,"durationMs":%s,'
-    '"upstreamStatus":%s,"upstreamError":%s,"error":%s,"subject":%s}\n'
+    '"upstreamStatus":%s,"upstreamError":%s,"error":%s,"subject":%s,'
+    '"traceId":%s}\n'
 )
 
 

@@ -5,14 +5,16 @@ and a credential-store decorator that measures lookups.
 
 There is no global registry: two gateways in one process count separately.
 The exposition is the Prometheus text format, version 0.0.4, written by
-hand (a few counters, one gauge, two histogram families).
+``prometheus_client`` from a custom collector over these counters
+(:mod:`metagateway.observability.exposition`).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from prometheus_client.exposition import generate_latest
 from zope.interface import implementer
 
 from twisted.internet.defer import Deferred
@@ -22,7 +24,6 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from metagateway import __version__
 from metagateway.credentials.interfaces import (
     AccountRecord,
     ICredentialStore,
@@ -30,7 +31,12 @@ from metagateway.credentials.interfaces import (
     UnknownAccount,
 )
 from metagateway.errors import GatewayError, error_response
+from metagateway.observability.exposition import CONTENT_TYPE as CONTENT_TYPE
+from metagateway.observability.exposition import gateway_registry
 from metagateway.state.stats import StateStats
+
+if TYPE_CHECKING:
+    from metagateway.observability.status import GatewayStatus
 
 #: Upper bounds, in seconds, of the request latency histogram's buckets.
 LATENCY_BUCKETS = (
@@ -82,9 +88,6 @@ LOGIN_OUTCOMES = {
     "GITHUB_AUTH_FAILED": "upstream_failed",
 }
 
-#: The content type of the exposition.
-CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
-
 
 def method_label(method: bytes) -> str:
     """
@@ -127,39 +130,14 @@ class Histogram:
         self.sum += value
         self.count += 1
 
-    def samples(self, name: str, labels: str) -> Iterable[str]:
-        """
-        The exposition lines of this histogram.
-
-        :param name: the metric family name (without ``_bucket`` ...).
-        :param labels: the other labels, already formatted as
-            ``key="value",`` (with the trailing comma) or empty.
-        """
-        running = 0
-        for bound, count in zip(self.bounds, self.counts):
-            running += count
-            yield '%s_bucket{%sle="%s"} %d' % (name, labels, _number(bound), running)
-        running += self.counts[-1]
-        yield '%s_bucket{%sle="+Inf"} %d' % (name, labels, running)
-        braces = _braces(labels)
-        yield "%s_sum%s %s" % (name, braces, _number(self.sum))
-        yield "%s_count%s %d" % (name, braces, self.count)
-
-
-def _number(value: float) -> str:
-    return repr(float(value))
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
 
 class Metrics:
     """
     One gateway's counters, gauge and histograms.
 
     The ``observe_*`` methods are called on the request path; they only
-    touch dictionaries and lists. :meth:`exposition` formats everything.
+    touch dictionaries and lists. :meth:`exposition` has
+    ``prometheus_client`` format everything, at scrape time.
 
     :ivar in_flight: requests received and not yet finished or aborted.
     :ivar worker: this process's worker index, added as a ``worker`` label
@@ -181,6 +159,9 @@ class Metrics:
         #: carries first (``worker="0",`` or ``""``) and returns whole
         #: metric families as exposition lines.
         self.extra: list[Callable[[str], list[str]]] = []
+        #: This gateway's own registry, holding one collector over these
+        #: counters (:mod:`metagateway.observability.exposition`).
+        self.registry = gateway_registry(self)
 
     def observe_request(
         self,
@@ -246,134 +227,10 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """
-        Everything, in the Prometheus text format.
+        Everything, in the Prometheus text format, written by
+        ``prometheus_client`` from :attr:`registry`.
         """
-        out = _Exposition(self.worker)
-        out.family("metagateway_info", "gauge", "The gateway's version.")
-        out.sample("metagateway_info", 1, version=__version__)
-        out.counter(
-            "metagateway_requests_total",
-            "Requests answered, by route, method and status class.",
-            self.requests.items(),
-            ("route", "method", "status"),
-        )
-        out.family(
-            "metagateway_requests_in_flight",
-            "gauge",
-            "Requests received and not yet answered.",
-        )
-        out.sample("metagateway_requests_in_flight", self.in_flight)
-        out.family(
-            "metagateway_request_duration_seconds",
-            "histogram",
-            "Time from receiving a request to the end of its answer, by route.",
-        )
-        for route, histogram in sorted(self.latency.items()):
-            out.histogram(
-                "metagateway_request_duration_seconds", histogram, route=route
-            )
-        out.counter(
-            "metagateway_upstream_errors_total",
-            "Upstream failures by route and kind "
-            "(timeout, unavailable, missing_target, truncated).",
-            self.upstream_errors.items(),
-            ("route", "error"),
-        )
-        out.counter(
-            "metagateway_logins_total",
-            "Login attempts by kind (password, github) and outcome.",
-            self.logins.items(),
-            ("kind", "outcome"),
-        )
-        out.counter(
-            "metagateway_credential_store_lookups_total",
-            "Credential-store lookups by result (found, unknown, unavailable, error).",
-            [((result,), count) for result, count in self.store_lookups.items()],
-            ("result",),
-        )
-        out.family(
-            "metagateway_credential_store_lookup_seconds",
-            "histogram",
-            "Credential-store lookup latency.",
-        )
-        out.histogram("metagateway_credential_store_lookup_seconds", self.store_latency)
-        if self.state is not None:
-            out.lines.extend(self.state.samples(out.braces()))
-        for source in self.extra:
-            out.lines.extend(source(out.worker))
-        return out.text()
-
-
-class _Exposition:
-    """
-    The lines of one exposition, being written: each sample carries the
-    ``worker`` label first, when there is one.
-
-    :param worker: the worker index, or ``None`` in a single process.
-    """
-
-    def __init__(self, worker: Optional[int]) -> None:
-        self.worker = "" if worker is None else 'worker="%d",' % (worker,)
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str) -> None:
-        """
-        Announce a metric family: its ``HELP`` and ``TYPE`` lines.
-        """
-        self.lines.append("# HELP %s %s" % (name, help_text))
-        self.lines.append("# TYPE %s %s" % (name, kind))
-
-    def labels(self, **values: str) -> str:
-        """
-        The worker label and ``values``, each as ``key="value",`` (values
-        escaped), in order.
-        """
-        return self.worker + "".join(
-            '%s="%s",' % (key, _escape(value)) for key, value in values.items()
-        )
-
-    def braces(self) -> str:
-        """
-        The worker label alone, braces included; ``""`` in a single process.
-        """
-        return _braces(self.worker)
-
-    def sample(self, name: str, value: int, **labels: str) -> None:
-        """
-        One sample line of an integer ``value``.
-        """
-        self.lines.append("%s%s %d" % (name, _braces(self.labels(**labels)), value))
-
-    def counter(
-        self,
-        name: str,
-        help_text: str,
-        counts: Iterable[tuple[tuple[str, ...], int]],
-        label_names: tuple[str, ...],
-    ) -> None:
-        """
-        A counter family: one sample per ``(key, count)`` of ``counts``,
-        sorted by key, the key's parts the values of ``label_names``.
-        """
-        self.family(name, "counter", help_text)
-        for key, count in sorted(counts):
-            self.sample(name, count, **dict(zip(label_names, key)))
-
-    def histogram(self, name: str, histogram: Histogram, **labels: str) -> None:
-        """
-        The sample lines of one histogram.
-        """
-        self.lines.extend(histogram.samples(name, self.labels(**labels)))
-
-    def text(self) -> bytes:
-        """
-        The exposition's bytes.
-        """
-        return ("\n".join(self.lines) + "\n").encode("utf-8")
-
-
-def _braces(labels: str) -> str:
-    return "{%s}" % (labels.rstrip(","),) if labels else ""
+        return generate_latest(self.registry)
 
 
 @implementer(ICredentialStore)
@@ -428,39 +285,59 @@ class MeasuredCredentialStore:
 
 class MetricsResource(Resource):
     """
-    ``GET /metrics``: the exposition of one :class:`Metrics`; anything
-    else is a JSON ``404``.
+    ``GET /metrics``: the exposition of one :class:`Metrics`; with a
+    status, ``GET /status`` and ``GET /status.json`` too
+    (:mod:`metagateway.observability.status`); anything else is a JSON
+    ``404``.
 
     :param metrics: what to expose.
+    :param status: what the status page shows, if served.
     """
 
     isLeaf = True
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(
+        self, metrics: Metrics, status: Optional[GatewayStatus] = None
+    ) -> None:
         super().__init__()
         self.metrics = metrics
+        self.status = status
 
     def render(self, request: IRequest) -> bytes:
         """
-        Answer a scrape.
+        Answer a scrape, or a look at the status.
         """
-        if request.path != b"/metrics" or request.method not in (b"GET", b"HEAD"):
-            return error_response(
-                request, GatewayError(404, "NOT_FOUND", "Route not handled", "CORE")
-            )
-        body = self.metrics.exposition()
-        request.setHeader(b"Content-Type", CONTENT_TYPE)
-        request.setHeader(b"Content-Length", b"%d" % (len(body),))
-        return body
+        path = request.path
+        if request.method not in (b"GET", b"HEAD"):
+            path = b""
+        if path == b"/metrics":
+            body = self.metrics.exposition()
+            request.setHeader(b"Content-Type", CONTENT_TYPE)
+            request.setHeader(b"Content-Length", b"%d" % (len(body),))
+            return body
+        if self.status is not None:
+            from metagateway.observability.status import status_html, status_json
+
+            if path == b"/status.json":
+                return status_json(self.status, request)
+            if path in (b"/status", b"/status/"):
+                return status_html(self.status, request)
+        return error_response(
+            request, GatewayError(404, "NOT_FOUND", "Route not handled", "CORE")
+        )
 
 
 class MetricsSite(Site):
     """
     The ``Site`` on ``--metrics-listen``: scrapes are not access-logged.
+
+    :param status: what ``/status`` shows, if served.
     """
 
-    def __init__(self, metrics: Metrics, **kwargs: Any) -> None:
-        super().__init__(MetricsResource(metrics), **kwargs)
+    def __init__(
+        self, metrics: Metrics, status: Optional[GatewayStatus] = None, **kwargs: Any
+    ) -> None:
+        super().__init__(MetricsResource(metrics, status), **kwargs)
 
     def log(self, request: Request) -> None:
         """

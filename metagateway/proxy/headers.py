@@ -20,6 +20,7 @@ from twisted.web.iweb import IRequest, IResponse
 
 from metagateway.auth.tokens import Claims
 from metagateway.cors import policy_of
+from metagateway.observability.tracing import trace_of
 from metagateway.routes import Route
 
 #: Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded either way.
@@ -48,6 +49,8 @@ _REQUEST_DROPPED = HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"x-forwarded-host",
     b"x-request-id",
+    b"traceparent",
+    b"tracestate",
 }
 
 
@@ -89,7 +92,8 @@ def upstream_headers(
 ) -> Headers:
     """
     The headers sent upstream: the client's end-to-end headers less
-    ``Authorization`` and every ``X-Gateway-*``, plus the gateway's own.
+    ``Authorization`` and every ``X-Gateway-*``, plus the gateway's own
+    (``traceparent`` naming the gateway's span, ``tracestate`` as sent).
 
     :param host_header: the upstream's ``Host``, when known; without it
         the ``Agent`` adds one (on a copy of every header).
@@ -129,6 +133,11 @@ def upstream_headers(
     if host:
         set_header(b"X-Forwarded-Host", [host])
     set_header(b"X-Request-Id", [request_id.encode("latin-1")])
+    # The caller's trace continued, or a new one (:ref:`contract-observability`).
+    trace = trace_of(request)
+    set_header(b"traceparent", [trace.traceparent()])
+    if trace.state is not None:
+        set_header(b"tracestate", [trace.state])
     if host_header is not None:
         set_header(b"Host", [host_header])
     return outgoing

@@ -47,6 +47,7 @@ from metagateway.errors import (
 from metagateway.http.body import BodyListener, StreamingBody
 from metagateway.http.request import when_done
 from metagateway.observability.accesslog import note_subject, note_upstream
+from metagateway.observability.tracing import end_span, upstream_span
 from metagateway.proxy.balancer import Balancer, Upstream, nothing_sent
 from metagateway.proxy.headers import (
     adopt_response_headers,
@@ -288,6 +289,7 @@ class _Exchange(BodyListener):
         self.too_large = False
         self.relay: Optional[_BodyRelay] = None
         self.call: Optional[Deferred[IResponse]] = None
+        self.span: Any = None
 
     def start(self) -> None:
         """
@@ -304,6 +306,8 @@ class _Exchange(BodyListener):
     def _send(self, url: bytes) -> None:
         if self.candidates:
             self.candidates[self.attempt].requests += 1
+        # The upstream call's span, when spans are recorded (None otherwise).
+        self.span = upstream_span(self.request, self.headers, url)
         call = self.proxy.agent.request(
             self.request.method, url, self.headers, self.body
         )
@@ -332,6 +336,7 @@ class _Exchange(BodyListener):
 
     def _answered(self, response: IResponse) -> None:
         self.watchdog.stop()
+        end_span(self.span, status=response.code)
         request = self.request
         if self.client_gone:
             response.deliverBody(_Discard())
@@ -386,6 +391,7 @@ class _Exchange(BodyListener):
         return True
 
     def _failed(self, failure: Failure) -> None:
+        end_span(self.span, error=describe(failure))
         if self._retried(failure):
             return
         self.watchdog.stop()

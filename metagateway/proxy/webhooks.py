@@ -45,6 +45,7 @@ from metagateway.errors import (
     write_json,
 )
 from metagateway.http.client import read_limited, timed_out
+from metagateway.observability.tracing import trace_of
 from metagateway.proxy.headers import HOP_BY_HOP, connection_tokens
 
 log = Logger()
@@ -228,6 +229,8 @@ class WebhooksResource(Resource):
         if not targets:
             raise webhook_error(502, "NO_TARGETS", "No webhook targets configured")
         headers = forwarded_headers(request.requestHeaders, source)
+        # Each fan-out request carries the trace (:ref:`contract-observability`).
+        trace_of(request).set_headers(headers)
         done = self.forward(source, body, headers, targets)
         gone = []
         request.notifyFinish().addErrback(  # type: ignore[attr-defined]

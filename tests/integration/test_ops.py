@@ -26,6 +26,7 @@ from tests.daemon import (
     serve_world,
     start_daemon,
 )
+from tests.unit.test_metrics import samples
 
 WORKER_STARTED = re.compile(rb"Worker (\d+) started \(pid (\d+)\)")
 METRICS_PORT = re.compile(rb"MetricsSite starting on (\d+)")
@@ -298,16 +299,20 @@ class MetricsTests(DaemonCase):
             self.assertTrue(
                 r.headers.getRawHeaders(b"content-type")[0].startswith(b"text/plain")
             )
-            text = (await r.content()).decode("utf-8")
-            self.assertIn(
-                'metagateway_requests_total{route="CORE",method="GET",status="4xx"} 1',
-                text,
+            raw = await r.content()
+            text = raw.decode("utf-8")
+            found = samples(raw)
+            self.assertEqual(
+                found[
+                    'metagateway_requests_total{route="CORE",method="GET",status="4xx"}'
+                ],
+                1,
             )
-            self.assertIn(
-                'metagateway_logins_total{kind="password",outcome="success"} 1', text
+            self.assertEqual(
+                found['metagateway_logins_total{kind="password",outcome="success"}'], 1
             )
-            self.assertIn(
-                'metagateway_credential_store_lookups_total{result="found"} 1', text
+            self.assertEqual(
+                found['metagateway_credential_store_lookups_total{result="found"}'], 1
             )
             self.assertNotIn("worker=", text)
 

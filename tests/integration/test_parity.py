@@ -517,6 +517,9 @@ class ConfiguredDaemonTests(ParityTestCase):
                 }
                 [host] = received.pop(b"host")
                 self.assertRegex(host, rb"\A127\.0\.0\.1:[0-9]+\Z")
+                # Each fan-out request carries the trace (a new one here).
+                [traceparent] = received.pop(b"traceparent")
+                self.assertRegex(traceparent, rb"\A00-[0-9a-f]{32}-[0-9a-f]{16}-01\Z")
                 self.assertEqual(
                     received,
                     {

@@ -40,6 +40,9 @@ from metagateway.testing import (
     post_head,
 )
 
+#: A trace id a client sends in its ``traceparent``.
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
 
 def get(path: bytes, headers: bytes = b"") -> bytes:
     return b"GET " + path + b" HTTP/1.1\r\nHost: gateway.test\r\n" + headers + b"\r\n"
@@ -259,6 +262,7 @@ class JSONTests(SynchronousTestCase):
         ("upstream_error", "upstreamError"),
         ("error", "error"),
         ("subject", "subject"),
+        ("trace_id", "traceId"),
     ]
 
     def test_line(self) -> None:
@@ -267,7 +271,13 @@ class JSONTests(SynchronousTestCase):
         what is missing, and a timestamp.
         """
         harness, events = channel_harness("json")
-        harness.send(get(b"/kv/a?secret=1", b"X-Request-Id: abc-123\r\n"))
+        harness.send(
+            get(
+                b"/kv/a?secret=1",
+                b"X-Request-Id: abc-123\r\n"
+                b"traceparent: 00-" + TRACE.encode() + b"-00f067aa0ba902b7-01\r\n",
+            )
+        )
         harness.agent.calls[0].answer(FakeResponse(200, Headers(), length=0)).finish()
         line = json_line(events.one(self))
         self.assertTrue(line.endswith("\n"))
@@ -288,6 +298,7 @@ class JSONTests(SynchronousTestCase):
                 "upstreamError": None,
                 "error": None,
                 "subject": None,
+                "traceId": TRACE,
             },
         )
         self.assertRegex(document["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -350,12 +361,14 @@ class JSONTests(SynchronousTestCase):
             None,
             None,
             "benchuser",
+            TRACE,
         )
         variants = [
             base,
-            base[:6] + (None, 0, 1e-7, None, "truncated", "UPSTREAM_TIMEOUT", None),
+            base[:6]
+            + (None, 0, 1e-7, None, "truncated", "UPSTREAM_TIMEOUT", None, TRACE),
             ('a"b\\c', "::1", "PÖST", "/\x00\u2028é😀", "NONE", 499)
-            + (2**70, -1, 123456789.125, 502, None, "CLIENT_CLOSED", "é"),
+            + (2**70, -1, 123456789.125, 502, None, "CLIENT_CLOSED", "é", 'é"\\'),
             base[:8] + (float("nan"),) + base[9:],
             base[:8] + (float("-inf"),) + base[9:],
             base[:8] + (3,) + base[9:],
@@ -433,7 +446,8 @@ class JSONTests(SynchronousTestCase):
                     b"/build/a/%2e%2e/b?token=x",
                     5,
                     b"Authorization: Bearer " + token.encode() + b"\r\n"
-                    b"X-Request-Id: same-id\r\n",
+                    b"X-Request-Id: same-id\r\n"
+                    b"traceparent: 00-" + TRACE.encode() + b"-00f067aa0ba902b7-01\r\n",
                 )
                 + b"hello"
             )
@@ -464,6 +478,7 @@ class JSONTests(SynchronousTestCase):
                 "upstreamError": None,
                 "error": None,
                 "subject": USERNAME,
+                "traceId": TRACE,
             },
         )
 
@@ -571,7 +586,7 @@ class FormatTests(SynchronousTestCase):
         self.assertRegex(
             formatEvent(events.one(self)),
             r'^10\.0\.0\.7 "GET /health" HEALTH 200 in=0 out=\d+ \d+\.\dms '
-            r"upstream=- error=- subject=- id=[0-9a-f-]{36}$",
+            r"upstream=- error=- subject=- id=[0-9a-f-]{36} trace=[0-9a-f]{32}$",
         )
 
     def test_text_line(self) -> None:
@@ -609,13 +624,15 @@ class FormatTests(SynchronousTestCase):
                 None,
                 "eve subject=root",
                 "abc def id=forged 100%",
+                TRACE,
             )
         )
         self.assertEqual(len(line.values), len(values))
         self.assertEqual(
             str(line),
             '1.2.3.4%20x "GET /kv/a%2Fb" KV 200 in=0 out=2 1.0ms upstream=200 '
-            "error=- subject=eve%20subject=root id=abc%20def%20id=forged%20100%25",
+            "error=- subject=eve%20subject=root id=abc%20def%20id=forged%20100%25 "
+            "trace=" + TRACE,
         )
 
     def test_json_form_has_no_line(self) -> None:

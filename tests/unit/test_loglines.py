@@ -32,6 +32,9 @@ from metagateway.testing import (
 #: The start of a line ``twistd`` writes: its time, to the second.
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} ")
 
+#: The trace id ending a text line.
+TRACE = re.compile(r" trace=[0-9a-f]{32}$", re.M)
+
 
 def drive(harness: ChannelHarness) -> None:
     """
@@ -109,13 +112,20 @@ class TextLinesTests(SynchronousTestCase):
         for line in old + new:
             self.assertRegex(line, TIME)
             self.assertTrue(line.endswith("\n"))
-        # The wall clock's second may tick between the two runs.
-        self.assertEqual([TIME.sub("", x) for x in old], [TIME.sub("", x) for x in new])
+
+        # The wall clock's second may tick between the two runs, and each
+        # request starts a trace of its own (a random id) in each run.
+        def same(line: str) -> str:
+            return TRACE.sub(" trace=T", TIME.sub("", line))
+
+        for line in new:
+            self.assertRegex(line, TRACE)
+        self.assertEqual([same(x) for x in old], [same(x) for x in new])
         joined = "".join(new)
         for text in (
             " [metagateway.access#info] 10.0.0.7 ",
             ' "POST /build/a" BUILD 201 in=5 out=0 12.5ms upstream=201 error=- ',
-            "subject=%s id=a%%20b%%25c\n" % (USERNAME,),
+            "subject=%s id=a%%20b%%25c trace=" % (USERNAME,),
             "upstream=unavailable error=UPSTREAM_UNAVAILABLE",
             "AUTH 401 in=",
             "error=CLIENT_CLOSED",
@@ -153,8 +163,9 @@ class TextLinesTests(SynchronousTestCase):
         ``twistd`` writes it, so the next line cannot pass for a record.
         """
         fields = ("id", "c", "GET", "/", "AUTH", 200, 0, 1, 1.0, None, None, None)
-        line = TextLines().request_line(0.0, fields + ("a\nb",))
-        self.assertTrue(line.endswith("subject=a\n\tb id=id\n"))
+        trace = "0af7651916cd43dd8448eb211c80319c"
+        line = TextLines().request_line(0.0, fields + ("a\nb", trace))
+        self.assertTrue(line.endswith("subject=a\n\tb id=id trace=%s\n" % (trace,)))
         self.assertEqual(line.count("\n"), 2)
 
     def test_buffered(self) -> None:

@@ -224,6 +224,7 @@ class StateMetricsTests(SynchronousTestCase):
         """
         from metagateway.observability.metrics import Metrics
         from metagateway.state.stats import StateStats
+        from tests.unit.test_metrics import samples
 
         metrics = Metrics(worker=1)
         self.assertNotIn(b"metagateway_state_", metrics.exposition())
@@ -231,18 +232,19 @@ class StateMetricsTests(SynchronousTestCase):
             connected=True, reconnects=2, revocations_seen=7, pubsub_lag=0.25
         )
         text = metrics.exposition().decode("utf-8")
-        for line in (
-            "# TYPE metagateway_state_connected gauge",
-            'metagateway_state_connected{worker="1"} 1',
-            'metagateway_state_reconnects_total{worker="1"} 2',
-            'metagateway_state_revocations_seen_total{worker="1"} 7',
-            'metagateway_state_pubsub_lag_seconds{worker="1"} 0.25',
+        self.assertIn("# TYPE metagateway_state_connected gauge\n", text)
+        found = samples(text.encode("utf-8"))
+        for key, value in (
+            ('metagateway_state_connected{worker="1"}', 1),
+            ('metagateway_state_reconnects_total{worker="1"}', 2),
+            ('metagateway_state_revocations_seen_total{worker="1"}', 7),
+            ('metagateway_state_pubsub_lag_seconds{worker="1"}', 0.25),
         ):
-            self.assertIn(line + "\n", text)
+            self.assertEqual(found[key], value)
         metrics.state.connected = False
-        self.assertIn(
-            'metagateway_state_connected{worker="1"} 0\n',
-            metrics.exposition().decode("utf-8"),
+        self.assertEqual(
+            samples(metrics.exposition())['metagateway_state_connected{worker="1"}'],
+            0,
         )
 
     def test_gateway_wires_stats(self) -> None:

@@ -258,6 +258,10 @@ class NotionWebhookTests(SynchronousTestCase):
                 b"User-Agent": [b"Notion-Webhooks/1"],
                 b"Cookie": [b"client=1"],
                 b"X-Trace": [b"one", b"two"],
+                b"traceparent": [
+                    b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                ],
+                b"tracestate": [b"vendor=1"],
                 b"X-Gateway-Webhook-Targets": [b"KV_SERVICE"],
                 b"X-Gateway-User": [b"forged"],
                 b"Connection": [b"X-Hop"],
@@ -269,8 +273,15 @@ class NotionWebhookTests(SynchronousTestCase):
         self.assert_forwarded(response, answer, [("KV_SERVICE", 201)])
         [(method, path, headers, sent)] = self.targets["KV_SERVICE"].requests
         self.assertEqual((method, path, sent), (b"POST", b"/webhooks/notion", body))
+        sent_headers = header_map(headers)
+        # The trace is continued: same trace id and flags, a new parent.
+        [traceparent] = sent_headers.pop(b"traceparent")
+        self.assertRegex(
+            traceparent, rb"\A00-4bf92f3577b34da6a3ce929d0e0e4736-[0-9a-f]{16}-01\Z"
+        )
+        self.assertNotIn(b"00f067aa0ba902b7", traceparent)
         self.assertEqual(
-            header_map(headers),
+            sent_headers,
             {
                 b"x-notion-signature": [NOTION_SECRET.encode()],
                 b"content-type": [b"application/json"],
@@ -279,6 +290,7 @@ class NotionWebhookTests(SynchronousTestCase):
                 b"cookie": [b"client=1"],
                 b"x-trace": [b"one", b"two"],
                 b"x-gateway-source": [b"notion"],
+                b"tracestate": [b"vendor=1"],
                 b"host": [b"kv.test"],
                 b"content-length": [str(len(body)).encode()],
                 b"connection": [b"close"],
@@ -813,6 +825,10 @@ class DefaultAgentTests(SynchronousTestCase):
         head, _, sent = transport.value().partition(b"\r\n\r\n")
         request_line, *lines = head.split(b"\r\n")
         fields = [line.split(b": ", 1) for line in lines]
+        # A new trace, since the client sent none.
+        [traceparent] = [v for n, v in fields if n.lower() == b"traceparent"]
+        self.assertRegex(traceparent, rb"\A00-[0-9a-f]{32}-[0-9a-f]{16}-01\Z")
+        fields = [f for f in fields if f[0].lower() != b"traceparent"]
         self.assertEqual(
             (request_line, sent), (b"POST /kv/webhooks/notion HTTP/1.1", body)
         )
