@@ -390,6 +390,58 @@ class MutualTLSDaemonTests(TestCase):
 
         return ensureDeferred(go())
 
+    def test_route_files(self) -> Deferred[None]:
+        """
+        A configuration file whose route names its own ``upstream_ca`` and
+        ``upstream_client_cert`` (relative to the file) reaches the upstream
+        with them, the daemon having no ``--upstream-*`` option; another
+        route to the same upstream, naming neither, is refused the
+        handshake, although the first route's connection is kept alive.
+        """
+
+        async def go() -> None:
+            config = os.path.join(os.path.dirname(self.pki.ca), "gateway.toml")
+            with open(config, "w") as f:
+                f.write(
+                    '[[route]]\nprefix = "/mtls"\nname = "MTLS"\ntoken = "none"\n'
+                    "upstreams = [%s]\nupstream_ca = %s\n"
+                    "upstream_client_cert = %s\n"
+                    '[[route]]\nprefix = "/plain"\nname = "PLAIN"\ntoken = "none"\n'
+                    "upstreams = [%s]\n"
+                    % (
+                        json.dumps(self.upstream_url),
+                        json.dumps(os.path.basename(self.pki.ca)),
+                        json.dumps(os.path.basename(self.pki.client)),
+                        json.dumps(self.upstream_url),
+                    )
+                )
+            child, base = await start_daemon(
+                self,
+                {"GATEWAY_JWT_SECRET": SECRET},
+                "--accounts-dir",
+                self.accounts.path,
+                "--config",
+                config,
+            )
+            for _ in range(2):
+                response = await self.http.get(base + "/mtls/hello")
+                body = await response.content()
+                self.assertEqual(
+                    (response.code, body),
+                    (200, b"hello over mTLS from gateway"),
+                    child.output,
+                )
+            response = await self.http.get(base + "/plain/hello")
+            body = await response.content()
+            self.assertEqual(response.code, 502, body)
+            self.assertEqual(json.loads(body)["code"], "UPSTREAM_UNAVAILABLE")
+            response = await self.http.get(base + "/mtls/hello")
+            self.assertEqual(response.code, 200, await response.content())
+            child.signal("TERM")
+            await child.ended
+
+        return ensureDeferred(go())
+
     def test_refused_without_client_certificate(self) -> Deferred[None]:
         """
         Without a client certificate (or with one the upstream's CA did not
