@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover (PyPy 3.9)
     import tomli as tomllib
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from metagateway.routes import TOKEN_POLICIES, TOKEN_ROUTES, Route, default_accept
 
@@ -35,6 +40,8 @@ ROUTE_KEYS = (
     "strip_prefix",
     "timeout",
     "max_body",
+    "upstream_ca",
+    "upstream_client_cert",
 )
 
 #: A route name: what a token's ``route`` claim may say.
@@ -237,6 +244,8 @@ class _Checker:
             strip_prefix=self.flag(table, where, "strip_prefix"),
             timeout=self.timeout(table, where),
             max_body=self.max_body(table, where),
+            upstream_ca=self.upstream_ca(table, where),
+            upstream_client_cert=self.upstream_client_cert(table, where),
         )
 
     def prefix(self, table: Mapping[str, Any], where: str) -> bytes:
@@ -357,6 +366,92 @@ class _Checker:
                 "must be a whole number of bytes, 0 or more (0: no limit)",
             )
         return value
+
+    def pem_file(
+        self, table: Mapping[str, Any], where: str, key: str
+    ) -> Optional[tuple[str, bytes]]:
+        """
+        The path and bytes of the PEM file ``key`` names, if it names one;
+        a relative path is taken from the configuration file's directory.
+        """
+        value = table.get(key)
+        if value is None:
+            return None
+        where = "%s.%s" % (where, key)
+        if not isinstance(value, str) or not value:
+            raise self.fail(where, "must be the path of a PEM file")
+        path = os.path.join(os.path.dirname(os.path.abspath(self.path)), value)
+        try:
+            with open(path, "rb") as f:
+                return path, f.read(4 * 1024 * 1024)
+        except OSError as e:
+            raise self.fail(
+                where, "%s cannot be read: %s" % (path, e.strerror or e)
+            ) from None
+
+    def upstream_ca(self, table: Mapping[str, Any], where: str) -> Optional[str]:
+        """
+        The route's ``upstream_ca``, if given: a PEM bundle of certificates
+        (``--upstream-ca``'s meaning, for this route).
+        """
+        found = self.pem_file(table, where, "upstream_ca")
+        if found is None:
+            return None
+        path, data = found
+        try:
+            x509.load_pem_x509_certificates(data)
+        except ValueError:
+            raise self.fail(
+                where + ".upstream_ca", "%s: no PEM certificate in it" % (path,)
+            ) from None
+        return path
+
+    def upstream_client_cert(
+        self, table: Mapping[str, Any], where: str
+    ) -> Optional[str]:
+        """
+        The route's ``upstream_client_cert``, if given: a PEM file with a
+        certificate and its private key (``--upstream-client-cert``'s
+        meaning, for this route).
+        """
+        found = self.pem_file(table, where, "upstream_client_cert")
+        if found is None:
+            return None
+        path, data = found
+        where += ".upstream_client_cert"
+        if b"PRIVATE KEY-----" not in data or b"CERTIFICATE-----" not in data:
+            raise self.fail(
+                where,
+                "%s: needs a PEM certificate and its private key in one file" % (path,),
+            )
+        try:
+            certificate = x509.load_pem_x509_certificates(data)[0]
+            key = serialization.load_pem_private_key(data, password=None)
+        except TypeError:
+            raise self.fail(
+                where, "%s: the key is encrypted; give an unencrypted key" % (path,)
+            ) from None
+        except (ValueError, UnsupportedAlgorithm) as e:
+            raise self.fail(
+                where, "%s: unusable certificate or key: %s" % (path, e)
+            ) from None
+        if _public_der(key.public_key()) != _public_der(certificate.public_key()):
+            raise self.fail(
+                where, "%s: the private key is not the certificate's" % (path,)
+            )
+        return path
+
+
+def _public_der(key: Any) -> bytes:
+    """
+    A public key's DER SubjectPublicKeyInfo, to compare two keys.
+    """
+    return bytes(
+        key.public_bytes(
+            serialization.Encoding.DER,
+            serialization.PublicFormat.SubjectPublicKeyInfo,
+        )
+    )
 
 
 def _bad_url(url: Any) -> Optional[str]:

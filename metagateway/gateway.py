@@ -40,6 +40,7 @@ from metagateway.proxy.balancer import pool_samples
 from metagateway.proxy.resource import GatewayProxyResource
 from metagateway.proxy.twisted_internals import use_gateway_factory
 from metagateway.proxy.upstream import (
+    PoolPartition,
     UpstreamAgent,
     UpstreamEndpoints,
     body_producer,
@@ -381,6 +382,8 @@ class Gateway:
         self.pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
         # Quiet connections (no "Starting factory" log line for each).
         use_gateway_factory(self.pool)
+        #: Whether the gateway made its agent (or was given one).
+        self._own_agent = agent is None
         if agent is None:
             agent = UpstreamAgent(
                 reactor,
@@ -469,11 +472,12 @@ class Gateway:
         health.
         """
         proxies = {}
+        agents: dict[tuple[Optional[str], Optional[str]], IAgent] = {}
         for route in routes:
             proxy = GatewayProxyResource(
                 route,
                 route.upstreams[0] if route.upstreams else None,
-                self.agent,
+                self._route_agent(config, route, agents),
                 self.tokens,
                 self.reactor,
                 config.upstream_timeout if route.timeout is None else route.timeout,
@@ -494,6 +498,46 @@ class Gateway:
                         upstream.down_until = before.down_until
             proxies[route.name] = proxy
         return proxies
+
+    def _route_agent(
+        self,
+        config: GatewayConfig,
+        route: Route,
+        agents: dict[tuple[Optional[str], Optional[str]], IAgent],
+    ) -> IAgent:
+        """
+        The agent ``route``'s proxy sends with: the gateway's, unless the
+        route names its own ``upstream_ca`` or ``upstream_client_cert``
+        (:ref:`contract-config-file`); then an :class:`UpstreamAgent` with a TLS
+        policy made from them (and the gateway's setting for the one it
+        does not name), its files read now, on a share of the pool whose
+        connections no other TLS policy reuses. An agent given to the
+        gateway (a test's) serves every route.
+
+        :param agents: the agents made so far for this route table, by
+            their files: routes naming the same files share one.
+        :raises ConfigurationError: when a file cannot be used.
+        """
+        if not self._own_agent or (
+            route.upstream_ca is None and route.upstream_client_cert is None
+        ):
+            return self.agent
+        files = (
+            route.upstream_ca or config.upstream_ca,
+            route.upstream_client_cert or config.upstream_client_cert,
+        )
+        agent = agents.get(files)
+        if agent is None:
+            agent = agents[files] = UpstreamAgent(
+                self.reactor,
+                UpstreamEndpoints(
+                    self.reactor,
+                    upstream_tls_policy(*files),
+                    config.upstream_timeout or None,
+                ),
+                PoolPartition(self.pool, ("tls",) + files),
+            )
+        return agent
 
     def _pool_samples(self, labels: str) -> list[str]:
         """

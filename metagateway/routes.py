@@ -40,6 +40,12 @@ class Route:
         gateway's ``upstream_timeout``.
     :ivar max_body: the largest request body, in bytes (0: no limit);
         ``None`` for the gateway's ``max_body``.
+    :ivar upstream_ca: the PEM bundle this route's ``https://`` upstreams'
+        certificates must chain to; ``None`` for the gateway's
+        ``upstream_ca`` (:ref:`contract-assertions`).
+    :ivar upstream_client_cert: the PEM certificate and key this route
+        presents to its ``https://`` upstreams; ``None`` for the gateway's
+        ``upstream_client_cert``.
     """
 
     prefix: bytes
@@ -50,6 +56,8 @@ class Route:
     strip_prefix: bool = True
     timeout: Optional[float] = None
     max_body: Optional[int] = None
+    upstream_ca: Optional[str] = None
+    upstream_client_cert: Optional[str] = None
 
     @property
     def token_required(self) -> bool:

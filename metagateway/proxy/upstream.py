@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -189,6 +189,47 @@ def upstream_tls_policy(
     )
 
 
+class PoolPartition:
+    """
+    A share of an :class:`~twisted.web.client.HTTPConnectionPool` whose
+    connections are kept apart from the rest of the pool's: every key is
+    tagged, so a connection opened under one TLS policy (a route's own
+    ``upstream_ca`` and ``upstream_client_cert``) is never reused for a
+    request under another, though both go to the same ``https://`` host.
+    Connections are still the pool's: kept alive, timed out and closed
+    with it. Pass it as an ``Agent``'s (or :class:`UpstreamAgent`'s)
+    ``pool``.
+
+    :param pool: the shared pool.
+    :param tag: what sets this share's connections apart (equal tags share
+        connections).
+    """
+
+    def __init__(self, pool: HTTPConnectionPool, tag: Any) -> None:
+        self.pool = pool
+        self.tag = tag
+
+    @property
+    def persistent(self) -> bool:
+        """
+        Whether the pool keeps connections alive.
+        """
+        return bool(self.pool.persistent)
+
+    def getConnection(self, key: Any, endpoint: IStreamClientEndpoint) -> Any:
+        """
+        A connection to ``key`` made under this share's tag (see
+        ``HTTPConnectionPool.getConnection``).
+        """
+        return self.pool.getConnection((self.tag, key), endpoint)
+
+    def closeCachedConnections(self) -> Deferred[None]:
+        """
+        Close the whole pool's idle connections.
+        """
+        return self.pool.closeCachedConnections()  # type: ignore[no-any-return]
+
+
 @implementer(IAgentEndpointFactory)
 class UpstreamEndpoints:
     """
@@ -304,15 +345,21 @@ class UpstreamAgent:
 
     :param reactor: the reactor.
     :param endpoints: makes (and caches) the upstreams' endpoints.
-    :param pool: the persistent connection pool.
+    :param pool: the persistent connection pool (or a
+        :class:`PoolPartition` of it).
     """
 
     max_cached = 64
 
     def __init__(
-        self, reactor: Any, endpoints: UpstreamEndpoints, pool: HTTPConnectionPool
+        self,
+        reactor: Any,
+        endpoints: UpstreamEndpoints,
+        pool: HTTPConnectionPool | PoolPartition,
     ) -> None:
-        self.pool = pool
+        # A PoolPartition offers what pool_request and the Agent use of a
+        # pool: getConnection and persistent.
+        self.pool = cast(HTTPConnectionPool, pool)
         self.endpoints = endpoints
         self.fallback: IAgent = Agent.usingEndpointFactory(
             reactor, endpoints, pool=pool

@@ -56,6 +56,7 @@ from metagateway.observability.accesslog import note_upstream
 from metagateway.proxy.balancer import Upstream, nothing_sent
 from metagateway.proxy.headers import adopt_response_headers, connection_tokens
 from metagateway.proxy.twisted_internals import chunked_decoder
+from metagateway.proxy.upstream import UpstreamAgent
 
 log = Logger()
 
@@ -286,7 +287,9 @@ class WebSockets:
     :param clock: the reactor (its clock times handshakes and idle joins).
     :param endpoints: the upstreams' endpoints (``endpointForURI``), the
         proxy's own: same TLS, same connect timeout. Each handshake
-        connects anew.
+        connects anew. A route whose agent is an
+        :class:`~metagateway.proxy.upstream.UpstreamAgent` connects with
+        that agent's endpoints instead (its TLS may be the route's own).
     :param idle_timeout: seconds a join may pass no byte before it is
         closed; 0 for no limit.
 
@@ -450,8 +453,14 @@ class UpstreamHandshake(Protocol):
         origin, _ = _origin_and_target(self.url)
         when_done(self.request, self._over)
         self.upstream.requests += 1
+        endpoints = self.sockets.endpoints
+        agent = getattr(self.proxy, "agent", None)
+        if isinstance(agent, UpstreamAgent):
+            # The route's agent: its TLS (a route's own upstream_ca and
+            # upstream_client_cert, or the gateway's).
+            endpoints = agent.endpoints
         try:
-            endpoint = self.sockets.endpoints.endpointForURI(URI.fromBytes(origin))
+            endpoint = endpoints.endpointForURI(URI.fromBytes(origin))
         except Exception as e:
             self._fail(Failure(e))
             return

@@ -9,23 +9,32 @@ time) signed, and which requires a client certificate.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Optional
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
+from twisted.internet.task import deferLater
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from metagateway.auth.assertion import new_key_pem
+from metagateway.auth.assertion import key_id, load_key, new_key_pem
 from metagateway.auth.passwords import make_record
 from metagateway.credentials.directory import DirectoryCredentialStore
 from metagateway.testing import SECRET
-from metagateway.verify import InvalidAssertion, TwistedAssertionVerifier
+from metagateway.verify import (
+    InvalidAssertion,
+    KeySet,
+    TwistedAssertionVerifier,
+    assertion_kid,
+    verify_assertion,
+)
 from tests.daemon import ChildProcess, http_client, start_daemon
+from tests.integration.test_config_daemon import wait_for
 from tests.tlsfiles import make_pki
 
 USER, PASSWORD = "operator", "s3cret-pass"
@@ -38,6 +47,8 @@ class VerifyingUpstream(Resource):
 
     :ivar verifier: set once the gateway's address is known.
     :ivar verified: the assertions verified.
+    :ivar tokens: the assertions verified, as received; each answer names
+        the key that signed it in ``X-Assertion-Kid``.
     :ivar refused: why each refused request was refused.
     """
 
@@ -47,6 +58,7 @@ class VerifyingUpstream(Resource):
         super().__init__()
         self.verifier: Optional[TwistedAssertionVerifier] = None
         self.verified: list[Any] = []
+        self.tokens: list[str] = []
         self.refused: list[str] = []
 
     def render(self, request: Request) -> Any:
@@ -56,6 +68,10 @@ class VerifyingUpstream(Resource):
         def ok(assertion: Any) -> None:
             self.verified.append(assertion)
             request.setHeader(b"Content-Type", b"application/json")
+            token = (request.getHeader(b"X-Gateway-Assertion") or b"").decode()
+            self.tokens.append(token)
+            kid = assertion_kid(token)
+            request.setHeader(b"X-Assertion-Kid", (kid or "").encode("ascii"))
             request.write(json.dumps(dict(assertion.claims)).encode())
             request.finish()
 
@@ -182,6 +198,110 @@ class AssertionDaemonTests(TestCase):
 
         return ensureDeferred(go())
 
+    def test_rotation_by_sighup(self) -> Deferred[None]:
+        """
+        A new key in ``GATEWAY_ASSERTION_KEY_FILE`` and ``SIGHUP`` while
+        four clients send requests: every request is verified by the
+        upstream against the daemon's JWKS (no failure during the
+        overlap), those sent after the reload carry the new key's ``kid``,
+        and the JWKS then lists the new key and the old one, which still
+        verifies the assertions signed before the reload.
+        """
+
+        async def go() -> None:
+            old_kid = key_id(load_key(self.key).public_key())
+            child, base = await start_daemon(
+                self,
+                {
+                    "GATEWAY_JWT_SECRET": SECRET,
+                    "GATEWAY_ASSERTION_KEY_FILE": self.key,
+                    "KV_SERVICE_URL": self.upstream_url,
+                },
+                "--accounts-dir",
+                self.accounts.path,
+            )
+            jwks_url = base + "/.well-known/jwks.json"
+            # refresh_interval=0: the new kid is fetched at its first sight,
+            # however soon after the last fetch the reload comes (with the
+            # default, 10 s, an unknown kid seen within 10 s of a fetch is
+            # refused until they have passed).
+            self.upstream.verifier = TwistedAssertionVerifier(
+                self.agent,
+                jwks_url,
+                "KV",
+                reactor,  # type: ignore[arg-type]
+                refresh_interval=0,
+            )
+            failures: list[Any] = []
+            # (sent once the reload was logged, the answer's kid)
+            seen: list[tuple[bool, str]] = []
+            reloaded = [False]
+            sent = [0]
+
+            async def loop(client: Any, n: int) -> None:
+                for i in range(n):
+                    after = reloaded[0]
+                    sent[0] += 1
+                    try:
+                        response = await client.get(base + "/kv/x%d" % (i,))
+                        body = await response.content()
+                    except Exception as e:  # noqa: BLE001 - counted
+                        failures.append(e)
+                        continue
+                    if response.code != 200:
+                        failures.append((response.code, body))
+                        continue
+                    kid = response.headers.getRawHeaders(b"x-assertion-kid")[0]
+                    seen.append((after, kid.decode("ascii")))
+
+            async def rotate() -> None:
+                while sent[0] < 40:
+                    await deferLater(reactor, 0.01, lambda: None)
+                replacement = self.key + ".new"
+                with open(replacement, "wb") as f:
+                    f.write(new_key_pem())
+                os.replace(replacement, self.key)
+                child.signal("HUP")
+                await wait_for(child, b"Reloaded")
+                reloaded[0] = True
+
+            clients = [http_client(self) for _ in range(4)]
+            await gatherResults(
+                [Deferred.fromCoroutine(loop(c, 40)) for c in clients]
+                + [Deferred.fromCoroutine(rotate())]
+            )
+            new_kid = key_id(load_key(self.key).public_key())
+            self.assertNotEqual(new_kid, old_kid)
+            self.assertEqual(failures, [])
+            self.assertEqual(self.upstream.refused, [])
+            self.assertEqual(len(seen), 160)
+            self.assertEqual(len(self.upstream.verified), 160)
+            self.assertIn(b"Assertion key reloaded", child.output)
+            before = [kid for after, kid in seen if not after]
+            after = [kid for after, kid in seen if after]
+            self.assertIn(old_kid, before)
+            self.assertTrue(after, "no request sent after the reload")
+            self.assertEqual(set(after), {new_kid})
+            self.assertLessEqual(set(before), {old_kid, new_kid})
+            jwks = await self.http.get(jwks_url)
+            document = await jwks.content()
+            self.assertEqual(
+                [key["kid"] for key in json.loads(document)["keys"]],
+                [new_kid, old_kid],
+            )
+            # An assertion signed with the old key before the reload (the
+            # first request's; it has not expired) still verifies against
+            # the JWKS published after it.
+            first = self.upstream.tokens[0]
+            self.assertEqual(assertion_kid(first), old_kid)
+            verified = verify_assertion(
+                first, KeySet.from_json(document), "KV", "GET", "/x0"
+            )
+            self.assertEqual(verified.route, "KV")
+            await self.stop(child)
+
+        return ensureDeferred(go())
+
     async def stop(self, child: ChildProcess) -> None:
         """
         Stop the daemon and wait for it.
@@ -267,6 +387,58 @@ class MutualTLSDaemonTests(TestCase):
             self.assertEqual(
                 (code, body), (200, b"hello over mTLS from gateway"), child.output
             )
+
+        return ensureDeferred(go())
+
+    def test_route_files(self) -> Deferred[None]:
+        """
+        A configuration file whose route names its own ``upstream_ca`` and
+        ``upstream_client_cert`` (relative to the file) reaches the upstream
+        with them, the daemon having no ``--upstream-*`` option; another
+        route to the same upstream, naming neither, is refused the
+        handshake, although the first route's connection is kept alive.
+        """
+
+        async def go() -> None:
+            config = os.path.join(os.path.dirname(self.pki.ca), "gateway.toml")
+            with open(config, "w") as f:
+                f.write(
+                    '[[route]]\nprefix = "/mtls"\nname = "MTLS"\ntoken = "none"\n'
+                    "upstreams = [%s]\nupstream_ca = %s\n"
+                    "upstream_client_cert = %s\n"
+                    '[[route]]\nprefix = "/plain"\nname = "PLAIN"\ntoken = "none"\n'
+                    "upstreams = [%s]\n"
+                    % (
+                        json.dumps(self.upstream_url),
+                        json.dumps(os.path.basename(self.pki.ca)),
+                        json.dumps(os.path.basename(self.pki.client)),
+                        json.dumps(self.upstream_url),
+                    )
+                )
+            child, base = await start_daemon(
+                self,
+                {"GATEWAY_JWT_SECRET": SECRET},
+                "--accounts-dir",
+                self.accounts.path,
+                "--config",
+                config,
+            )
+            for _ in range(2):
+                response = await self.http.get(base + "/mtls/hello")
+                body = await response.content()
+                self.assertEqual(
+                    (response.code, body),
+                    (200, b"hello over mTLS from gateway"),
+                    child.output,
+                )
+            response = await self.http.get(base + "/plain/hello")
+            body = await response.content()
+            self.assertEqual(response.code, 502, body)
+            self.assertEqual(json.loads(body)["code"], "UPSTREAM_UNAVAILABLE")
+            response = await self.http.get(base + "/mtls/hello")
+            self.assertEqual(response.code, 200, await response.content())
+            child.signal("TERM")
+            await child.ended
 
         return ensureDeferred(go())
 

@@ -6,7 +6,10 @@ parsing, and every message it refuses a file with (:ref:`contract-config-file`).
 from __future__ import annotations
 
 import io
+import json
 import os
+
+from cryptography.hazmat.primitives import serialization
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,8 +17,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from metagateway.admin.cli import run
 from metagateway.admin.files import check_config
 from metagateway.config import ConfigurationError, GatewayConfig
-from metagateway.configfile import ConfigFileError, load_config_file, parse_config
+from metagateway.configfile import (
+    ConfigFile,
+    ConfigFileError,
+    load_config_file,
+    parse_config,
+)
 from metagateway.routes import Route, builtin_routes
+from tests.tlsfiles import make_pki
 
 #: The example shipped with the project.
 EXAMPLE = os.path.join(
@@ -198,7 +207,8 @@ REFUSALS = [
     (
         ROUTE + "tokn = 'none'\n",
         "g.toml: route[0].tokn: unknown key (known: prefix, name, upstreams, "
-        "token, accept, strip_prefix, timeout, max_body)",
+        "token, accept, strip_prefix, timeout, max_body, upstream_ca, "
+        "upstream_client_cert)",
     ),
     ('[[route]]\nprefix = "/x"\n', 'g.toml: route[0]: missing key "name"'),
     (
@@ -383,6 +393,173 @@ class RefusalTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError) as caught:
             GatewayConfig.from_environ(dict(environ, METAGATEWAY_CONFIG=path))
         self.assertEqual(str(caught.exception), message)
+
+
+class RouteTLSTests(SynchronousTestCase):
+    """
+    A route's own ``upstream_ca`` and ``upstream_client_cert``: paths,
+    relative to the file's directory, checked when the file is loaded.
+    """
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        self.pki = make_pki(os.path.join(self.directory, "pki"))
+        self.path = os.path.join(self.directory, "g.toml")
+
+    def load(self, ca: str | None, cert: str | None) -> ConfigFile:
+        """
+        Write and load a file whose one route names ``ca`` and ``cert``.
+        """
+        text = ROUTE
+        if ca is not None:
+            text += "upstream_ca = %s\n" % (json.dumps(ca),)
+        if cert is not None:
+            text += "upstream_client_cert = %s\n" % (json.dumps(cert),)
+        with open(self.path, "w") as f:
+            f.write(text)
+        return load_config_file(self.path, {})
+
+    def refused(
+        self, ca: str | None, cert: str | None, key: str, path: str, reason: str
+    ) -> None:
+        """
+        Assert the file is refused with one line naming the configuration
+        file, the route's ``key``, the PEM file ``path`` and ``reason``.
+        """
+        with self.assertRaises(ConfigFileError) as caught:
+            self.load(ca, cert)
+        self.assertEqual(
+            str(caught.exception),
+            "%s: route[0] (BUILD).%s: %s%s" % (self.path, key, path, reason),
+        )
+
+    def test_unset(self) -> None:
+        """
+        Without either key the route leaves both to the gateway's options.
+        """
+        (route,) = self.load(None, None).routes
+        self.assertEqual((route.upstream_ca, route.upstream_client_cert), (None, None))
+
+    def test_paths(self) -> None:
+        """
+        Absolute paths are kept; relative ones are taken from the file's
+        directory (not the working directory); either key may be alone.
+        """
+        (route,) = self.load(self.pki.ca, self.pki.client).routes
+        self.assertEqual(
+            (route.upstream_ca, route.upstream_client_cert),
+            (self.pki.ca, self.pki.client),
+        )
+        relative_ca = os.path.relpath(self.pki.ca, self.directory)
+        self.assertEqual(
+            relative_ca, os.path.join("pki", os.path.basename(self.pki.ca))
+        )
+        (route,) = self.load(relative_ca, None).routes
+        self.assertEqual(
+            (route.upstream_ca, route.upstream_client_cert), (self.pki.ca, None)
+        )
+        relative_cert = os.path.relpath(self.pki.client, self.directory)
+        (route,) = self.load(None, relative_cert).routes
+        self.assertEqual(
+            (route.upstream_ca, route.upstream_client_cert), (None, self.pki.client)
+        )
+
+    def test_refusals(self) -> None:
+        """
+        A file that cannot be read, a CA bundle without a certificate, a
+        client file without its key, with another certificate's key, or
+        with an encrypted key, and a value that is not a path: each refused
+        in one line naming the file, the key and the reason.
+        """
+        missing = os.path.join(self.directory, "missing.pem")
+        self.refused(
+            "missing.pem",
+            None,
+            "upstream_ca",
+            missing,
+            " cannot be read: No such file or directory",
+        )
+        self.refused(
+            None,
+            missing,
+            "upstream_client_cert",
+            missing,
+            " cannot be read: No such file or directory",
+        )
+        junk = os.path.join(self.directory, "junk.pem")
+        with open(junk, "w") as f:
+            f.write("junk\n")
+        self.refused(junk, None, "upstream_ca", junk, ": no PEM certificate in it")
+        self.refused(
+            None,
+            self.pki.client_cert_only,
+            "upstream_client_cert",
+            self.pki.client_cert_only,
+            ": needs a PEM certificate and its private key in one file",
+        )
+        with open(self.pki.client_cert_only, "rb") as f:
+            certificate = f.read()
+        with open(self.pki.rogue_client, "rb") as f:
+            rogue_key = f.read().split(b"-----END CERTIFICATE-----\n", 1)[1]
+        mixed = os.path.join(self.directory, "mixed.pem")
+        with open(mixed, "wb") as f:
+            f.write(certificate + rogue_key)
+        self.refused(
+            None,
+            mixed,
+            "upstream_client_cert",
+            mixed,
+            ": the private key is not the certificate's",
+        )
+        key = serialization.load_pem_private_key(rogue_key, password=None)
+        encrypted = os.path.join(self.directory, "encrypted.pem")
+        with open(encrypted, "wb") as f:
+            f.write(
+                certificate
+                + key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.BestAvailableEncryption(b"pass"),
+                )
+            )
+        self.refused(
+            None,
+            encrypted,
+            "upstream_client_cert",
+            encrypted,
+            ": the key is encrypted; give an unencrypted key",
+        )
+        for value in ("", 1):
+            with open(self.path, "w") as f:
+                f.write(ROUTE + "upstream_ca = %s\n" % (json.dumps(value),))
+            with self.assertRaises(ConfigFileError) as caught:
+                load_config_file(self.path, {})
+            self.assertEqual(
+                str(caught.exception),
+                "%s: route[0] (BUILD).upstream_ca: must be the path of a PEM file"
+                % (self.path,),
+            )
+
+    def test_check_config(self) -> None:
+        """
+        ``check-config`` refuses a file whose route names an unusable file,
+        with the same message.
+        """
+        self.load(None, None)
+        with open(self.path, "a") as f:
+            f.write('upstream_ca = "missing.pem"\n')
+        stdout, stderr = io.StringIO(), io.StringIO()
+        status = self.successResultOf(
+            run_command(["check-config", self.path], stdout, stderr)
+        )
+        self.assertEqual(status, 1)
+        self.assertEqual(
+            stderr.getvalue(),
+            "metagateway-admin: %s: route[0] (BUILD).upstream_ca: %s cannot be "
+            "read: No such file or directory\n"
+            % (self.path, os.path.join(self.directory, "missing.pem")),
+        )
+        self.assertEqual(stdout.getvalue(), "")
 
 
 class SecretFileTests(SynchronousTestCase):

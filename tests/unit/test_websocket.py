@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from metagateway.observability.accesslog import AccessLog
+from metagateway.proxy.upstream import UpstreamAgent
 from metagateway.proxy.websocket import (
     Join,
     WebSockets,
@@ -403,6 +404,26 @@ class HandshakeTests(SynchronousTestCase):
         self.assertTrue(head.endswith(b"\r\n\r\n"))
         self.assertEqual(h.agent.calls, [])
         self.assertEqual(h.transport.value(), b"")
+
+    def test_route_agent_endpoints(self) -> None:
+        """
+        A route whose agent is an ``UpstreamAgent`` (a route with its own
+        ``upstream_ca`` or ``upstream_client_cert`` has one of its own)
+        connects its handshakes with that agent's endpoints, and so with
+        its TLS; the gateway's endpoints are not asked.
+        """
+        h = self.harness()
+        route_endpoints = FakeEndpoints()
+        proxy = h.gateway.proxies["BUILD"]
+        proxy.agent = UpstreamAgent(
+            h.clock,
+            route_endpoints,  # type: ignore[arg-type]
+            h.gateway.pool,
+        )
+        h.send(handshake(b"/build/feed", b"Authorization: Bearer " + token().encode()))
+        self.assertEqual([uri.host for uri in route_endpoints.uris], [b"build.test"])
+        self.assertEqual(len(route_endpoints.connections), 1)
+        self.assertEqual(self.endpoints.uris, [])
 
     def test_query_token(self) -> None:
         """
