@@ -74,6 +74,11 @@ MAX_WORKERS = 256
 RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 30.0
 
+#: The longest restart delay during which a dead worker's own socket keeps
+#: its place in the group (connections queue for the new worker); past it
+#: the socket leaves the group until the restart.
+KEEP_QUEUED_DELAY = 1.0
+
 #: A worker that lived this many seconds resets the restart delay.
 STABLE_SECONDS = 10.0
 
@@ -587,9 +592,6 @@ class WorkerSupervisor(Service):
         if worker.protocol is not protocol:
             return
         worker.protocol = None
-        if not self.stopping:
-            for held in self.sockets:
-                held.pause(index)
         status = getattr(reason.value, "exitCode", None)
         signal_number = getattr(reason.value, "signal", None)
         if self.stopping:
@@ -606,6 +608,14 @@ class WorkerSupervisor(Service):
             worker.failures = 0
         worker.failures += 1
         delay = min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** (worker.failures - 1))
+        if delay > KEEP_QUEUED_DELAY:
+            # A worker that keeps dying: its socket leaves the group, so
+            # that new connections go to the others (what its queue holds
+            # is reset). After a first death the socket stays: connections
+            # that reach it wait the short restart, then the new worker
+            # takes them, and none is reset.
+            for held in self.sockets:
+                held.pause(index)
         log.warn(
             "Worker {index} exited (status {status}, signal {signal}); "
             "restarting in {delay} s",

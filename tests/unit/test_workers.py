@@ -30,6 +30,7 @@ from metagateway.config import ConfigurationError
 from metagateway.daemon.tap import Options, makeService
 from metagateway.daemon.workers import (
     FIRST_SOCKET_FD,
+    KEEP_QUEUED_DELAY,
     MAX_RESTART_DELAY,
     RESTART_DELAY,
     STABLE_SECONDS,
@@ -988,9 +989,29 @@ class ReusePortTests(SynchronousTestCase):
         self.assertEqual(held[0].own, ())
         self.assertEqual(held[0].fd_for(1), held[0].fd)
 
+    def test_first_death_keeps_socket(self) -> None:
+        """
+        After a worker's first death its socket stays in the group (no
+        ``shutdown``, which would reset the connections queued on it): the
+        new worker, started after the short first delay, takes them.
+        """
+        sockets = FakeSockets()
+        held = bind_sockets(None, ["tcp:0"], 2, True, make_socket=sockets)
+        reactor = ProcessReactor()
+        supervisor = WorkerSupervisor(
+            reactor, lambda index: ["python"], {}, 2, lambda: held
+        )
+        supervisor.startService()
+        own = sockets.made[1:]
+        reactor.end(1)
+        self.assertEqual([sock.shut for sock in own], [False, False])
+        reactor.advance(RESTART_DELAY)
+        self.assertEqual(reactor.spawned[-1][3][FIRST_SOCKET_FD], own[1].fd)
+
     def test_down_worker_paused(self) -> None:
         """
-        A worker that dies has its socket taken out of the group
+        A worker that keeps dying (its restart delay past
+        ``KEEP_QUEUED_DELAY``) has its socket taken out of the group
         (``shutdown``) until it is started again, when it listens again
         and is handed to the new worker; the others are left alone.
         """
@@ -1002,8 +1023,15 @@ class ReusePortTests(SynchronousTestCase):
         )
         supervisor.startService()
         own = sockets.made[1:]
-        reactor.end(1)
+        delay, number = RESTART_DELAY, 1
+        while delay <= KEEP_QUEUED_DELAY:
+            # Worker 1 dies young, again and again (its latest process).
+            reactor.end(number)
+            self.assertEqual([sock.shut for sock in own], [False, False])
+            reactor.advance(delay)
+            delay, number = delay * 2, len(reactor.spawned) - 1
+        reactor.end(number)
         self.assertEqual([sock.shut for sock in own], [False, True])
-        reactor.advance(RESTART_DELAY)
+        reactor.advance(delay)
         self.assertEqual([sock.shut for sock in own], [False, False])
         self.assertEqual(reactor.spawned[-1][3][FIRST_SOCKET_FD], own[1].fd)
