@@ -424,9 +424,12 @@ def judge(
         detail = f"{o.requests} requests, statuses {dict(sorted(o.statuses.items()))}"
         if o.errors:
             detail += f", socket errors {o.errors}"
+        want = f"only {sorted(kind.expected)}"
+        if kind.cut:
+            want = f"cut mid-body or {sorted(kind.expected)}"
         checks.append(
             (
-                f"{kind.name}: only {sorted(kind.expected)}",
+                f"{kind.name}: {want}",
                 not bad and not errors,
                 detail,
             )
@@ -480,12 +483,12 @@ def plot(
     ax.plot(t, [s[1] for s in samples], "o-", color="tab:blue", label="RSS (MiB)")
     ax.set_xlabel("seconds")
     ax.set_ylabel("RSS (MiB)", color="tab:blue")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(s[1] for s in samples) * 1.15)
     ax.axvspan(0, warmup, color="0.9", label="warm-up")
     ax2 = ax.twinx()
     ax2.plot(t, [s[2] for s in samples], "s-", color="tab:red", label="open fds")
     ax2.set_ylabel("open fds", color="tab:red")
-    ax2.set_ylim(bottom=0)
+    ax2.set_ylim(0, max(s[2] for s in samples) * 1.15)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
