@@ -37,6 +37,8 @@ setup(
             "boto3",
             "autobahn",
         ],
+        # bench/run.py's chart and bench/soak.py's plot.
+        "bench": ["matplotlib"],
     },
     entry_points={
         "console_scripts": [

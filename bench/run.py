@@ -110,6 +110,8 @@ class Server:
         default_factory=lambda: {"small": "/small", "1MiB": "/big"}
     )
     headers: list[str] = field(default_factory=list)
+    #: one ``--metrics-listen`` port per worker (multi-process gateway rows).
+    metrics_ports: list[int] = field(default_factory=list)
 
     def url(self, workload: str) -> str:
         """The URL wrk drives for ``workload``."""
@@ -134,6 +136,19 @@ class Lab:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             return int(s.getsockname()[1])
+
+    def free_ports(self, count: int) -> int:
+        """The first of ``count`` consecutive unused loopback ports."""
+        for _ in range(100):
+            first = self.free_port()
+            try:
+                for offset in range(1, count):
+                    with socket.socket() as s:
+                        s.bind(("127.0.0.1", first + offset))
+            except OSError:
+                continue
+            return first
+        raise Unavailable(f"no {count} consecutive free ports")
 
     def start(
         self,
@@ -565,7 +580,16 @@ def start_metagateway(
         "json",
     ]
     if workers > 1:
-        argv += ["--workers", str(workers)]
+        # Each worker serves its own metrics (worker k on base + k): the
+        # per-worker request counts are read after every run.
+        base = lab.free_ports(workers)
+        server.metrics_ports = [base + k for k in range(workers)]
+        argv += [
+            "--workers",
+            str(workers),
+            "--metrics-listen",
+            f"tcp:{base}:interface=127.0.0.1",
+        ]
     env = clean_env(
         GATEWAY_JWT_SECRET=secrets.token_hex(32),
         BUILD_SERVICE_URL=f"http://127.0.0.1:{upstream.port}",
@@ -628,6 +652,8 @@ class Sample:
     requests: int
     non2xx: int
     socket_errors: int
+    #: requests each worker answered during the run (multi-process gateways).
+    workers: list[int] = field(default_factory=list)
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
@@ -678,6 +704,7 @@ def run_wrk(wrk: str, server: Server, workload: str, duration: str) -> Sample:
         argv += ["-H", header]
     argv.append(server.url(workload))
     assert server.proc is not None
+    counts = worker_requests(server)
     before = cpu_seconds(server.proc.pid)
     out = subprocess.run(
         argv, capture_output=True, text=True, timeout=_seconds(duration) + 60
@@ -686,7 +713,46 @@ def run_wrk(wrk: str, server: Server, workload: str, duration: str) -> Sample:
     if out.returncode != 0 or "Requests/sec" not in out.stdout:
         raise RuntimeError(f"wrk failed: {out.stderr.strip() or out.stdout.strip()}")
     rps, p50, p99, total, non2xx, sock = parse_wrk(out.stdout)
-    return Sample(rps, p50, p99, after - before, total, non2xx, sock)
+    per_worker = [b - a for a, b in zip(counts, worker_requests(server))]
+    return Sample(rps, p50, p99, after - before, total, non2xx, sock, per_worker)
+
+
+def worker_requests(server: Server) -> list[int]:
+    """``metagateway_requests_total`` summed per worker, from each worker's
+    ``/metrics`` (empty for a server without metrics ports)."""
+    counts = []
+    for port in server.metrics_ports:
+        status, body = http("GET", f"http://127.0.0.1:{port}/metrics")
+        if status != 200:
+            raise RuntimeError(f"/metrics on port {port} answered {status}")
+        counts.append(
+            int(
+                sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in body.decode().splitlines()
+                    if line.startswith("metagateway_requests_total{")
+                )
+            )
+        )
+    return counts
+
+
+def worker_shares(samples: list[Sample]) -> list[int]:
+    """Requests per worker summed over ``samples`` (empty without counts)."""
+    totals: list[int] = []
+    for sample in samples:
+        if sample.workers:
+            totals = [
+                a + b
+                for a, b in zip(totals or [0] * len(sample.workers), sample.workers)
+            ]
+    return totals
+
+
+def _shares(counts: list[int]) -> str:
+    """``12034 (51 %) / 11560 (49 %)``."""
+    total = sum(counts) or 1
+    return " / ".join(f"{c} ({100 * c / total:.0f} %)" for c in counts)
 
 
 def _seconds(duration: str) -> float:
@@ -766,6 +832,11 @@ def plan(args: argparse.Namespace, nginx: str) -> list[tuple[str, str, Starter]]
         (f"mg-{n}", f"metagateway --workers {n}", gateway(py, n, f"mg-{n}")),
         ("pypy-bare-1", "bare Agent+pool, PyPy", bare(pypy, 1, "pypy-bare-1")),
         ("pypy-mg-1", "metagateway, PyPy", gateway(pypy, 1, "pypy-mg-1")),
+        (
+            f"pypy-mg-{n}",
+            f"metagateway, PyPy --workers {n}",
+            gateway(pypy, n, f"pypy-mg-{n}"),
+        ),
     ]
     if args.only:
         wanted = set(args.only.split(","))
@@ -802,7 +873,7 @@ def start_all(
             row.note = (
                 reason if reason.startswith("n/a") else f"not available: {reason}"
             )
-            if key == "pypy-mg-1" and "import" in reason:
+            if key.startswith("pypy-mg-") and "import" in reason:
                 row.note += " (install the project for that interpreter: pypy3 -m pip install -e .)"
             print(f"    {row.note}", flush=True)
         rows.append(row)
@@ -851,6 +922,9 @@ def measure(rows: list[Row], wrk: str, args: argparse.Namespace) -> None:
                         f"  errors {sample.non2xx}+{sample.socket_errors}"
                         if sample.non2xx or sample.socket_errors
                         else ""
+                    )
+                    + (
+                        f"  workers {_shares(sample.workers)}" if sample.workers else ""
                     ),
                     flush=True,
                 )
@@ -903,6 +977,14 @@ def print_table(rows: list[Row]) -> None:
                 f" {_ratio(rps, nginx_rps):>12} {_ratio(rps, stock_rps):>7}"
             )
         print()
+    for row in rows:
+        for workload in WORKLOADS:
+            counts = worker_shares(row.samples[workload])
+            if counts:
+                print(
+                    f"requests per worker, {row.label}, {workload} (all rounds): "
+                    + _shares(counts)
+                )
 
 
 def print_checks(rows: list[Row], workers: int) -> list[dict[str, object]]:
@@ -961,6 +1043,21 @@ def print_checks(rows: list[Row], workers: int) -> list[dict[str, object]]:
         0.4,
         "1MiB",
     )
+
+    for key in (f"mg-{workers}", f"pypy-mg-{workers}"):
+        row = by_key.get(key)
+        counts = worker_shares(row.samples["small"]) if row else []
+        if workers > 1 and (counts or key.startswith("mg-")):
+            low = min(counts) / (sum(counts) or 1) if counts else None
+            checks.append(
+                {
+                    "name": f"{key}: no worker below 35 % of the requests (small)",
+                    "result": "n/a"
+                    if low is None
+                    else ("pass" if low >= 0.35 * 2 / workers else "FAIL"),
+                    "detail": _shares(counts) if counts else why(key),
+                }
+            )
 
     mg, stock = by_key.get("mg-1"), by_key.get("stock")
     mg99 = mg.median("small", "p99_ms") if mg else None
@@ -1048,6 +1145,58 @@ def write_json(
     Path(path).write_text(json.dumps(data, indent=2))
 
 
+def write_chart(path: str, rows: list[Row], info: dict[str, str]) -> None:
+    """A PNG of req/s and p99 per row, one pair of panels per body size.
+
+    matplotlib (the ``bench`` extra) is imported here only; without it the
+    chart is skipped with one line.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no chart: matplotlib is missing (pip install -e '.[bench]')")
+        return
+    measured = [r for r in rows if any(r.samples.values())]
+    if not measured:
+        return
+    fig, axes = plt.subplots(
+        len(WORKLOADS), 2, figsize=(11, 1.2 + 0.45 * len(measured) * len(WORKLOADS))
+    )
+    for i, workload in enumerate(WORKLOADS):
+        shown = [r for r in measured if r.samples[workload]]
+        labels = [r.label for r in shown]
+        for j, (attr, unit) in enumerate((("rps", "req/s"), ("p99_ms", "p99 ms"))):
+            ax = axes[i][j]
+            values = [r.median(workload, attr) or 0.0 for r in shown]
+            colors = ["tab:orange" if "mg-" in r.key else "tab:gray" for r in shown]
+            ax.barh(labels, values, color=colors)
+            ax.invert_yaxis()
+            ax.set_title(f"{workload}, {WORKLOADS[workload]} connections: {unit}")
+            for y, v in enumerate(values):
+                ax.text(
+                    v,
+                    y,
+                    f" {v:.0f}" if attr == "rps" else f" {v:.1f}",
+                    va="center",
+                    fontsize=8,
+                )
+            ax.margins(x=0.2)
+            if j:
+                ax.set_yticklabels([])
+    fig.suptitle(
+        f"metagateway benchmark {info['date']}, {info['cpus']} CPUs, "
+        f"medians of {info['rounds']} rounds of {info['duration']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"chart written to {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse options, set up, measure, report, clean up."""
     parser = argparse.ArgumentParser(
@@ -1081,7 +1230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         help="comma list of row keys: nginx-direct, nginx-proxy, stock, bare-1, bare-N, "
-        "mg-1, mg-N, pypy-bare-1, pypy-mg-1",
+        "mg-1, mg-N, pypy-bare-1, pypy-mg-1, pypy-mg-N",
     )
     parser.add_argument(
         "--assertion-key",
@@ -1090,6 +1239,12 @@ def main(argv: list[str] | None = None) -> int:
         "proxied request then signs an assertion)",
     )
     parser.add_argument("--json", help="also write every sample to this file")
+    parser.add_argument(
+        "--chart",
+        metavar="FILE",
+        help="PNG chart of req/s and p99 per row (default: the --json file's "
+        "name with .png, else $TMPDIR/metagateway-bench.png; '' for none)",
+    )
     parser.add_argument("--no-install", action="store_true", help="never run apt-get")
     parser.add_argument(
         "--keep",
@@ -1142,6 +1297,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             write_json(args.json, rows, checks, info)
             print(f"samples written to {args.json}")
+        chart = args.chart
+        if chart is None:
+            chart = (
+                str(Path(args.json).with_suffix(".png"))
+                if args.json
+                else os.path.join(tempfile.gettempdir(), "metagateway-bench.png")
+            )
+        if chart:
+            write_chart(chart, rows, info)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything", file=sys.stderr)
         return 130
