@@ -22,7 +22,10 @@ Twisted's unless :class:`TwistedAssertionVerifier` is used:
 
 Both fetch the JWKS again when it is older than its ``max-age`` (the
 gateway sends 300 s) or when an assertion names a ``kid`` they do not
-know (a rotated key), at most once per ``refresh_interval`` seconds.
+know: at once the first time a ``kid`` is seen (a rotated key is then
+taken without refusing anything), provided a second has passed since the
+last fetch; a ``kid`` still unknown after that (a made-up one) fetches
+at most once per ``refresh_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -265,6 +268,13 @@ def _fetch_urllib(url: str, timeout: float) -> tuple[bytes, Optional[str]]:
         return answer.read(1024 * 1024), answer.headers.get("Cache-Control")
 
 
+#: Seconds after any fetch before a newly seen ``kid`` may fetch again.
+FIRST_SIGHT_GAP = 1.0
+
+#: Unknown ``kid``\ s remembered as tried.
+MAX_TRIED = 64
+
+
 class _Cache:
     """
     When a fetched key set is stale, and when an unknown ``kid`` may fetch
@@ -277,16 +287,25 @@ class _Cache:
         self.keys: Optional[KeySet] = None
         self.fetched = -float("inf")
         self.fresh_until = -float("inf")
+        #: Unknown ``kid``\ s that fetched once already, latest last.
+        self.tried: dict[str, None] = {}
 
     def wants_fetch(self, kid: Optional[str]) -> bool:
         now = self.clock()
         if self.keys is None or now >= self.fresh_until:
             return True
-        return (
-            kid is not None
-            and kid not in self.keys
-            and now - self.fetched >= self.refresh_interval
-        )
+        if kid is None or kid in self.keys:
+            return False
+        since = now - self.fetched
+        if kid in self.tried:
+            return since >= self.refresh_interval
+        if since < FIRST_SIGHT_GAP:
+            return False
+        # First sight of this kid: most likely the gateway's new key.
+        self.tried[kid] = None
+        if len(self.tried) > MAX_TRIED:
+            del self.tried[next(iter(self.tried))]
+        return True
 
     def store(self, keys: KeySet, cache_control: Optional[str]) -> None:
         now = self.clock()

@@ -221,10 +221,10 @@ class AssertionDaemonTests(TestCase):
                 self.accounts.path,
             )
             jwks_url = base + "/.well-known/jwks.json"
-            # refresh_interval=0: the new kid is fetched at its first sight,
-            # however soon after the last fetch the reload comes (with the
-            # default, 10 s, an unknown kid seen within 10 s of a fetch is
-            # refused until they have passed).
+            # refresh_interval=0: the reload may come within a second of
+            # the upstream's first fetch, when a new kid waits for that
+            # second to pass (unit-tested in test_verify); here every
+            # request must verify.
             self.upstream.verifier = TwistedAssertionVerifier(
                 self.agent,
                 jwks_url,

@@ -239,6 +239,29 @@ class AssertionVerifierTests(SynchronousTestCase):
         )
         self.assertEqual(len(self.fetches), 2)
 
+    def test_rotation_soon_after_fetch(self) -> None:
+        """
+        A key rotated well within ``refresh_interval`` of the last fetch is
+        fetched at the first assertion naming it (nothing refused), and a
+        made-up ``kid`` then fetches once, not on every request.
+        """
+        self.verifier.verify(self.f.token(), "GET", "/svc/x")
+        self.f.clock.advance(2)
+        self.f.signer.replace(ec.generate_private_key(ec.SECP256R1()))
+        self.verifier.verify(self.f.token(), "GET", "/svc/x")
+        self.assertEqual(len(self.fetches), 2)
+        self.f.clock.advance(2)
+        stranger = Fixture()
+        for _ in range(3):
+            self.assertRaises(
+                InvalidAssertion,
+                self.verifier.verify,
+                stranger.token(),
+                "GET",
+                "/svc/x",
+            )
+        self.assertEqual(len(self.fetches), 3)
+
     def test_fetch_fails(self) -> None:
         """
         No JWKS ever fetched: refused. A failed refresh keeps the keys held.
