@@ -268,7 +268,8 @@ def _fetch_urllib(url: str, timeout: float) -> tuple[bytes, Optional[str]]:
         return answer.read(1024 * 1024), answer.headers.get("Cache-Control")
 
 
-#: Seconds after any fetch before a newly seen ``kid`` may fetch again.
+#: Seconds after any fetch before a newly seen ``kid`` may fetch again (or
+#: ``refresh_interval``, when that is shorter).
 FIRST_SIGHT_GAP = 1.0
 
 #: Unknown ``kid``\ s remembered as tried.
@@ -299,7 +300,7 @@ class _Cache:
         since = now - self.fetched
         if kid in self.tried:
             return since >= self.refresh_interval
-        if since < FIRST_SIGHT_GAP:
+        if since < min(FIRST_SIGHT_GAP, self.refresh_interval):
             return False
         # First sight of this kid: most likely the gateway's new key.
         self.tried[kid] = None
