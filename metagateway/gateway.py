@@ -245,7 +245,7 @@ class Gateway:
         passwords are checked on the reactor thread.
     :ivar tokens: the token authority.
     :ivar metrics: the gateway's :class:`~metagateway.observability.metrics.Metrics`,
-        for :class:`~metagateway.observability.metrics.MetricsSite`.
+        for :class:`~metagateway.observability.metricsite.MetricsSite`.
     :ivar reloads: the reloads' figures (also in :attr:`metrics`).
     :ivar assertions: signs the assertions upstreams get (:ref:`contract-assertions`),
         with the key of ``config.assertion_key_file``; ``None`` without

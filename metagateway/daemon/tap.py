@@ -46,7 +46,8 @@ from metagateway.gateway import Gateway
 from metagateway.http.site import GatewaySite
 from metagateway.observability.accesslog import AccessLog
 from metagateway.observability.collector import CollectorTuning
-from metagateway.observability.metrics import Metrics, MetricsSite
+from metagateway.observability.metrics import Metrics
+from metagateway.observability.metricsite import MetricsSite
 from metagateway.observability.otel import TracingService, tracing_from_environ
 from metagateway.observability.status import GatewayStatus, StatusSampler
 from metagateway.proxy.upstream import upstream_tls_policy

@@ -11,7 +11,16 @@ registry: two gateways in one process count, and expose, separately.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import (
+    Any,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Optional,
+    Protocol,
+    Sequence,
+)
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -24,9 +33,62 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from metagateway import __version__
+from metagateway.state.stats import StateStats
 
-if TYPE_CHECKING:
-    from metagateway.observability.metrics import Histogram, Metrics
+
+class Histogram(Protocol):
+    """
+    What the collector reads of a histogram
+    (:class:`metagateway.observability.metrics.Histogram`).
+    """
+
+    @property
+    def bounds(self) -> tuple[float, ...]: ...
+
+    @property
+    def counts(self) -> list[int]: ...
+
+    @property
+    def sum(self) -> float: ...
+
+
+class Metrics(Protocol):
+    """
+    What the collector reads of a gateway's counters
+    (:class:`metagateway.observability.metrics.Metrics`, which imports this
+    module to build its registry: a protocol here keeps the import one-way).
+    """
+
+    @property
+    def worker(self) -> Optional[int]: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def requests(self) -> Mapping[tuple[str, str, str], int]: ...
+
+    @property
+    def latency(self) -> Mapping[str, Histogram]: ...
+
+    @property
+    def upstream_errors(self) -> Mapping[tuple[str, str], int]: ...
+
+    @property
+    def logins(self) -> Mapping[tuple[str, str], int]: ...
+
+    @property
+    def store_lookups(self) -> Mapping[str, int]: ...
+
+    @property
+    def store_latency(self) -> Histogram: ...
+
+    @property
+    def state(self) -> Optional[StateStats]: ...
+
+    @property
+    def extra(self) -> Sequence[Callable[[str], list[str]]]: ...
+
 
 #: The content type of the exposition (text format 0.0.4).
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"

@@ -1,7 +1,8 @@
 """
 Prometheus metrics: one :class:`Metrics` object per gateway, its text
-exposition, the resource and ``Site`` serving it on ``--metrics-listen``,
-and a credential-store decorator that measures lookups.
+exposition, and a credential-store decorator that measures lookups. The
+resource and ``Site`` serving them on ``--metrics-listen`` are in
+:mod:`metagateway.observability.metricsite`.
 
 There is no global registry: two gateways in one process count separately.
 The exposition is the Prometheus text format, version 0.0.4, written by
@@ -12,17 +13,13 @@ The exposition is the Prometheus text format, version 0.0.4, written by
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 from prometheus_client.exposition import generate_latest
 from zope.interface import implementer
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.web.http import Request
-from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from metagateway.credentials.interfaces import (
     AccountRecord,
@@ -30,13 +27,8 @@ from metagateway.credentials.interfaces import (
     StoreUnavailable,
     UnknownAccount,
 )
-from metagateway.errors import GatewayError, error_response
-from metagateway.observability.exposition import CONTENT_TYPE as CONTENT_TYPE
 from metagateway.observability.exposition import gateway_registry
 from metagateway.state.stats import StateStats
-
-if TYPE_CHECKING:
-    from metagateway.observability.status import GatewayStatus
 
 #: Upper bounds, in seconds, of the request latency histogram's buckets.
 LATENCY_BUCKETS = (
@@ -281,65 +273,3 @@ class MeasuredCredentialStore:
 
     def __repr__(self) -> str:
         return "<MeasuredCredentialStore %r>" % (self.store,)
-
-
-class MetricsResource(Resource):
-    """
-    ``GET /metrics``: the exposition of one :class:`Metrics`; with a
-    status, ``GET /status`` and ``GET /status.json`` too
-    (:mod:`metagateway.observability.status`); anything else is a JSON
-    ``404``.
-
-    :param metrics: what to expose.
-    :param status: what the status page shows, if served.
-    """
-
-    isLeaf = True
-
-    def __init__(
-        self, metrics: Metrics, status: Optional[GatewayStatus] = None
-    ) -> None:
-        super().__init__()
-        self.metrics = metrics
-        self.status = status
-
-    def render(self, request: IRequest) -> bytes:
-        """
-        Answer a scrape, or a look at the status.
-        """
-        path = request.path
-        if request.method not in (b"GET", b"HEAD"):
-            path = b""
-        if path == b"/metrics":
-            body = self.metrics.exposition()
-            request.setHeader(b"Content-Type", CONTENT_TYPE)
-            request.setHeader(b"Content-Length", b"%d" % (len(body),))
-            return body
-        if self.status is not None:
-            from metagateway.observability.status import status_html, status_json
-
-            if path == b"/status.json":
-                return status_json(self.status, request)
-            if path in (b"/status", b"/status/"):
-                return status_html(self.status, request)
-        return error_response(
-            request, GatewayError(404, "NOT_FOUND", "Route not handled", "CORE")
-        )
-
-
-class MetricsSite(Site):
-    """
-    The ``Site`` on ``--metrics-listen``: scrapes are not access-logged.
-
-    :param status: what ``/status`` shows, if served.
-    """
-
-    def __init__(
-        self, metrics: Metrics, status: Optional[GatewayStatus] = None, **kwargs: Any
-    ) -> None:
-        super().__init__(MetricsResource(metrics, status), **kwargs)
-
-    def log(self, request: Request) -> None:
-        """
-        Log nothing: scrapes would drown the access log.
-        """

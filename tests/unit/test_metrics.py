@@ -27,16 +27,16 @@ from metagateway.credentials.interfaces import (
     UnknownAccount,
 )
 from metagateway.credentials.memory import MemoryCredentialStore
+from metagateway.observability.exposition import CONTENT_TYPE
 from metagateway.observability.metrics import (
-    CONTENT_TYPE,
     LATENCY_BUCKETS,
     Histogram,
     MeasuredCredentialStore,
     Metrics,
-    MetricsResource,
     method_label,
     status_class,
 )
+from metagateway.observability.metricsite import MetricsResource
 from metagateway.testing import (
     PASSWORD,
     USERNAME,

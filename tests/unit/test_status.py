@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from metagateway import __version__
 from metagateway.config import GatewayConfig
-from metagateway.observability.metrics import MetricsResource
+from metagateway.observability.metricsite import MetricsResource
 from metagateway.observability.status import (
     SAMPLE_SECONDS,
     GatewayStatus,

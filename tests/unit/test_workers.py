@@ -49,7 +49,7 @@ from metagateway.daemon.workers import (
 )
 from metagateway.http.site import GatewaySite
 from metagateway.observability.loglines import TextLines
-from metagateway.observability.metrics import MetricsSite
+from metagateway.observability.metricsite import MetricsSite
 from metagateway.testing import SECRET, EnvironmentMixin
 
 
