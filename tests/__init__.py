@@ -46,3 +46,11 @@ warnings.filterwarnings(
     category=BytesWarning,
     module=r"(twisted\.web\.http_headers|.*[\\/]twisted[\\/]web[\\/]http_headers)$",
 )
+# txredisapi builds a set of ``str`` and ``bytes`` reply names when it is
+# imported (``SubscriberProtocol._sub_unsub_reponses``); their equal hashes
+# make Python compare them once. Its code, harmless, not ours to fix.
+warnings.filterwarnings(
+    "ignore",
+    category=BytesWarning,
+    module=r"(txredisapi|.*[\\/]txredisapi)$",
+)
