@@ -34,7 +34,7 @@ from metagateway.auth.assertion import (
 from metagateway.auth.passwords import make_record
 from metagateway.config import SERVICE_VARIABLES
 from metagateway.credentials.directory import DirectoryCredentialStore
-from metagateway.daemon.workers import endpoint_kind
+from metagateway.daemon.sockets import endpoint_kind
 from metagateway.verify import InvalidAssertion, KeySet, verify_assertion
 
 DEMO_USER = "demo-admin"

@@ -27,18 +27,20 @@ from metagateway import __version__
 from metagateway.auth.assertion import AssertionKeyError, load_key
 from metagateway.config import ConfigurationError, GatewayConfig
 from metagateway.credentials.factory import check_accounts_dir
+from metagateway.daemon.adopted import adopt_sockets
 from metagateway.daemon.dev import DevCleanup, DevSetup, prepare_dev
 from metagateway.daemon.reload import Reloader, on_sighup
-from metagateway.daemon.workers import (
-    KILL_MARGIN,
-    ProcessSettings,
-    WorkerSupervisor,
-    adopt_sockets,
+from metagateway.daemon.sockets import (
     bind_sockets,
     endpoint_kind,
     offset_endpoint,
     reuse_port_supported,
     tcp_address,
+)
+from metagateway.daemon.workers import (
+    KILL_MARGIN,
+    ProcessSettings,
+    WorkerSupervisor,
     worker_argv,
     worker_environ,
 )
@@ -336,7 +338,7 @@ def makeService(
     :param reuse_port: whether each worker of ``--workers N`` gets its own
         ``SO_REUSEPORT`` socket per TCP endpoint; by default with the
         global reactor where the kernel spreads connections over them
-        (:func:`~metagateway.daemon.workers.reuse_port_supported`).
+        (:func:`~metagateway.daemon.sockets.reuse_port_supported`).
     :raises SystemExit: after one line on stderr when the configuration is
         incomplete or a port cannot be bound.
     """

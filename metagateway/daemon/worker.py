@@ -16,8 +16,8 @@ from typing import Optional
 from twisted.application.service import IService
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
+from metagateway.daemon.adopted import ParentWatch
 from metagateway.daemon.tap import Options, makeService
-from metagateway.daemon.workers import ParentWatch
 
 log = Logger(namespace="metagateway.daemon.worker")
 

@@ -27,6 +27,13 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from metagateway.config import ConfigurationError
+from metagateway.daemon.adopted import AdoptedPortService, ParentWatch
+from metagateway.daemon.sockets import (
+    HeldSocket,
+    bind_sockets,
+    offset_endpoint,
+    tcp_address,
+)
 from metagateway.daemon.tap import Options, makeService
 from metagateway.daemon.workers import (
     FIRST_SOCKET_FD,
@@ -36,14 +43,8 @@ from metagateway.daemon.workers import (
     STABLE_SECONDS,
     WORKER_INDEX_VARIABLE,
     WORKER_SOCKETS_VARIABLE,
-    AdoptedPortService,
-    HeldSocket,
-    ParentWatch,
     ProcessSettings,
     WorkerSupervisor,
-    bind_sockets,
-    offset_endpoint,
-    tcp_address,
     worker_argv,
     worker_environ,
 )
