@@ -31,6 +31,8 @@ import jwt
 
 from twisted.web.http_headers import Headers
 
+from metagateway.http.names import AUTHORIZATION
+from metagateway.http.twisted_internals import header_map
 from metagateway.routes import TOKEN_ROUTES
 
 # Re-exported: they lived here before the state layer held them.
@@ -388,7 +390,7 @@ def request_token(headers: Headers) -> Optional[str]:
     value, or when there are several (ambiguous credentials are no
     credentials, whichever of them is a good token).
     """
-    values = headers.getRawHeaders(b"authorization")
+    values = header_map(headers).get(AUTHORIZATION)
     if values is None or len(values) != 1:
         return None
     return bearer_token(values[0])

@@ -31,7 +31,12 @@ from metagateway.errors import (
     GatewayError,
     new_request_id,
 )
-from metagateway.http.twisted_internals import ChannelInternals, take_pipelined
+from metagateway.http.names import CONNECTION, HOST
+from metagateway.http.twisted_internals import (
+    ChannelInternals,
+    header_map,
+    take_pipelined,
+)
 from metagateway.observability.accesslog import note_refused
 
 log = Logger()
@@ -284,8 +289,8 @@ class GatewayChannel(ChannelInternals):
         self._head_timed = False
         line = self.request_line
         if line is not None:
-            hosts = request.requestHeaders.getRawHeaders(b"host")
-            if (hosts is None and line[2] == b"HTTP/1.1") or (
+            hosts = header_map(request.requestHeaders).get(HOST)
+            if (not hosts and line[2] == b"HTTP/1.1") or (
                 hosts is not None and len(hosts) > 1
             ):
                 self.reject(bad_request("Missing or repeated Host header"))
@@ -326,7 +331,7 @@ class GatewayChannel(ChannelInternals):
         list it is (Twisted splits it on spaces, so ``close, X-Foo`` would
         keep the connection open).
         """
-        values = request.requestHeaders.getRawHeaders(b"connection")
+        values = header_map(request.requestHeaders).get(CONNECTION)
         if not values:
             return bool(super().checkPersistence(request, version))
         tokens = {

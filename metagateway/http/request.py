@@ -26,9 +26,11 @@ from metagateway.errors import (
 )
 from metagateway.http.body import StreamingBody
 from metagateway.http.channel import GatewayChannel, IHeadersReceived, bad_request
+from metagateway.http.names import TRANSFER_ENCODING
 from metagateway.http.twisted_internals import (
     RequestInternals,
     close_after_answer,
+    header_map,
     site_of,
 )
 from metagateway.notes import RequestNotes, new_notes, notes_of
@@ -48,8 +50,8 @@ def framing_error(headers: Headers) -> Optional[GatewayError]:
 
     :return: the ``400`` to answer, or ``None`` when the framing is sound.
     """
-    codings = headers.getRawHeaders(b"transfer-encoding")
-    if codings is None:
+    codings = header_map(headers).get(TRANSFER_ENCODING)
+    if not codings:
         return None
     if len(codings) != 1 or codings[0].strip().lower() != b"chunked":
         return bad_request("Unsupported Transfer-Encoding")

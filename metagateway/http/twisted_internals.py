@@ -9,7 +9,9 @@ to route a request (and stream or refuse its body) as soon as its headers
 are in, and to answer hostile input in the contract's JSON. Every override
 of such a method, and every read of the parser's state, is here and
 nowhere else; the rest of :mod:`metagateway.http` goes through the named
-hooks below, whose defaults are Twisted's own behaviour.
+hooks below, whose defaults are Twisted's own behaviour. The one private
+read on both sides of the proxy, the mapping inside ``Headers``
+(:func:`header_map`), is here too.
 
 ``tests/unit/test_twisted_internals.py`` checks each hook named here
 (existence, signature, and what Twisted does around it, through a real
@@ -23,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from twisted.web.server import version as server_version
 
@@ -280,3 +283,33 @@ def set_sent_length(request: Any, size: int) -> None:
     """
     # Request.sentLength: undocumented, incremented by write() only.
     request.sentLength = size
+
+
+def header_map(headers: Headers) -> dict[bytes, list[bytes]]:
+    """
+    The mapping inside ``headers``: each header name, in Twisted's
+    canonical capitalisation (:mod:`metagateway.http.names`), to the list of its
+    values. The live mapping, not a copy.
+
+    For the proxy, which builds two header sets per request from others
+    already parsed: through ``setRawHeaders`` each name is re-encoded and
+    each value re-checked for line breaks, a fifth of the gateway's own
+    work on a small request. Whoever writes to the mapping must use
+    canonical names (:mod:`metagateway.http.names`), and values that hold
+    no CR or LF (parsed ones never do; see :func:`one_line`).
+    """
+    # Headers._rawHeaders: private, the one slot every public method of
+    # Headers reads and writes.
+    raw: dict[bytes, list[bytes]] = headers._rawHeaders
+    return raw
+
+
+def one_line(value: bytes) -> bytes:
+    """
+    ``value`` with any line break replaced by a space, as ``setRawHeaders``
+    does to every value it is given: for a value of the gateway's own
+    making put straight into a :func:`header_map`.
+    """
+    if b"\r" in value or b"\n" in value:
+        return b" ".join(value.splitlines())
+    return value

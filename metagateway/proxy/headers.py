@@ -20,6 +20,9 @@ from twisted.web.iweb import IRequest, IResponse
 
 from metagateway.auth.tokens import Claims
 from metagateway.cors import policy_of
+from metagateway.http.names import CONNECTION, CONTENT_LENGTH, HOST, canonical_name
+from metagateway.http.twisted_internals import header_map, one_line
+from metagateway.notes import RequestNotes
 from metagateway.observability.tracing import trace_of
 from metagateway.routes import Route
 
@@ -82,6 +85,23 @@ def upstream_host(base_url: str) -> bytes:
     return b"%b:%d" % (host, uri.port)
 
 
+#: The names the gateway writes, as ``Headers`` stores them.
+_ROUTE = canonical_name(b"x-gateway-route")
+_USER = canonical_name(b"x-gateway-user")
+_SCOPES = canonical_name(b"x-gateway-scopes")
+_ASSERTION = canonical_name(b"x-gateway-assertion")
+_FORWARDED_FOR = canonical_name(b"x-forwarded-for")
+_FORWARDED_PROTO = canonical_name(b"x-forwarded-proto")
+_FORWARDED_HOST = canonical_name(b"x-forwarded-host")
+_REQUEST_ID = canonical_name(b"x-request-id")
+_TRACEPARENT = canonical_name(b"traceparent")
+_TRACESTATE = canonical_name(b"tracestate")
+_ALLOW_ORIGIN = canonical_name(b"access-control-allow-origin")
+_HTTPS = [b"https"]
+_HTTP = [b"http"]
+_ANY_ORIGIN = [b"*"]
+
+
 def upstream_headers(
     request: IRequest,
     route: Route,
@@ -89,26 +109,32 @@ def upstream_headers(
     request_id: str,
     host_header: Optional[bytes] = None,
     assertion: Optional[bytes] = None,
+    notes: Optional[RequestNotes] = None,
 ) -> Headers:
     """
     The headers sent upstream: the client's end-to-end headers less
     ``Authorization`` and every ``X-Gateway-*``, plus the gateway's own
     (``traceparent`` naming the gateway's span, ``tracestate`` as sent).
 
+    The header set is filled through :func:`header_map`: the client's
+    headers are parsed already, and the gateway's own values are made one
+    line (:func:`one_line`) where they come from outside.
+
     :param host_header: the upstream's ``Host``, when known; without it
         the ``Agent`` adds one (on a copy of every header).
     :param assertion: the signed ``X-Gateway-Assertion`` (:ref:`contract-assertions`),
         if the gateway has a key.
+    :param notes: the request's notes, when the caller has them.
     """
-    incoming = request.requestHeaders
+    incoming = header_map(request.requestHeaders)
     dropped = _REQUEST_DROPPED
-    if incoming.hasHeader(b"connection"):
-        dropped = dropped | connection_tokens(incoming)
+    if CONNECTION in incoming:
+        dropped = dropped | connection_tokens(request.requestHeaders)
     outgoing = Headers()
-    set_header = outgoing.setRawHeaders
+    out = header_map(outgoing)
     forwarded = b""
     host = None
-    for name, values in incoming.getAllRawHeaders():
+    for name, values in incoming.items():
         lowered = name.lower()
         if lowered in dropped or lowered.startswith(b"x-gateway-"):
             if lowered == b"x-forwarded-for":
@@ -116,30 +142,31 @@ def upstream_headers(
             elif lowered == b"host" and values:
                 host = values[0]
             continue
-        set_header(name, values)
-    set_header(b"X-Gateway-Route", [route.name.encode("ascii")])
+        out[name] = list(values)
+    out[_ROUTE] = [route.name.encode("ascii")]
     if claims is not None:
-        set_header(b"X-Gateway-User", [claims.project_id.encode("utf-8")])
-        set_header(b"X-Gateway-Scopes", [",".join(claims.scopes).encode("utf-8")])
+        out[_USER] = [one_line(claims.project_id.encode("utf-8"))]
+        out[_SCOPES] = [one_line(",".join(claims.scopes).encode("utf-8"))]
     if assertion is not None:
-        set_header(b"X-Gateway-Assertion", [assertion])
+        out[_ASSERTION] = [assertion]
     peer = getattr(request.getClientAddress(), "host", None)
     if peer:
         hop = peer.encode("ascii", "replace")
         forwarded = forwarded + b", " + hop if forwarded else hop
     if forwarded:
-        set_header(b"X-Forwarded-For", [forwarded])
-    set_header(b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"])
+        out[_FORWARDED_FOR] = [forwarded]
+    out[_FORWARDED_PROTO] = _HTTPS[:] if request.isSecure() else _HTTP[:]
     if host:
-        set_header(b"X-Forwarded-Host", [host])
-    set_header(b"X-Request-Id", [request_id.encode("latin-1")])
+        out[_FORWARDED_HOST] = [host]
+    # A client's id was checked by request_id_of; a new one is a UUID.
+    out[_REQUEST_ID] = [request_id.encode("latin-1")]
     # The caller's trace continued, or a new one (:ref:`contract-observability`).
-    trace = trace_of(request)
-    set_header(b"traceparent", [trace.traceparent()])
+    trace = trace_of(request, notes)
+    out[_TRACEPARENT] = [trace.traceparent()]
     if trace.state is not None:
-        set_header(b"tracestate", [trace.state])
+        out[_TRACESTATE] = [trace.state]
     if host_header is not None:
-        set_header(b"Host", [host_header])
+        out[HOST] = [host_header]
     return outgoing
 
 
@@ -156,22 +183,23 @@ def adopt_response_headers(response: IResponse, request: IRequest) -> None:
     close``) stays only where the upstream sent no such header.
     """
     headers = response.headers
-    named = connection_tokens(headers)
-    dropped = (HOP_BY_HOP | named) if named else HOP_BY_HOP
-    hop = [name for name, _ in headers.getAllRawHeaders() if name.lower() in dropped]
-    for name in hop:
-        headers.removeHeader(name)
-    for name, values in request.responseHeaders.getAllRawHeaders():
-        if not headers.hasHeader(name):
-            headers.setRawHeaders(name, values)
+    raw = header_map(headers)
+    dropped = HOP_BY_HOP
+    if CONNECTION in raw:
+        dropped = dropped | connection_tokens(headers)
+    for name in [name for name in raw if name.lower() in dropped]:
+        del raw[name]
+    for name, values in header_map(request.responseHeaders).items():
+        if name not in raw:
+            raw[name] = values
     request.responseHeaders = headers
     policy = policy_of(request)
     if not policy.any:
         # A listed origin (:ref:`contract-config-file`), unless the upstream set its
         # own.
         policy.apply(request, headers, keep=True)
-    elif not headers.hasHeader(b"access-control-allow-origin"):
-        headers.setRawHeaders(b"Access-Control-Allow-Origin", [b"*"])
+    elif _ALLOW_ORIGIN not in raw:
+        raw[_ALLOW_ORIGIN] = _ANY_ORIGIN[:]
     # The client parser keeps Content-Length out of ``headers``. A 204 must
     # not carry one, and a 304's would describe another answer's body, not
     # the empty one Twisted's client reports.
@@ -180,7 +208,7 @@ def adopt_response_headers(response: IResponse, request: IRequest) -> None:
         and request.method != b"HEAD"
         and response.code not in NO_BODY_CODES
     ):
-        headers.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])
+        raw[CONTENT_LENGTH] = [b"%d" % (response.length,)]
 
 
 def upstream_url(base: bytes, rest: list[bytes], uri: bytes) -> bytes:

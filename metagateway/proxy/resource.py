@@ -45,7 +45,9 @@ from metagateway.errors import (
     request_id_of,
 )
 from metagateway.http.body import BodyListener, StreamingBody
+from metagateway.http.names import AUTHORIZATION, CONTENT_LENGTH, TRANSFER_ENCODING
 from metagateway.http.request import when_done
+from metagateway.http.twisted_internals import header_map
 from metagateway.observability.accesslog import note_subject, note_upstream
 from metagateway.observability.tracing import end_span, upstream_span
 from metagateway.proxy.balancer import Balancer, Upstream, nothing_sent
@@ -92,7 +94,7 @@ def check_token(
     """
     headers = request.requestHeaders
     policy = route.token
-    sent = headers.hasHeader(b"authorization")
+    sent = AUTHORIZATION in header_map(headers)
     if policy == "none" or (policy != "required" and not sent and query_token is None):
         return None
     token = request_token(headers) if sent else query_token
@@ -758,11 +760,8 @@ class GatewayProxyResource(ReverseProxyResource):
         return NOT_DONE_YET
 
     def _buffered_body(self, request: IRequest) -> Optional[FileBodyProducer]:
-        headers = request.requestHeaders
-        if not (
-            headers.hasHeader(b"content-length")
-            or headers.hasHeader(b"transfer-encoding")
-        ):
+        raw = header_map(request.requestHeaders)
+        if CONTENT_LENGTH not in raw and TRANSFER_ENCODING not in raw:
             return None
         content = request.content
         content.seek(0, 0)

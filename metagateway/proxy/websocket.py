@@ -49,8 +49,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest, IResponse
 
 from metagateway.errors import GatewayError, error_response, request_id_of
+from metagateway.http.names import UPGRADE
 from metagateway.http.request import when_done
-from metagateway.http.twisted_internals import head_written, set_sent_length
+from metagateway.http.twisted_internals import head_written, header_map, set_sent_length
 from metagateway.notes import notes_of
 from metagateway.observability.accesslog import note_upstream
 from metagateway.proxy.balancer import Upstream, nothing_sent
@@ -85,7 +86,7 @@ def is_websocket_upgrade(request: IRequest) -> bool:
     ``Connection`` tokens (both case-insensitive).
     """
     headers = request.requestHeaders
-    upgrades = headers.getRawHeaders(b"upgrade")
+    upgrades = header_map(headers).get(UPGRADE)
     if not upgrades:
         # Nearly every request: one lookup, and no more work.
         return False

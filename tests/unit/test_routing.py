@@ -210,6 +210,23 @@ class ProxyTests(SynchronousTestCase):
         self.assertEqual(headers.getRawHeaders(b"x-forwarded-proto"), [b"http"])
         self.assertTrue(headers.getRawHeaders(b"x-forwarded-for"))
 
+    def test_gateway_headers_one_line(self) -> None:
+        """
+        A user name or scope holding a line break (a record's, signed into
+        a token) reaches the upstream as one header line: the break is a
+        space, and no header of the user's making appears.
+        """
+        tokens = TokenAuthority(SECRET, self.h.clock.seconds)
+        token = tokens.issue("eve\r\nX-Injected: 1", "BUILD", ["a\nb"])
+        response, _ = self.h.request(self, "GET", "/build/x", headers=self.auth(token))
+        self.assertEqual(response.code, 200)
+        _, _, headers, _ = self.last()
+        self.assertEqual(
+            headers.getRawHeaders(b"x-gateway-user"), [b"eve X-Injected: 1"]
+        )
+        self.assertEqual(headers.getRawHeaders(b"x-gateway-scopes"), [b"a b"])
+        self.assertIsNone(headers.getRawHeaders(b"x-injected"))
+
     def test_missing_target(self) -> None:
         """
         A route whose service URL is unset is ``502 MISSING_TARGET``, after

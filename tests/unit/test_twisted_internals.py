@@ -23,10 +23,12 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 from twisted.web.http import Request as HTTPRequest
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.server import version as server_version
 
+from metagateway.http import names
 from metagateway.http.channel import GatewayChannel, IHeadersReceived
 from metagateway.http.request import IDoneHooks, IEarlyRouting, StreamingRequest
 from metagateway.http.site import GatewayResource, GatewaySite
@@ -35,6 +37,8 @@ from metagateway.http.twisted_internals import (
     RequestInternals,
     close_after_answer,
     head_written,
+    header_map,
+    one_line,
     prepare_for_root,
     set_sent_length,
     site_of,
@@ -524,6 +528,90 @@ class SiteTests(SynchronousTestCase):
             request.responseHeaders.getRawHeaders(b"server"), [server_version]
         )
         self.assertEqual(request.responseHeaders.getRawHeaders(b"date"), [b"a date"])
+
+
+class HeaderMapTests(SynchronousTestCase):
+    """
+    The mapping inside ``Headers`` that :func:`header_map` reads and the
+    proxy writes: canonical names to lists of values, shared with every
+    public method.
+    """
+
+    def test_is_the_live_mapping(self) -> None:
+        """
+        What the public methods store is in the mapping under the canonical
+        name, and what is put in the mapping is what they read.
+        """
+        headers = Headers()
+        headers.addRawHeader(b"x-request-id", b"one")
+        raw = header_map(headers)
+        self.assertEqual(
+            raw,
+            {names.canonical_name(b"x-request-id"): [b"one"]},
+            changed("Headers._rawHeaders", "not the name-to-values dict"),
+        )
+        raw[names.CONTENT_LENGTH] = [b"5"]
+        self.assertEqual(
+            headers.getRawHeaders(b"content-length"),
+            [b"5"],
+            changed("Headers._rawHeaders", "not read by getRawHeaders"),
+        )
+        self.assertTrue(headers.hasHeader(b"Content-Length"))
+        self.assertIn(
+            (b"Content-Length", [b"5"]),
+            list(headers.getAllRawHeaders()),
+            changed("Headers._rawHeaders", "not read by getAllRawHeaders"),
+        )
+        headers.removeHeader(b"x-request-id")
+        self.assertEqual(list(raw), [names.CONTENT_LENGTH])
+
+    def test_parsed_names_are_canonical(self) -> None:
+        """
+        A request's parsed headers are stored under the names
+        :mod:`metagateway.http.names` computes, whatever case the client
+        used.
+        """
+        seen: list[dict[bytes, list[bytes]]] = []
+
+        class Leaf(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                seen.append(dict(header_map(request.requestHeaders)))
+                return b""
+
+        channel = Site(Leaf()).buildProtocol(CLIENT)
+        connect(channel)
+        channel.dataReceived(
+            b"GET / HTTP/1.1\r\nhOST: h\r\nauthorization: Bearer t\r\n"
+            b"UPGRADE: x\r\ncontent-LENGTH: 0\r\n\r\n"
+        )
+        self.assertEqual(
+            seen,
+            [
+                {
+                    names.HOST: [b"h"],
+                    names.AUTHORIZATION: [b"Bearer t"],
+                    names.UPGRADE: [b"x"],
+                    names.CONTENT_LENGTH: [b"0"],
+                }
+            ],
+            changed("Headers", "parsed names stored otherwise"),
+        )
+
+    def test_one_line_as_set_raw_headers(self) -> None:
+        """
+        :func:`one_line` turns line breaks into spaces as ``setRawHeaders``
+        does with any value.
+        """
+        for value in (b"plain", b"a\r\nb", b"a\rb\nc", b"x\r\n\r\ny", b"end\n"):
+            headers = Headers()
+            headers.setRawHeaders(b"x", [value])
+            self.assertEqual(
+                [one_line(value)],
+                headers.getRawHeaders(b"x"),
+                changed("Headers.setRawHeaders", "line breaks kept otherwise"),
+            )
 
 
 class InterfaceTests(SynchronousTestCase):

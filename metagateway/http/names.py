@@ -1,0 +1,30 @@
+"""
+Header names as Twisted's ``Headers`` stores them (``x-request-id`` is
+``X-Request-Id``), for the hot paths that read and write the mapping
+inside a header set directly
+(:func:`~metagateway.http.twisted_internals.header_map`).
+"""
+
+from __future__ import annotations
+
+from twisted.web.http_headers import Headers
+
+
+def canonical_name(name: bytes) -> bytes:
+    """
+    ``name`` as ``Headers`` stores it, found through its public methods
+    once, when a module defines its constants.
+    """
+    headers = Headers()
+    headers.setRawHeaders(name, [b""])
+    for stored, _ in headers.getAllRawHeaders():
+        return stored
+    raise AssertionError("Headers stored nothing")  # pragma: no cover
+
+
+AUTHORIZATION = canonical_name(b"authorization")
+CONNECTION = canonical_name(b"connection")
+CONTENT_LENGTH = canonical_name(b"content-length")
+HOST = canonical_name(b"host")
+TRANSFER_ENCODING = canonical_name(b"transfer-encoding")
+UPGRADE = canonical_name(b"upgrade")
