@@ -8,11 +8,14 @@ starts the nginx upstream of ``bench/run.py`` and the real daemon
 warms up over one keep-alive connection, zeroes callgrind's counters
 (``callgrind_control -z``), sends ``--requests`` sequential requests
 (``GET /build/small`` with a bearer token), dumps the counters and prints
-the instructions per request. Compare two checkouts with ``--source``.
+the instructions per request. Compare two checkouts with ``--source``,
+and metagateway with the benchmark's bare proxy (``--bare``: Twisted's
+``Agent`` and pool, nothing else) to see what the gateway's own work costs.
 
     python bench/count.py                          # text access log (the default)
     python bench/count.py --access-log json --requests 3000
     python bench/count.py --source /tmp/old-checkout   # the code measured
+    python bench/count.py --bare                       # bench/bareproxy.py
 
 Repeated runs agree within about 0.5 %; a change of a few per cent is real.
 """
@@ -36,11 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402 (the benchmark's helpers, beside this file)
 
 
-def requests(port: int, path: str, token: str, count: int) -> None:
+def requests(port: int, path: str, token: str | None, count: int) -> None:
     """Send ``count`` sequential GETs on one keep-alive connection; each
     must answer 200."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    headers = {"Authorization": "Bearer " + token}
+    headers = {"Authorization": "Bearer " + token} if token else {}
     for _ in range(count):
         conn.request("GET", path, headers=headers)
         response = conn.getresponse()
@@ -80,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", help="checkout whose code is measured")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--bare", action="store_true", help="count bench/bareproxy.py instead"
+    )
     args = parser.parse_args(argv)
     tools = run.ensure_tools(os.geteuid() == 0)
     valgrind = run.find_tool("valgrind")
@@ -99,13 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.source:
             env["PYTHONPATH"] = str(Path(args.source).resolve())
         out = lab.dir / "callgrind.out"
-        proc = lab.start(
-            "count",
-            [
-                valgrind,
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}.%p",
-                args.python,
+        if args.bare:
+            command = [
+                str(Path(__file__).resolve().parent / "bareproxy.py"),
+                "--port",
+                str(port),
+                "--upstream",
+                env["BUILD_SERVICE_URL"],
+            ]
+        else:
+            command = [
                 "-c",
                 run.TWISTD,
                 "-n",
@@ -117,18 +126,29 @@ def main(argv: list[str] | None = None) -> int:
                 str(accounts),
                 "--access-log",
                 args.access_log,
-            ],
+            ]
+        proc = lab.start(
+            "count",
+            [
+                valgrind,
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}.%p",
+                args.python,
+            ]
+            + command,
             env=env,
             cwd=Path(args.source) if args.source else run.ROOT,
         )
         wait_port(lab, proc, port)
-        status, body = run.http(
-            "POST",
-            f"http://127.0.0.1:{port}/auth/login",
-            json.dumps({"username": run.USERNAME, "password": password}).encode(),
-            {"Content-Type": "application/json"},
-        )
-        token = json.loads(body)["token"]
+        token = None  # the bare proxy checks none
+        if not args.bare:
+            status, body = run.http(
+                "POST",
+                f"http://127.0.0.1:{port}/auth/login",
+                json.dumps({"username": run.USERNAME, "password": password}).encode(),
+                {"Content-Type": "application/json"},
+            )
+            token = json.loads(body)["token"]
         requests(port, "/build/small", token, args.warmup)
         subprocess.run([control, "-z", str(proc.pid)], check=True, capture_output=True)
         requests(port, "/build/small", token, args.requests)
@@ -142,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             for line in (lab.dir / "count.log").read_text(errors="replace").splitlines()
             if "/build/small" in line
         )
+        what = "bare proxy" if args.bare else f"access log {args.access_log}"
         print(
-            f"access log {args.access_log}: {per / 1e6:.4f} M instructions per request "
+            f"{what}: {per / 1e6:.4f} M instructions per request "
             f"({count} over {args.requests} requests; {lines} access-log lines seen)"
         )
         return 0
