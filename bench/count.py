@@ -149,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
                 {"Content-Type": "application/json"},
             )
             token = json.loads(body)["token"]
-        requests(port, "/build/small", token, args.warmup)
+        path = "/small" if args.bare else "/build/small"
+        requests(port, path, token, args.warmup)
         subprocess.run([control, "-z", str(proc.pid)], check=True, capture_output=True)
-        requests(port, "/build/small", token, args.requests)
+        requests(port, path, token, args.requests)
         subprocess.run([control, "-d", str(proc.pid)], check=True, capture_output=True)
         time.sleep(1)  # the buffered access log's last lines
         dumps = sorted(glob.glob(f"{out}.{proc.pid}*"), key=os.path.getmtime)
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = sum(
             1
             for line in (lab.dir / "count.log").read_text(errors="replace").splitlines()
-            if "/build/small" in line
+            if path in line
         )
         what = "bare proxy" if args.bare else f"access log {args.access_log}"
         print(
