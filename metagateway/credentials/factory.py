@@ -23,7 +23,6 @@ from metagateway.credentials.interfaces import (
     ICredentialStore,
     IWritableCredentialStore,
 )
-from metagateway.credentials.r2 import R2CredentialStore
 
 #: The refusal when neither store is named.
 NO_STORE = "no credential store: set accounts_dir or r2, or pass a store"
@@ -80,6 +79,10 @@ def writable_store(
         raise ConfigurationError(NO_STORE)
     if client is None:
         raise ConfigurationError("the R2 credential store needs an HTTP client")
+    # Imported here: botocore's signer (and urllib3 behind it) is about
+    # 10 MiB of a process that serves an accounts directory.
+    from metagateway.credentials.r2 import R2CredentialStore
+
     return R2CredentialStore(r2, client, reactor, timeout=timeout, retries=retries)
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import subprocess
+import sys
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -14,6 +16,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+import metagateway
 from metagateway.config import (
     STORE_RETRIES,
     STORE_TIMEOUT,
@@ -190,3 +193,31 @@ class CheckAccountsDirTests(SynchronousTestCase):
         self.addCleanup(os.chmod, path, 0o700)
         e = self.assertRaises(ConfigurationError, check_accounts_dir, path)
         self.assertIn("accounts directory %s cannot be read" % (path,), str(e))
+
+
+class FootprintTests(SynchronousTestCase):
+    """
+    What a daemon serving an accounts directory does not load.
+    """
+
+    def test_no_botocore_without_r2(self) -> None:
+        """
+        Importing the daemon's plugin code loads neither botocore nor
+        urllib3: the R2 store, their only user, is imported when R2 is
+        configured (about 4 MiB of resident memory).
+        """
+        probe = (
+            "import sys, metagateway.daemon.tap, metagateway.gateway; "
+            "print(sorted(m for m in ('botocore', 'urllib3') if m in sys.modules))"
+        )
+        # The code under test, wherever this process imported it from.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(metagateway.__file__)))
+        env = dict(os.environ, PYTHONPATH=root)
+        result = subprocess.run(
+            [sys.executable, "-c", probe],
+            capture_output=True,
+            check=True,
+            timeout=60,
+            env=env,
+        )
+        self.assertEqual(result.stdout.strip(), b"[]")
