@@ -457,6 +457,21 @@ def judge(
     return checks
 
 
+def read_csv(path: Path) -> list[tuple[float, float, int, int]]:
+    """The samples :func:`write_csv` wrote."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [
+        (
+            float(r["seconds"]),
+            float(r["rss_mib"]),
+            int(r["open_fds"]),
+            int(r["processes"]),
+        )
+        for r in rows
+    ]
+
+
 def write_csv(path: Path, samples: list[tuple[float, float, int, int]]) -> None:
     """One row per sample."""
     with path.open("w", newline="") as f:
@@ -541,6 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--png", default=None, help="plot (default next to the CSV)")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--replot",
+        metavar="TITLE",
+        help="only plot the samples of --csv (an earlier run's) under TITLE",
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_upstream:
@@ -548,6 +568,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     duration = run._seconds(args.duration)
     warmup = run._seconds(args.warmup) if args.warmup else min(duration / 3, 120.0)
+    if args.replot:
+        samples = Path(args.csv or Path(tempfile.gettempdir()) / "metagateway-soak.csv")
+        target = Path(args.png) if args.png else samples.with_suffix(".png")
+        plot(target, read_csv(samples), warmup, args.replot)
+        print(f"plot: {target}")
+        return 0
 
     def interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -652,8 +678,11 @@ def main(argv: list[str] | None = None) -> int:
             f"metagateway soak {time.strftime('%Y-%m-%d %H:%M')}, {duration:.0f} s, "
             f"{total:.0f} req/s mixed, {'pass' if passed else 'FAIL'}"
         )
-        plot(png_path, sampler.samples, warmup, title)
-        print(f"samples: {csv_path}\nplot:    {png_path}")
+        try:
+            plot(png_path, sampler.samples, warmup, title)
+            print(f"samples: {csv_path}\nplot:    {png_path}")
+        except ImportError:
+            print(f"samples: {csv_path}\nno plot: matplotlib missing (.[bench])")
         return 0 if passed else 1
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything", file=sys.stderr)
