@@ -574,10 +574,8 @@ def start_metagateway(
         f"tcp:{server.port}:interface=127.0.0.1",
         "--accounts-dir",
         str(accounts),
-        # Logging stays on: one JSON access line per request, to the
-        # server's log file (the cheapest of the modes that log).
-        "--access-log",
-        "json",
+        # The default settings (issue 19): the text access log, one line
+        # per request, written by twistd -n to the row's log file.
     ]
     if workers > 1:
         # Each worker serves its own metrics (worker k on base + k): the
