@@ -13,12 +13,17 @@ import os
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from metagateway.auth import assertion as assertion_module
 from metagateway.auth.assertion import (
     ISSUER,
     LIFETIME,
@@ -29,6 +34,8 @@ from metagateway.auth.assertion import (
     load_key,
     new_key_pem,
     parse_key,
+    payload_template,
+    raw_signature,
 )
 from metagateway.config import ConfigurationError
 from metagateway.gateway import Gateway
@@ -135,6 +142,163 @@ class SignerTests(SynchronousTestCase):
         self.assertEqual(len(base64.urlsafe_b64decode(sig1 + "==")), 64)
         self.assertEqual(head1, head2)
         self.assertNotEqual(sig1, sig2)
+
+    def decode_with_jwks(self, token: str, audience: str = "BUILD") -> Any:
+        """
+        ``token``'s claims as PyJWT decodes them, ES256 only, with the key
+        its ``kid`` names in the signer's own JWKS.
+        """
+        keys = jwt.PyJWKSet.from_dict(self.signer.jwks())
+        kid = jwt.get_unverified_header(token)["kid"]
+        (key,) = [k for k in keys.keys if k.key_id == kid]
+        return jwt.decode(
+            token,
+            key,
+            algorithms=["ES256"],
+            audience=audience,
+            options={"verify_exp": False, "verify_iat": False},
+        )
+
+    def test_jwks_key_verifies_with_pyjwt(self) -> None:
+        """
+        PyJWT verifies an assertion with the public key from the JWKS, and
+        its claims are exactly the contract's; a second one signed 30.7 s
+        later has that ``iat`` (the claims template caches no time) and
+        ``exp`` 60 s after it.
+        """
+        self.assertEqual(
+            self.decode_with_jwks(self.sign()),
+            {
+                "iss": ISSUER,
+                "aud": "BUILD",
+                "sub": "alice",
+                "scopes": ["admin"],
+                "iat": NOW,
+                "exp": NOW + LIFETIME,
+                "jti": "req-1",
+                "method": "POST",
+                "path": "/base/x/y",
+            },
+        )
+        self.clock.advance(30.7)
+        claims = self.decode_with_jwks(self.sign(request_id="req-2"))
+        self.assertEqual(
+            (claims["iat"], claims["exp"], claims["jti"]),
+            (NOW + 30, NOW + 30 + 60, "req-2"),
+        )
+
+    def test_any_characters(self) -> None:
+        """
+        Route, user, scopes, request id, method and path may hold any
+        character: quotes, backslashes, ``%`` (the template's own marker),
+        control characters, non-ASCII, a lone surrogate; the payload is
+        byte for byte what ``json.dumps`` makes of the claims, and PyJWT
+        reads them back unchanged.
+        """
+        odd = 'q"b\\s%s%d%%\x00\n\t\u00e9\U0001f600\ud800'
+        token = self.sign(
+            route="R" + odd,
+            subject=odd,
+            scopes=(odd, "", "%"),
+            request_id=odd,
+            method=b"M%s\xff",
+            path=b'/a%2e"\\/\xe9\x00',
+        )
+        expected = {
+            "iss": ISSUER,
+            "aud": "R" + odd,
+            "sub": odd,
+            "scopes": [odd, "", "%"],
+            "iat": NOW,
+            "exp": NOW + LIFETIME,
+            "jti": odd,
+            "method": "M%s\xff",
+            "path": '/a%2e"\\/\xe9\x00',
+        }
+        payload = token.split(".")[1]
+        self.assertEqual(
+            base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)),
+            json.dumps(expected, separators=(",", ":")).encode("ascii"),
+        )
+        self.assertEqual(self.decode_with_jwks(token, "R" + odd), expected)
+
+    def test_template(self) -> None:
+        """
+        :func:`payload_template` renders the claims constant for a route,
+        user, scopes and method, with placeholders for the rest, in the
+        contract's order.
+        """
+        self.assertEqual(
+            payload_template("BUILD", None, ("a", "b"), b"GET"),
+            '{"iss":"gateway.metacogna.ai","aud":"BUILD","sub":"anonymous",'
+            '"scopes":["a","b"],"iat":%d,"exp":%d,"jti":%s,"method":"GET",'
+            '"path":%s}',
+        )
+
+    def test_templates_per_caller(self) -> None:
+        """
+        Each route, user, scopes and method gets its own claims, however
+        the calls interleave; past :data:`TEMPLATES_MAX` the signer starts
+        over rather than growing, and still signs what it is asked; scopes
+        in a list (unhashable) are signed too, without a cached template.
+        """
+        self.patch(assertion_module, "TEMPLATES_MAX", 3)
+        calls: list[dict[str, Any]] = [
+            dict(route="BUILD", subject="alice", scopes=("admin",), method=b"GET"),
+            dict(route="BUILD", subject="bob", scopes=("admin",), method=b"GET"),
+            dict(route="KV", subject="alice", scopes=("admin",), method=b"GET"),
+            dict(route="BUILD", subject="alice", scopes=(), method=b"GET"),
+            dict(route="BUILD", subject="alice", scopes=("admin",), method=b"PUT"),
+            dict(route="BUILD", subject=None, scopes=(), method=b"GET"),
+            dict(route="BUILD", subject="carol", scopes=["a", "b"], method=b"GET"),
+        ]
+        for args in calls + calls[::-1] + calls:
+            claims = self.decode_with_jwks(self.sign(**args), args["route"])
+            self.assertEqual(
+                (claims["aud"], claims["sub"], claims["scopes"], claims["method"]),
+                (
+                    args["route"],
+                    args["subject"] or "anonymous",
+                    list(args["scopes"]),
+                    args["method"].decode(),
+                ),
+            )
+            self.assertLessEqual(len(self.signer._templates), 3)
+
+    def test_rotation_signs_with_new_key(self) -> None:
+        """
+        After a rotation the same caller's next assertion carries the new
+        ``kid`` and verifies with the new JWKS key (the cached claims do not
+        hold a key); the one signed before still verifies with the old.
+        """
+        before = self.sign()
+        with open(self.path, "wb") as f:
+            f.write(new_key_pem())
+        self.assertTrue(self.signer.reload())
+        after = self.sign()
+        kids = [k["kid"] for k in self.signer.jwks()["keys"]]
+        self.assertEqual(
+            [jwt.get_unverified_header(t)["kid"] for t in (after, before)], kids
+        )
+        self.assertEqual(self.decode_with_jwks(after)["sub"], "alice")
+        self.assertEqual(self.decode_with_jwks(before)["sub"], "alice")
+        public = load_key(self.path).public_key()
+        jwt.decode(
+            after,
+            public,
+            algorithms=["ES256"],
+            audience="BUILD",
+            options={"verify_exp": False, "verify_iat": False},
+        )
+        self.assertRaises(
+            jwt.InvalidSignatureError,
+            jwt.decode,
+            before,
+            public,
+            algorithms=["ES256"],
+            audience="BUILD",
+            options={"verify_exp": False, "verify_iat": False},
+        )
 
     def test_kid_thumbprint(self) -> None:
         """
@@ -249,6 +413,68 @@ class SignerTests(SynchronousTestCase):
             ec.generate_private_key(ec.SECP256R1()), self.clock.seconds
         )
         self.assertFalse(signer.reload())
+
+
+class RawSignatureTests(SynchronousTestCase):
+    """
+    :func:`raw_signature` turns OpenSSL's DER signature into JWS's ``r || s``
+    exactly as ``cryptography``'s DER parser would.
+    """
+
+    def expected(self, der: bytes) -> bytes:
+        """
+        ``r || s`` by ``cryptography``'s parser.
+        """
+        r, s = decode_dss_signature(der)
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+    def test_real_signatures(self) -> None:
+        """
+        Five hundred real P-256 signatures convert as the library's parser
+        converts them (short, 32- and 33-byte integers all occur), and by
+        slicing alone: the parser is never called.
+        """
+        key = ec.generate_private_key(ec.SECP256R1())
+        algorithm = ec.ECDSA(hashes.SHA256())
+        ders = [key.sign(b"%d" % (i,), algorithm) for i in range(500)]
+        expected = [self.expected(der) for der in ders]
+        self.assertEqual(len({len(der) for der in ders}) > 1, True)
+
+        def refuse(der: bytes) -> tuple[int, int]:
+            raise AssertionError("the parser was called")
+
+        self.patch(assertion_module, "decode_dss_signature", refuse)
+        self.assertEqual([raw_signature(der) for der in ders], expected)
+
+    def test_edges(self) -> None:
+        """
+        The smallest and largest integers, and those with and without a
+        high bit (a leading zero in DER), convert exactly.
+        """
+        for r, s in [
+            (1, 1),
+            (0x7F, 0x80),
+            (2**255, 2**256 - 1),
+            (2**248 - 1, 2**8),
+            (2**256 - 1, 1),
+            (12345678901234567890, 2**255 - 19),
+        ]:
+            der = encode_dss_signature(r, s)
+            self.assertEqual(
+                raw_signature(der), r.to_bytes(32, "big") + s.to_bytes(32, "big")
+            )
+            self.assertEqual(raw_signature(der), self.expected(der))
+
+    def test_not_a_p256_signature(self) -> None:
+        """
+        What is not a P-256 signature goes to the library's parser: not DER
+        is a ``ValueError``, an integer wider than 32 bytes an
+        ``OverflowError``; neither is sliced into a wrong signature.
+        """
+        self.assertRaises(ValueError, raw_signature, b"")
+        self.assertRaises(ValueError, raw_signature, b"\x30\x06\x02\x01\x01\x02")
+        self.assertRaises(OverflowError, raw_signature, encode_dss_signature(2**256, 1))
+        self.assertRaises(OverflowError, raw_signature, encode_dss_signature(1, 2**263))
 
 
 class KeyFileTests(SynchronousTestCase):
