@@ -16,6 +16,7 @@ and metagateway with the benchmark's bare proxy (``--bare``: Twisted's
     python bench/count.py --access-log json --requests 3000
     python bench/count.py --source /tmp/old-checkout   # the code measured
     python bench/count.py --bare                       # bench/bareproxy.py
+    python bench/count.py --assertion-key key.pem      # each request signs
 
 Repeated runs agree within about 0.5 %; a change of a few per cent is real.
 """
@@ -86,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bare", action="store_true", help="count bench/bareproxy.py instead"
     )
+    parser.add_argument(
+        "--assertion-key",
+        metavar="FILE",
+        help="GATEWAY_ASSERTION_KEY_FILE for the daemon (each request signs)",
+    )
     args = parser.parse_args(argv)
     tools = run.ensure_tools(os.geteuid() == 0)
     valgrind = run.find_tool("valgrind")
@@ -102,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             GATEWAY_JWT_SECRET=secrets.token_hex(32),
             BUILD_SERVICE_URL=f"http://127.0.0.1:{upstream.port}",
         )
+        if args.assertion_key:
+            env["GATEWAY_ASSERTION_KEY_FILE"] = str(Path(args.assertion_key).resolve())
         if args.source:
             env["PYTHONPATH"] = str(Path(args.source).resolve())
         out = lab.dir / "callgrind.out"

@@ -14,7 +14,7 @@ every request of one route, user, scopes and method are rendered once into
 a ``%`` template (:func:`payload_template`), so a request formats in only
 ``iat``, ``exp``, ``jti`` and ``path`` (escaped by the ``json`` module's own
 C string encoder); base64url is :func:`binascii.b2a_base64` and one
-``translate``; and the DER signature becomes JWS's raw ``r || s`` by slicing
+``translate``; and the DER signature becomes JWS's raw ``r || s``
 (:func:`raw_signature`). The result is an ordinary JWS compact
 serialisation, which PyJWT (and :mod:`metagateway.verify`) verify.
 
@@ -56,9 +56,6 @@ _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 #: base64 to base64url.
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
-
-#: What may precede a DER integer's last 32 bytes when it fits in 32.
-_ZERO_OR_NOTHING = (b"", b"\0")
 
 #: How many payload templates a signer keeps (one per route, user, scopes
 #: and method seen) before it starts over.
@@ -207,32 +204,16 @@ def payload_template(
 
 def raw_signature(der: bytes) -> bytes:
     """
-    A DER ``ECDSA-Sig-Value`` (what OpenSSL returns: ``SEQUENCE { INTEGER r,
-    INTEGER s }``) as JWS's ES256 signature: ``r`` and ``s`` as 32 big-endian
-    bytes each (RFC 7518 §3.4).
+    A DER ``ECDSA-Sig-Value`` (what OpenSSL returns) as JWS's ES256
+    signature: ``r`` and ``s`` as 32 big-endian bytes each (RFC 7518 §3.4).
+    ``cryptography``'s DER parser does it as fast as slicing the DER by
+    hand would (about 1.3 µs either way, measured), so it does it.
 
-    A P-256 signature's DER is at most 72 bytes, so every length takes one
-    byte: ``30 L 02 Lr r 02 Ls s``, each integer positive (first byte below
-    ``0x80``) and 32 bytes at most after an optional leading zero. That
-    layout is checked and sliced; anything else goes to ``cryptography``'s
-    DER parser (which raises ``ValueError`` for what is not DER, and
-    ``OverflowError`` follows for an integer outside 32 bytes).
+    :raises ValueError: for what is not DER.
+    :raises OverflowError: for an integer wider than 32 bytes.
     """
-    size = len(der)
-    if 8 <= size <= 72 and der[0] == 0x30 and der[1] == size - 2 and der[2] == 2:
-        end = 4 + der[3]
-        if 4 < end < size - 2 and der[end] == 2 and der[end + 1] == size - end - 2:
-            r = der[4:end]
-            s = der[end + 2 :]
-            if (
-                r[0] < 0x80
-                and s[0] < 0x80
-                and r[:-32] in _ZERO_OR_NOTHING
-                and s[:-32] in _ZERO_OR_NOTHING
-            ):
-                return r[-32:].rjust(32, b"\0") + s[-32:].rjust(32, b"\0")
-    r_value, s_value = decode_dss_signature(der)
-    return r_value.to_bytes(32, "big") + s_value.to_bytes(32, "big")
+    r, s = decode_dss_signature(der)
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 @dataclass(frozen=True)
