@@ -4,9 +4,10 @@
 Debian's ``pypy3`` (PyPy 7.3.11, Python 3.9) has no Twisted of its own.
 This script makes a virtual environment for it, by default
 ``.pypy-venv`` at the repository root (ignored by git), and installs the
-checkout there (``pip install -e .``) with its runtime dependencies, so
-``bench/run.py`` can start the bare proxy and ``twistd -n metagateway``
-under PyPy. ``bench/run.py`` calls it by itself when a PyPy row is asked
+checkout there (``pip install -e .``, in setuptools' ``compat`` editable
+mode so that ``.pypy-venv/bin/twistd`` finds the ``metagateway`` plugin)
+with its runtime dependencies, so ``bench/run.py`` can start the bare
+proxy and ``twistd -n metagateway`` under PyPy. ``bench/run.py`` calls it by itself when a PyPy row is asked
 for; run it alone to prepare (or repair) the environment::
 
     python bench/pypyenv.py                  # runtime dependencies
@@ -60,6 +61,9 @@ CHECK = "import twisted, treq, klein, jwt, metagateway.daemon.tap"
 
 STAMP = "metagateway-bench.stamp"
 
+#: Bumped when the way this script installs changes (the stamp holds it).
+LAYOUT = "2"
+
 
 class NotPrepared(Exception):
     """The environment could not be made; the message says why."""
@@ -91,7 +95,7 @@ def _stamp(pypy: str, extras: str) -> str:
         check=False,
     ).stdout.strip()
     setup = hashlib.sha256((ROOT / "setup.py").read_bytes()).hexdigest()
-    return f"{os.path.realpath(pypy)}\n{version}\n{extras}\n{setup}\n"
+    return f"{LAYOUT}\n{os.path.realpath(pypy)}\n{version}\n{extras}\n{setup}\n"
 
 
 def _imports(python: Path) -> str | None:
@@ -134,11 +138,14 @@ def prepare(
             raise NotPrepared(
                 f"{pypy} -m venv failed ({last}); Debian needs pypy3-venv"
             )
-    target = "-e" + str(ROOT) + (f"[{extras}]" if extras else "")
+    target = str(ROOT) + (f"[{extras}]" if extras else "")
     pins = list(PINS) + (list(TEST_PINS) if "test" in extras.split(",") else [])
     argv = [str(python), "-m", "pip", "install"]
     argv += ["--quiet"] if quiet else []
-    argv += ["--only-binary", ONLY_BINARY, *pins, target]
+    # The compat editable mode puts the checkout on sys.path, so the
+    # environment's own twistd finds the metagateway plugin too.
+    argv += ["--only-binary", ONLY_BINARY, *pins, "-e", target]
+    argv += ["--config-settings", "editable_mode=compat"]
     done = subprocess.run(argv, capture_output=quiet, text=True, cwd=ROOT)
     if done.returncode != 0:
         lines = (done.stderr or "").strip().splitlines() if quiet else []
