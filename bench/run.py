@@ -17,7 +17,8 @@ In one run on one machine this starts, all on 127.0.0.1:
   process and as N processes sharing one listening socket,
 - metagateway under ``twistd``, one process and ``--workers N``, with a
   verified bearer token on every ``GET /build/small``,
-- under PyPy too, when ``pypy3`` is on ``PATH`` and can import what it needs,
+- under PyPy too (one process and ``--workers N``), in an environment
+  ``bench/pypyenv.py`` prepares from Debian's ``pypy3``,
 
 then drives each with wrk (50 connections on the small body, 8 on the 1 MiB
 body), rotating the order over the rounds, and prints one table of medians
@@ -59,6 +60,16 @@ BENCH = ROOT / "bench"
 #: The small upstream body (nginx ``return``), and the size of the big one.
 SMALL_BODY = "metagateway benchmark: a small fixed upstream body.\n"
 BIG_SIZE = 1024 * 1024
+
+#: The PyPy rows warm up this many times ``--warmup`` (``--pypy-warmup``).
+PYPY_WARMUP = 5.0
+
+#: ``PYPY_GC_NURSERY`` for every child (``--pypy-nursery``; CPython ignores
+#: it). PyPy sizes its nursery from the L2 cache (1 MiB here): a request
+#: allocates enough that a 16 MB nursery saves about a third of the CPU
+#: per request (docs/performance.rst, "PyPy").
+PYPY_NURSERY = "16MB"
+PYPY_ENV: dict[str, str] = {}
 
 #: wrk connections per workload, as issue 6 fixes them.
 WORKLOADS = {"small": 50, "1MiB": 8}
@@ -360,6 +371,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         and not k.endswith("_SERVICE_URL")
     }
     env["PYTHONPATH"] = str(ROOT)
+    env.update(PYPY_ENV)
     env.update(extra)
     return env
 
@@ -800,16 +812,16 @@ def plan(args: argparse.Namespace, nginx: str) -> list[tuple[str, str, Starter]]
     or raises ``Unavailable``.
     """
     py, n = sys.executable, args.workers
-    pypy = shutil.which(args.pypy) if args.pypy else None
+    pypy, why = args.pypy_python, args.pypy_reason
 
     def bare(python: str | None, procs: int, key: str) -> Starter:
         if python is None:
-            return _unavailable("no pypy3 on PATH")
+            return _unavailable(why)
         return lambda lab, up: start_bare(lab, python, up, procs, key)
 
     def gateway(python: str | None, workers: int, key: str) -> Starter:
         if python is None:
-            return _unavailable("no pypy3 on PATH")
+            return _unavailable(why)
         return lambda lab, up: start_metagateway(lab, python, up, workers, key)
 
     items: list[tuple[str, str, Starter]] = [
@@ -842,6 +854,31 @@ def plan(args: argparse.Namespace, nginx: str) -> list[tuple[str, str, Starter]]
     return items
 
 
+def resolve_pypy(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The interpreter for the PyPy rows, or None and why there is none.
+
+    ``--pypy auto`` prepares (or reuses) the checkout's PyPy environment
+    with ``bench/pypyenv.py``, only when a PyPy row is asked for.
+    """
+    if not args.pypy:
+        return None, "skipped (--pypy '')"
+    if args.pypy != "auto":
+        found = shutil.which(args.pypy)
+        return (found, "") if found else (None, f"no {args.pypy} on PATH")
+    if args.only and not any(k.startswith("pypy") for k in args.only.split(",")):
+        return None, "not asked for"
+    sys.path.insert(0, str(BENCH))
+    import pypyenv  # beside this file
+
+    pypy = pypyenv.find_pypy("pypy3", install=not args.no_install)
+    if pypy is None:
+        return None, "no pypy3 on PATH (apt-get install pypy3 pypy3-venv)"
+    try:
+        return str(pypyenv.prepare(pypy)), ""
+    except pypyenv.NotPrepared as e:
+        return None, str(e)
+
+
 def _unavailable(reason: str) -> Starter:
     """A starter for a row that cannot run here."""
 
@@ -872,10 +909,24 @@ def start_all(
                 reason if reason.startswith("n/a") else f"not available: {reason}"
             )
             if key.startswith("pypy-mg-") and "import" in reason:
-                row.note += " (install the project for that interpreter: pypy3 -m pip install -e .)"
+                row.note += (
+                    " (install the project for that interpreter: see bench/pypyenv.py)"
+                )
             print(f"    {row.note}", flush=True)
         rows.append(row)
     return rows
+
+
+def warmup_for(key: str, args: argparse.Namespace) -> str:
+    """The wrk duration of row ``key``'s warm-up, per workload.
+
+    PyPy's JIT needs longer before it runs at full speed, and in every
+    process: each of N workers sees 1/N of the warm-up's requests.
+    """
+    if not key.startswith("pypy"):
+        return str(args.warmup)
+    procs = args.workers if key == f"pypy-mg-{args.workers}" else 1
+    return f"{_seconds(args.warmup) * args.pypy_warmup * procs:g}s"
 
 
 def measure(rows: list[Row], wrk: str, args: argparse.Namespace) -> None:
@@ -884,14 +935,17 @@ def measure(rows: list[Row], wrk: str, args: argparse.Namespace) -> None:
     if not live:
         return
     per_run = _seconds(args.duration) + args.pause + 0.5
-    total = len(live) * len(WORKLOADS) * (args.rounds * per_run + _seconds(args.warmup))
+    total = len(WORKLOADS) * sum(
+        args.rounds * per_run + _seconds(warmup_for(r.key, args)) for r in live
+    )
     print(f"measuring {len(live)} servers, about {total / 60:.0f} min", flush=True)
-    print(f"warming up ({args.warmup} per workload) ...", flush=True)
+    print(
+        f"warming up ({args.warmup} per workload, PyPy rows "
+        f"{args.pypy_warmup:g}× that per process) ...",
+        flush=True,
+    )
     for row in live:
-        # PyPy's JIT needs longer before it runs at full speed.
-        warmup = args.warmup
-        if row.key.startswith("pypy"):
-            warmup = f"{_seconds(args.warmup) * 5:g}s"
+        warmup = warmup_for(row.key, args)
         for workload in WORKLOADS:
             try:
                 run_wrk(wrk, row.server, workload, warmup)  # type: ignore[arg-type]
@@ -1042,6 +1096,23 @@ def print_checks(rows: list[Row], workers: int) -> list[dict[str, object]]:
         "1MiB",
     )
 
+    # Issue 19: the best metagateway configuration, CPython or PyPy.
+    best = max(
+        (
+            k
+            for k in ("mg-1", f"mg-{workers}", "pypy-mg-1", f"pypy-mg-{workers}")
+            if rps(k) is not None
+        ),
+        key=lambda k: rps(k) or 0.0,
+        default=None,
+    )
+    ratio_check(
+        f"best metagateway ({best or 'none'}) ≥ 0.30× nginx-proxy (small)",
+        best or "mg-1",
+        "nginx-proxy",
+        0.30,
+    )
+
     for key in (f"mg-{workers}", f"pypy-mg-{workers}"):
         row = by_key.get(key)
         counts = worker_shares(row.samples["small"]) if row else []
@@ -1096,12 +1167,14 @@ def print_checks(rows: list[Row], workers: int) -> list[dict[str, object]]:
         )
     else:
         # The memory target is CPython's; PyPy's JIT is shown, not judged.
-        judged = [r for r in measured if not r.key.startswith("pypy")] or measured
-        worst = max(judged, key=lambda r: r.rss_mib)
+        judged = [r for r in measured if not r.key.startswith("pypy")]
+        worst = max(judged, key=lambda r: r.rss_mib) if judged else None
         checks.append(
             {
                 "name": "metagateway peak RSS ≤ 80 MiB per process (CPython)",
-                "result": "pass" if worst.rss_mib <= 80 else "FAIL",
+                "result": "n/a"
+                if worst is None
+                else ("pass" if worst.rss_mib <= 80 else "FAIL"),
                 "detail": ", ".join(f"{r.key} {r.rss_mib:.1f} MiB" for r in measured),
             }
         )
@@ -1222,8 +1295,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pypy",
-        default="pypy3",
-        help="PyPy interpreter to look for on PATH ('' to skip)",
+        default="auto",
+        help="PyPy for the pypy-* rows: 'auto' (default) prepares .pypy-venv "
+        "from Debian's pypy3 with bench/pypyenv.py (apt-get install pypy3 "
+        "pypy3-venv pypy3-dev as root unless --no-install); an interpreter "
+        "path or name to use as it is; '' to skip",
+    )
+    parser.add_argument(
+        "--pypy-warmup",
+        type=float,
+        default=PYPY_WARMUP,
+        metavar="FACTOR",
+        help=f"the PyPy rows warm up FACTOR times --warmup (times N for "
+        f"pypy-mg-N), for the JIT (default {PYPY_WARMUP:g})",
+    )
+    parser.add_argument(
+        "--pypy-nursery",
+        default=PYPY_NURSERY,
+        metavar="SIZE",
+        help=f"PYPY_GC_NURSERY for the PyPy rows (default {PYPY_NURSERY}; '' "
+        "leaves PyPy's own, sized from the L2 cache)",
     )
     parser.add_argument(
         "--only",
@@ -1251,20 +1342,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     global ASSERTION_KEY
+    if args.pypy_nursery:
+        PYPY_ENV["PYPY_GC_NURSERY"] = args.pypy_nursery
     ASSERTION_KEY = os.path.abspath(args.assertion_key) if args.assertion_key else None
     _seconds(args.duration)
     _seconds(args.warmup)
 
     tools = ensure_tools(not args.no_install)
+    args.pypy_python, args.pypy_reason = resolve_pypy(args)
     info = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "cpus": str(os.cpu_count()),
         "python": version_of([sys.executable, "-c", INTERPRETER]),
-        "pypy": version_of([args.pypy, "-c", INTERPRETER])
-        if args.pypy and shutil.which(args.pypy)
-        else "not on PATH",
+        "pypy": version_of([args.pypy_python, "-c", INTERPRETER])
+        if args.pypy_python
+        else args.pypy_reason,
         "nginx": version_of([tools["nginx"], "-v"]).split()[-1],
         "wrk": version_of([tools["wrk"], "-v"]).split()[1],
+        "pypy env": " ".join(f"{k}={v}" for k, v in PYPY_ENV.items()) or "-",
         "duration": args.duration,
         "rounds": str(args.rounds),
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -101,11 +101,9 @@ def scrypt_hash(salt: str, password: str, params: Mapping[str, Any]) -> str:
     """
     n, r, p, dklen = _scrypt_params(params)
     if not hasattr(hashlib, "scrypt"):
-        # PyPy's hashlib has no scrypt: cryptography's is the same function.
-        from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
-        digest = Scrypt(salt.encode("utf-8"), dklen, n, r, p).derive(
-            password.encode("utf-8")
+        # PyPy's hashlib has no scrypt.
+        digest = _scrypt_without_hashlib(
+            password.encode("utf-8"), salt.encode("utf-8"), n, r, p, dklen
         )
         return base64.b64encode(digest).decode("ascii")
     digest = hashlib.scrypt(
@@ -119,6 +117,68 @@ def scrypt_hash(salt: str, password: str, params: Mapping[str, Any]) -> str:
         maxmem=SCRYPT_MAX_MEMORY + 1024 * 1024,
     )
     return base64.b64encode(digest).decode("ascii")
+
+
+#: ``(ffi, lib)`` for OpenSSL's ``EVP_PBE_scrypt``; False once it could
+#: not be loaded; None before the first try.
+_libcrypto: Any = None
+_libcrypto_lock = threading.Lock()
+
+
+def _libcrypto_scrypt() -> Any:
+    """
+    OpenSSL's ``EVP_PBE_scrypt`` loaded with cffi, as ``(ffi, lib)``, or
+    None where cffi or ``libcrypto`` is missing.
+    """
+    global _libcrypto
+    with _libcrypto_lock:
+        if _libcrypto is None:
+            _libcrypto = False
+            try:
+                import ctypes.util
+                import importlib
+
+                # Imported by name: cffi ships no type information.
+                cffi = importlib.import_module("cffi")
+                name = ctypes.util.find_library("crypto")
+                if name:
+                    ffi = cffi.FFI()
+                    ffi.cdef(
+                        "int EVP_PBE_scrypt(const char *pass, size_t passlen,"
+                        " const unsigned char *salt, size_t saltlen,"
+                        " uint64_t N, uint64_t r, uint64_t p, uint64_t maxmem,"
+                        " unsigned char *key, size_t keylen);"
+                    )
+                    _libcrypto = (ffi, ffi.dlopen(name))
+            except Exception:  # no cffi, no such library or symbol
+                _libcrypto = False
+    return _libcrypto or None
+
+
+def _scrypt_without_hashlib(
+    password: bytes, salt: bytes, n: int, r: int, p: int, dklen: int
+) -> bytes:
+    """
+    scrypt where ``hashlib`` has none (PyPy): OpenSSL's, called through
+    cffi, which lets go of the interpreter lock while it derives, as
+    ``hashlib.scrypt`` does. The ``cryptography`` releases that run on
+    PyPy 3.9 (below 44) hold the lock for the whole derivation, so a
+    login checked in the thread pool would stop the reactor thread for
+    as long: they are only the fallback when ``libcrypto`` cannot be
+    loaded.
+    """
+    loaded = _libcrypto_scrypt()
+    if loaded is not None:
+        ffi, lib = loaded
+        key = ffi.new("unsigned char[]", dklen)
+        maxmem = SCRYPT_MAX_MEMORY + 1024 * 1024
+        if lib.EVP_PBE_scrypt(
+            password, len(password), salt, len(salt), n, r, p, maxmem, key, dklen
+        ):
+            return bytes(ffi.buffer(key, dklen))
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    return Scrypt(salt, dklen, n, r, p).derive(password)
 
 
 def make_record(

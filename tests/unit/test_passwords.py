@@ -29,6 +29,13 @@ from metagateway.auth.passwords import (
 from metagateway.credentials.interfaces import AccountRecord
 from metagateway.testing import FakeThreadPool, ImmediateReactor
 
+#: RFC 7914's scrypt test vector: P "password", S "NaCl", N 1024, r 8,
+#: p 16, 64 bytes.
+RFC7914 = bytes.fromhex(
+    "fdbabe1c9d3472007856e7190d01e9fe7c6ad7cbc8237830e77376634b373162"
+    "2eaf30d92e22a3886ff109279d9830dac727afb94a83ee6d8360cbdfa2cc0640"
+)
+
 #: Cheap scrypt parameters, so the tests stay fast.
 FAST = {"n": 2**8, "r": 8, "p": 1, "dklen": 32}
 
@@ -145,6 +152,40 @@ class ScryptTests(SynchronousTestCase):
         expected = hashlib.scrypt(b"pw", salt=b"salt", n=2**8, r=8, p=1, dklen=32)
         self.assertEqual(
             scrypt_hash("salt", "pw", FAST), base64.b64encode(expected).decode()
+        )
+
+    def test_without_hashlib_scrypt(self) -> None:
+        """
+        Where ``hashlib`` has no scrypt (PyPy), OpenSSL's through cffi
+        derives what ``cryptography``'s scrypt derives, with the
+        parameters of a record and with the defaults.
+        """
+        if passwords._libcrypto_scrypt() is None:
+            raise SkipTest("no cffi or libcrypto here")
+        from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+        for n, r, p, dklen in ((2**8, 8, 1, 32), (2**10, 4, 2, 64)):
+            self.assertEqual(
+                passwords._scrypt_without_hashlib(
+                    b"p\xc3\xa9", b"salt", n, r, p, dklen
+                ),
+                Scrypt(b"salt", dklen, n, r, p).derive(b"p\xc3\xa9"),
+            )
+
+    def test_without_hashlib_vector(self) -> None:
+        """
+        Both ways of deriving without ``hashlib`` (OpenSSL's through cffi
+        where it loads; ``cryptography``'s otherwise) give RFC 7914's
+        test vector.
+        """
+        self.assertEqual(
+            passwords._scrypt_without_hashlib(b"password", b"NaCl", 1024, 8, 16, 64),
+            RFC7914,
+        )
+        self.patch(passwords, "_libcrypto_scrypt", lambda: None)
+        self.assertEqual(
+            passwords._scrypt_without_hashlib(b"password", b"NaCl", 1024, 8, 16, 64),
+            RFC7914,
         )
 
     def test_missing_parameters_default(self) -> None:

@@ -39,6 +39,7 @@ from metagateway.daemon.workers import (
     FIRST_SOCKET_FD,
     KEEP_QUEUED_DELAY,
     MAX_RESTART_DELAY,
+    PYPY_WORKER_NURSERY,
     RESTART_DELAY,
     STABLE_SECONDS,
     WORKER_INDEX_VARIABLE,
@@ -283,6 +284,21 @@ class CommandTests(SynchronousTestCase):
         )
         self.assertEqual(argv[3:], ["--verbose"])
 
+    def test_environ_pypy_nursery(self) -> None:
+        """
+        PyPy workers get a 16 MB nursery unless the parent's environment
+        names one; CPython workers get no such variable.
+        """
+        self.assertEqual(
+            worker_environ({}, pypy=True)["PYPY_GC_NURSERY"], PYPY_WORKER_NURSERY
+        )
+        self.assertEqual(PYPY_WORKER_NURSERY, "16MB")
+        self.assertEqual(
+            worker_environ({"PYPY_GC_NURSERY": "4MB"}, pypy=True)["PYPY_GC_NURSERY"],
+            "4MB",
+        )
+        self.assertNotIn("PYPY_GC_NURSERY", worker_environ({}, pypy=False))
+
     def test_environ(self) -> None:
         """
         A worker's environment is the parent's, with this package first on
@@ -296,7 +312,8 @@ class CommandTests(SynchronousTestCase):
                 "METAGATEWAY_WORKERS": "2",
                 WORKER_INDEX_VARIABLE: "0",
                 WORKER_SOCKETS_VARIABLE: "3:2",
-            }
+            },
+            pypy=False,
         )
         import metagateway
 
