@@ -30,6 +30,7 @@ from metagateway.credentials.factory import check_accounts_dir
 from metagateway.daemon.adopted import adopt_sockets
 from metagateway.daemon.dev import DevCleanup, DevSetup, prepare_dev
 from metagateway.daemon.reload import Reloader, on_sighup
+from metagateway.daemon.signals import stop_once
 from metagateway.daemon.sockets import (
     bind_sockets,
     endpoint_kind,
@@ -354,6 +355,7 @@ def makeService(
 
         reactor = global_reactor
         _stop_on_sigint()
+        stop_once(reactor)
     environ = dict(os.environ)
     settings = dict(options)
     dev = prepare_dev(settings, environ, reactor) if options["dev"] else None

@@ -17,6 +17,7 @@ from twisted.application.service import IService
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
 from metagateway.daemon.adopted import ParentWatch
+from metagateway.daemon.signals import stop_once
 from metagateway.daemon.tap import Options, makeService
 
 log = Logger(namespace="metagateway.daemon.worker")
@@ -46,6 +47,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         log.warn("Cannot watch the parent through standard input")
     else:
         reactor.addSystemEventTrigger("before", "shutdown", watch.stop_watching)
+    # The whole group's SIGTERM arrives twice: from the shell, and passed
+    # on by the supervisor.
+    stop_once(reactor)
     reactor.run()
 
 

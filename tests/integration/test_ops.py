@@ -255,6 +255,30 @@ class WorkersTests(DaemonCase):
 
         return ensureDeferred(go())
 
+    def test_sigterm_to_the_group(self) -> Deferred[None]:
+        """
+        SIGTERM to the parent and to every worker at once, as ``kill`` of
+        the whole process group sends it: each worker gets it twice (once
+        passed on by the parent) and stops once, with no
+        ``ReactorNotRunning`` traceback.
+        """
+
+        async def go() -> None:
+            await self.login_and_call()
+            self.child.signal("TERM")
+            for pid in self.pids.values():
+                os.kill(pid, signal.SIGTERM)
+            status = await self.child.ended
+            output = self.child.output.decode("utf-8", "replace")
+            self.assertIn(status, (0, None), output)
+            self.assertIn("Server Shut Down.", output)
+            self.assertNotIn("Traceback", output)
+            self.assertNotIn("ReactorNotRunning", output)
+            for pid in self.pids.values():
+                self.assertFalse(alive(pid))
+
+        return ensureDeferred(go())
+
 
 class MetricsTests(DaemonCase):
     """
