@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import glob
 import http.client
-import json
 import os
 import secrets
 import socket
@@ -150,13 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_port(lab, proc, port)
         token = None  # the bare proxy checks none
         if not args.bare:
-            status, body = run.http(
-                "POST",
-                f"http://127.0.0.1:{port}/auth/login",
-                json.dumps({"username": run.USERNAME, "password": password}).encode(),
-                {"Content-Type": "application/json"},
-            )
-            token = json.loads(body)["token"]
+            token = run.login(port, password)
         path = "/small" if args.bare else "/build/small"
         requests(port, path, token, args.warmup)
         subprocess.run([control, "-z", str(proc.pid)], check=True, capture_output=True)

@@ -519,6 +519,24 @@ def start_bare(
     return server
 
 
+def login(port: int, password: str) -> str:
+    """Log the benchmark's user in at the gateway on ``port``; its token.
+
+    :raises Unavailable: when the answer holds no token.
+    """
+    status, body = http(
+        "POST",
+        f"http://127.0.0.1:{port}/auth/login",
+        json.dumps({"username": USERNAME, "password": password}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    try:
+        token: str = json.loads(body)["token"]
+    except (ValueError, KeyError, TypeError):
+        raise Unavailable(f"login answered {status}: {body[:120]!r}") from None
+    return token
+
+
 def write_account(accounts: Path) -> str:
     """Create ``accounts/auth/admins/benchuser.json``; return the password."""
     password = secrets.token_urlsafe(18)
@@ -617,17 +635,7 @@ def start_metagateway(
                 f"n/a: twistd rejected --workers ({lab.log_tail(key)})"
             ) from e
         raise
-    base = f"http://127.0.0.1:{server.port}"
-    status, body = http(
-        "POST",
-        base + "/auth/login",
-        json.dumps({"username": USERNAME, "password": password}).encode(),
-        {"Content-Type": "application/json"},
-    )
-    try:
-        token = json.loads(body)["token"]
-    except (ValueError, KeyError, TypeError):
-        raise Unavailable(f"login answered {status}: {body[:120]!r}") from None
+    token = login(server.port, password)
     server.headers = [f"Authorization: Bearer {token}"]
     return server
 

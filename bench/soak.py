@@ -617,13 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         env = run.clean_env(GATEWAY_JWT_SECRET=secrets.token_hex(32))
         daemon = lab.start("soak", argv, env=env, cwd=run.ROOT)
         lab.wait_ready("soak", daemon, port)
-        status, body = run.http(
-            "POST",
-            f"http://127.0.0.1:{port}/auth/login",
-            json.dumps({"username": run.USERNAME, "password": password}).encode(),
-            {"Content-Type": "application/json"},
-        )
-        token = json.loads(body)["token"]
+        token = run.login(port, password)
         mix = kinds(token, password)
         print(
             f"soak: {args.duration} at {args.load:.0%} of capacity, warm-up "

@@ -22,9 +22,20 @@ def canonical_name(name: bytes) -> bytes:
     raise AssertionError("Headers stored nothing")  # pragma: no cover
 
 
+ALLOW_ORIGIN = canonical_name(b"access-control-allow-origin")
+GATEWAY_ASSERTION = canonical_name(b"x-gateway-assertion")
 AUTHORIZATION = canonical_name(b"authorization")
 CONNECTION = canonical_name(b"connection")
 CONTENT_LENGTH = canonical_name(b"content-length")
+FORWARDED_FOR = canonical_name(b"x-forwarded-for")
+FORWARDED_HOST = canonical_name(b"x-forwarded-host")
+FORWARDED_PROTO = canonical_name(b"x-forwarded-proto")
 HOST = canonical_name(b"host")
+REQUEST_ID = canonical_name(b"x-request-id")
+GATEWAY_ROUTE = canonical_name(b"x-gateway-route")
+GATEWAY_SCOPES = canonical_name(b"x-gateway-scopes")
+TRACEPARENT = canonical_name(b"traceparent")
+TRACESTATE = canonical_name(b"tracestate")
 TRANSFER_ENCODING = canonical_name(b"transfer-encoding")
 UPGRADE = canonical_name(b"upgrade")
+GATEWAY_USER = canonical_name(b"x-gateway-user")

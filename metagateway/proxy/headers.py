@@ -20,7 +20,22 @@ from twisted.web.iweb import IRequest, IResponse
 
 from metagateway.auth.tokens import Claims
 from metagateway.cors import policy_of
-from metagateway.http.names import CONNECTION, CONTENT_LENGTH, HOST, canonical_name
+from metagateway.http.names import (
+    ALLOW_ORIGIN,
+    CONNECTION,
+    CONTENT_LENGTH,
+    FORWARDED_FOR,
+    FORWARDED_HOST,
+    FORWARDED_PROTO,
+    GATEWAY_ASSERTION,
+    GATEWAY_ROUTE,
+    GATEWAY_SCOPES,
+    GATEWAY_USER,
+    HOST,
+    REQUEST_ID,
+    TRACEPARENT,
+    TRACESTATE,
+)
 from metagateway.http.twisted_internals import header_map, one_line
 from metagateway.notes import RequestNotes
 from metagateway.observability.tracing import trace_of
@@ -85,18 +100,6 @@ def upstream_host(base_url: str) -> bytes:
     return b"%b:%d" % (host, uri.port)
 
 
-#: The names the gateway writes, as ``Headers`` stores them.
-_ROUTE = canonical_name(b"x-gateway-route")
-_USER = canonical_name(b"x-gateway-user")
-_SCOPES = canonical_name(b"x-gateway-scopes")
-_ASSERTION = canonical_name(b"x-gateway-assertion")
-_FORWARDED_FOR = canonical_name(b"x-forwarded-for")
-_FORWARDED_PROTO = canonical_name(b"x-forwarded-proto")
-_FORWARDED_HOST = canonical_name(b"x-forwarded-host")
-_REQUEST_ID = canonical_name(b"x-request-id")
-_TRACEPARENT = canonical_name(b"traceparent")
-_TRACESTATE = canonical_name(b"tracestate")
-_ALLOW_ORIGIN = canonical_name(b"access-control-allow-origin")
 _HTTPS = [b"https"]
 _HTTP = [b"http"]
 _ANY_ORIGIN = [b"*"]
@@ -143,28 +146,28 @@ def upstream_headers(
                 host = values[0]
             continue
         out[name] = list(values)
-    out[_ROUTE] = [route.name.encode("ascii")]
+    out[GATEWAY_ROUTE] = [route.name.encode("ascii")]
     if claims is not None:
-        out[_USER] = [one_line(claims.project_id.encode("utf-8"))]
-        out[_SCOPES] = [one_line(",".join(claims.scopes).encode("utf-8"))]
+        out[GATEWAY_USER] = [one_line(claims.project_id.encode("utf-8"))]
+        out[GATEWAY_SCOPES] = [one_line(",".join(claims.scopes).encode("utf-8"))]
     if assertion is not None:
-        out[_ASSERTION] = [assertion]
+        out[GATEWAY_ASSERTION] = [assertion]
     peer = getattr(request.getClientAddress(), "host", None)
     if peer:
         hop = peer.encode("ascii", "replace")
         forwarded = forwarded + b", " + hop if forwarded else hop
     if forwarded:
-        out[_FORWARDED_FOR] = [forwarded]
-    out[_FORWARDED_PROTO] = _HTTPS[:] if request.isSecure() else _HTTP[:]
+        out[FORWARDED_FOR] = [forwarded]
+    out[FORWARDED_PROTO] = _HTTPS[:] if request.isSecure() else _HTTP[:]
     if host:
-        out[_FORWARDED_HOST] = [host]
+        out[FORWARDED_HOST] = [host]
     # A client's id was checked by request_id_of; a new one is a UUID.
-    out[_REQUEST_ID] = [request_id.encode("latin-1")]
+    out[REQUEST_ID] = [request_id.encode("latin-1")]
     # The caller's trace continued, or a new one (:ref:`contract-observability`).
     trace = trace_of(request, notes)
-    out[_TRACEPARENT] = [trace.traceparent()]
+    out[TRACEPARENT] = [trace.traceparent()]
     if trace.state is not None:
-        out[_TRACESTATE] = [trace.state]
+        out[TRACESTATE] = [trace.state]
     if host_header is not None:
         out[HOST] = [host_header]
     return outgoing
@@ -198,8 +201,8 @@ def adopt_response_headers(response: IResponse, request: IRequest) -> None:
         # A listed origin (:ref:`contract-config-file`), unless the upstream set its
         # own.
         policy.apply(request, headers, keep=True)
-    elif _ALLOW_ORIGIN not in raw:
-        raw[_ALLOW_ORIGIN] = _ANY_ORIGIN[:]
+    elif ALLOW_ORIGIN not in raw:
+        raw[ALLOW_ORIGIN] = _ANY_ORIGIN[:]
     # The client parser keeps Content-Length out of ``headers``. A 204 must
     # not carry one, and a 304's would describe another answer's body, not
     # the empty one Twisted's client reports.
