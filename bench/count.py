@@ -121,19 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 env["BUILD_SERVICE_URL"],
             ]
         else:
-            command = [
-                "-c",
-                run.TWISTD,
-                "-n",
-                "--pidfile=",
-                "metagateway",
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--accounts-dir",
-                str(accounts),
-                "--access-log",
-                args.access_log,
-            ]
+            command = run.gateway_args(port, accounts, "--access-log", args.access_log)
         proc = lab.start(
             "count",
             [

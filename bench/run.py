@@ -519,6 +519,24 @@ def start_bare(
     return server
 
 
+def gateway_args(port: int, accounts: Path, *options: str) -> list[str]:
+    """The interpreter's arguments that run the daemon in the foreground on
+    ``port`` (loopback) with the accounts directory ``accounts``, then
+    ``options``."""
+    return [
+        "-c",
+        TWISTD,
+        "-n",
+        "--pidfile=",
+        "metagateway",
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--accounts-dir",
+        str(accounts),
+        *options,
+    ]
+
+
 def login(port: int, password: str) -> str:
     """Log the benchmark's user in at the gateway on ``port``; its token.
 
@@ -593,20 +611,9 @@ def start_metagateway(
     password = write_account(accounts)
     server = Server(key, lab.free_port())
     server.paths = {"small": "/build/small", "1MiB": "/build/big"}
-    argv = [
-        python,
-        "-c",
-        TWISTD,
-        "-n",
-        "--pidfile=",
-        "metagateway",
-        "--listen",
-        f"tcp:{server.port}:interface=127.0.0.1",
-        "--accounts-dir",
-        str(accounts),
-        # The default settings (issue 19): the text access log, one line
-        # per request, written by twistd -n to the row's log file.
-    ]
+    # The default settings (issue 19): the text access log, one line per
+    # request, written by twistd -n to the row's log file.
+    argv = [python, *gateway_args(server.port, accounts)]
     if workers > 1:
         # Each worker serves its own metrics (worker k on base + k): the
         # per-worker request counts are read after every run.

@@ -600,17 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         port = lab.free_port()
         argv = [
             sys.executable,
-            "-c",
-            run.TWISTD,
-            "-n",
-            "--pidfile=",
-            "metagateway",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--accounts-dir",
-            str(accounts),
-            "--config",
-            str(config),
+            *run.gateway_args(port, accounts, "--config", str(config)),
         ]
         if args.workers > 1:
             argv += ["--workers", str(args.workers)]
