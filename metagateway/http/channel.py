@@ -112,6 +112,10 @@ class GatewayChannel(ChannelInternals):
 
     max_header_bytes = 16384
     max_headers = 100
+    #: Whether a head that arrives whole is handled in one go
+    #: (:meth:`~metagateway.http.twisted_internals.ChannelInternals.whole_head`)
+    #: rather than line by line; the outcome is the same.
+    whole_heads = True
     linger_seconds = 5.0
     head_timeout = HEAD_TIMEOUT
 
@@ -209,7 +213,17 @@ class GatewayChannel(ChannelInternals):
             return
         self._reading = True
         try:
-            super().dataReceived(data)
+            rest = None
+            if self.whole_heads and self.line_mode:
+                rest = self.whole_head(
+                    data, self.max_header_bytes, self.max_headers + 1
+                )
+            if rest is None:
+                super().dataReceived(data)
+            elif rest and not self.discarding:
+                transport = self.transport
+                if transport is not None and not transport.disconnecting:  # type: ignore[attr-defined]
+                    super().dataReceived(rest)
         finally:
             self._reading = False
         if self.line_mode:
@@ -274,6 +288,13 @@ class GatewayChannel(ChannelInternals):
                 self.request_line = (parts[0], parts[1], parts[2])
         # The base class by name: this runs for every line of every head.
         HTTPChannel.lineReceived(self, line)
+
+    def head_lines(
+        self, request_line: tuple[bytes, bytes, bytes], size: int, lines: int
+    ) -> None:
+        self._head_bytes = size
+        self._head_lines = lines
+        self.request_line = request_line
 
     def lineLengthExceeded(self, line: bytes) -> None:
         if self._head_lines == 0:

@@ -23,7 +23,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 from twisted.web.http import Request as HTTPRequest
-from twisted.web.http_headers import Headers
+from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.server import version as server_version
@@ -234,6 +234,56 @@ class SignatureTests(SynchronousTestCase):
         self.assertTrue(
             getattr(channel, "persistent", False),
             changed("HTTPChannel.persistent", "no longer true at first"),
+        )
+
+    def test_whole_head_state(self) -> None:
+        """
+        The parser state :meth:`ChannelInternals.whole_head` reads and sets:
+        ``LineReceiver``'s ``_buffer``, ``_busyReceiving`` and ``paused``;
+        ``HTTPChannel``'s name-mangled ``__first_line`` (1 between
+        requests) and ``__header`` (empty), ``_transferDecoder``,
+        ``_receivedHeaderSize`` and ``_receivedHeaderCount``, and its
+        ``_maybeChooseTransferDecoder(header, data)``; the header name
+        encoder (``_nameEncoder.encode``, raising ``InvalidHeaderName``).
+        ``tests/unit/test_whole_head.py`` checks the outcome against the
+        parser's own.
+        """
+        channel = HTTPChannel()
+        channel.makeConnection(StringTransport())
+        expected = {
+            "_buffer": b"",
+            "_busyReceiving": False,
+            "paused": False,
+            "_HTTPChannel__first_line": 1,
+            "_HTTPChannel__header": b"",
+            "_transferDecoder": None,
+            "_receivedHeaderSize": 0,
+            "_receivedHeaderCount": 0,
+        }
+        for name, value in expected.items():
+            self.assertEqual(
+                getattr(channel, name, "gone"),
+                value,
+                changed("HTTPChannel.%s" % (name,), "not as it was between requests"),
+            )
+        self.assert_hook(
+            HTTPChannel, "_maybeChooseTransferDecoder", ["self", "header", "data"]
+        )
+        self.assertEqual(_nameEncoder.encode(b"x-thing"), b"X-Thing")
+        self.assertRaises(InvalidHeaderName, _nameEncoder.encode, b"bad name")
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n")
+        self.assertEqual(
+            (
+                channel._HTTPChannel__first_line,  # type: ignore[attr-defined]
+                channel._HTTPChannel__header,  # type: ignore[attr-defined]
+            ),
+            (0, b"X-A: 1"),
+            changed("HTTPChannel.__first_line/__header", "not set by a head"),
+        )
+        self.assertEqual(
+            (channel._receivedHeaderSize, channel._receivedHeaderCount),
+            (27, 1),
+            changed("HTTPChannel._receivedHeaderSize/Count", "counted otherwise"),
         )
 
 
