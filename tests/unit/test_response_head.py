@@ -5,11 +5,14 @@ Tests for the whole-head fast path of
 
 The fast path must take only heads Twisted's line-by-line parser takes, and
 leave everything as that parser would. Each scenario here (requests, reads,
-a body protocol given now or later, a lost connection) runs twice, once
+what the response's receiver does, a lost connection) runs twice, once
 with the fast path and once without, recording everything observable: the
-response, its headers and body, the parser's state, what happened to the
-transport, what the protocol handed to the pool. The two records must be
-equal.
+response, its headers and body, the parser's state, what the protocol
+handed to the pool, and the transport's state after each step. The two
+records must be equal. So must the calls the transport received, less one
+difference the fast path makes on purpose: it holds back the parser's
+pause of the connection until the response's receivers have run, and
+drops it when they resume the connection at once (``_HeldPause``).
 """
 
 from __future__ import annotations
@@ -48,24 +51,40 @@ def describe(failure: Failure) -> Any:
 
 class RecordingTransport(StringTransport):
     """
-    A transport recording each pause, resume and close in the scenario's log.
+    A transport recording each pause, resume and close it is asked for;
+    it ignores a resume once closing, as a TCP connection does.
     """
 
-    def __init__(self, log: list[Any]) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.log = log
+        self.calls: list[str] = []
 
     def pauseProducing(self) -> None:
-        self.log.append("transport paused")
-        super().pauseProducing()
+        self.calls.append("pause")
+        self.producerState = "paused"
 
     def resumeProducing(self) -> None:
-        self.log.append("transport resumed")
-        super().resumeProducing()
+        # As a TCP connection does: resuming once closing does nothing.
+        self.calls.append("resume")
+        if not self.disconnecting:
+            self.producerState = "producing"
 
     def loseConnection(self) -> None:
-        self.log.append("transport closed")
+        self.calls.append("close")
         super().loseConnection()
+
+
+def without_paused_resumes(calls: list[str]) -> list[str]:
+    """
+    ``calls`` less each pause a resume follows at once: what the fast path
+    spares the connection.
+    """
+    kept = []
+    for at, call in enumerate(calls):
+        if call == "pause" and calls[at + 1 : at + 2] == ["resume"]:
+            continue
+        kept.append(call)
+    return kept
 
 
 class RecordingBody(Protocol):
@@ -104,6 +123,8 @@ def snapshot(parser: Any) -> Any:
     """
     Everything the parser holds that the line-by-line path sets.
     """
+    if parser is None:
+        return None
     response = getattr(parser, "response", None)
     return (
         parser.state,
@@ -122,14 +143,27 @@ def snapshot(parser: Any) -> Any:
     )
 
 
-def run(steps: Sequence[Step], fast: bool, deliver_at_once: bool) -> list[Any]:
+#: What the receiver of a response does when it arrives.
+RECEIVERS = (
+    "takes the body",
+    "waits",
+    "takes the body, pauses",
+    "pauses, takes the body",
+    "closes, takes the body",
+    "loses the connection, takes the body",
+)
+
+
+def run(
+    steps: Sequence[Step], fast: bool, receiver: str
+) -> tuple[list[Any], list[str]]:
     """
-    Play ``steps`` on a connected protocol, with the fast path or without;
-    a body protocol is given to each response when it arrives if
-    ``deliver_at_once``, else only at a ``deliver`` step. The record.
+    Play ``steps`` on a connected protocol, with the fast path or without,
+    each response's receiver doing ``receiver`` (one of
+    :data:`RECEIVERS`). The record, and the calls the transport received.
     """
     log: list[Any] = []
-    transport = RecordingTransport(log)
+    transport = RecordingTransport()
     protocol = recording_protocol(fast, log)
     protocol.makeConnection(transport)
     parsers: list[Any] = []
@@ -147,8 +181,17 @@ def run(steps: Sequence[Step], fast: bool, deliver_at_once: bool) -> list[Any]:
             )
         )
         responses.append(response)
-        if deliver_at_once:
-            response.deliverBody(RecordingBody(log))
+        if receiver == "waits":
+            return
+        if receiver == "pauses, takes the body":
+            response._transport.pauseProducing()
+        elif receiver == "closes, takes the body":
+            response._transport.loseConnection()
+        elif receiver == "loses the connection, takes the body":
+            protocol.connectionLost(Failure(ConnectionLost("reset")))
+        response.deliverBody(RecordingBody(log))
+        if receiver == "takes the body, pauses":
+            response._transport.pauseProducing()
 
     def failed(failure: Failure) -> None:
         log.append(("request failed", describe(failure)))
@@ -170,13 +213,20 @@ def run(steps: Sequence[Step], fast: bool, deliver_at_once: bool) -> list[Any]:
                     responses[-1].deliverBody(RecordingBody(log))
                 except RuntimeError:
                     log.append("deliver refused")
-        elif step[0] == "lose":
+        elif step[0] == "lose" and protocol.state != "CONNECTION_LOST":
             protocol.connectionLost(Failure(step[1]))
-        log.append(("step done", step[0], protocol.state))
+        log.append(
+            (
+                "step done",
+                step[0],
+                protocol.state,
+                transport.producerState,
+                transport.disconnecting,
+            )
+        )
     log.append(("parsers", [snapshot(parser) for parser in parsers]))
-    log.append(("written", transport.value(), transport.disconnecting))
-    log.append(("producer", transport.producerState))
-    return log
+    log.append(("written", transport.value()))
+    return log, transport.calls
 
 
 def splits(data: bytes) -> list[list[bytes]]:
@@ -437,16 +487,23 @@ class WholeHeadDifferentialTests(SynchronousTestCase):
 
     def compare(self, name: str, steps: Sequence[Step]) -> None:
         """
-        Play ``steps`` both ways, the body taken at once and later; the
-        records must be equal.
+        Play ``steps`` both ways, with each receiver; the records must be
+        equal, and the transport's calls but for paused resumes.
         """
-        for deliver_at_once in (True, False):
-            stock = run(steps, fast=False, deliver_at_once=deliver_at_once)
-            fast = run(steps, fast=True, deliver_at_once=deliver_at_once)
+        for receiver in RECEIVERS:
+            stock, stock_calls = run(steps, fast=False, receiver=receiver)
+            fast, fast_calls = run(steps, fast=True, receiver=receiver)
             if fast != stock:
                 self.fail(
-                    "%s (body taken %s): fast path %r\nstock path %r"
-                    % (name, "at once" if deliver_at_once else "later", fast, stock)
+                    "%s (the receiver %s): fast path %r\nstock path %r"
+                    % (name, receiver, fast, stock)
+                )
+            if without_paused_resumes(fast_calls) != without_paused_resumes(
+                stock_calls
+            ):
+                self.fail(
+                    "%s (the receiver %s): the transport was told %r, not %r"
+                    % (name, receiver, fast_calls, stock_calls)
                 )
 
     def test_corpus(self) -> None:
@@ -501,7 +558,11 @@ class WholeHeadDifferentialTests(SynchronousTestCase):
         """
         for name, method, data in CORPUS[:17]:
             self.taken.clear()
-            run([("request", method), ("data", data)], fast=True, deliver_at_once=True)
+            run(
+                [("request", method), ("data", data)],
+                fast=True,
+                receiver="takes the body",
+            )
             self.assertEqual(self.taken[:1], [True], name)
 
     def test_unusual_heads_left(self) -> None:
@@ -542,7 +603,7 @@ class WholeHeadDifferentialTests(SynchronousTestCase):
                 run(
                     [("request", method), ("data", data)],
                     fast=True,
-                    deliver_at_once=True,
+                    receiver="takes the body",
                 )
                 self.assertEqual(self.taken[:1], [False], name)
         self.assertEqual(seen, unusual)
@@ -556,7 +617,7 @@ class WholeHeadDifferentialTests(SynchronousTestCase):
         run(
             [("request", b"GET"), ("data", data[:30]), ("data", data[30:])],
             fast=True,
-            deliver_at_once=True,
+            receiver="takes the body",
         )
         self.assertEqual(self.taken, [False, False])
 
@@ -567,6 +628,60 @@ class WholeHeadDifferentialTests(SynchronousTestCase):
         run(
             [("request", b"GET"), ("data", CORPUS[0][2])],
             fast=False,
-            deliver_at_once=True,
+            receiver="takes the body",
         )
         self.assertEqual(self.taken, [])
+
+
+class HeldPauseTests(SynchronousTestCase):
+    """
+    The parser's pause of the connection after a head parsed whole: held
+    until the response's receivers have run, dropped if they resume.
+    """
+
+    data = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab"
+
+    def play(self, fast: bool, receiver: str) -> tuple[RecordingTransport, Any]:
+        """
+        One request answered by :attr:`data`; the transport and the
+        request's parser.
+        """
+        log: list[Any] = []
+        transport = RecordingTransport()
+        protocol = recording_protocol(fast, log)
+        protocol.makeConnection(transport)
+        answer = protocol.request(
+            _newclient.Request(b"GET", b"/", Headers({b"Host": [b"h"]}), None, True)
+        )
+        if receiver == "takes the body":
+            answer.addCallback(
+                lambda response: response.deliverBody(RecordingBody(log))
+            )
+        parser = protocol._parser
+        protocol.dataReceived(self.data)
+        return transport, parser
+
+    def test_resumed_at_once(self) -> None:
+        """
+        The receiver takes the body at once: the connection is resumed
+        (as Twisted does) but never paused; Twisted pauses it first.
+        """
+        transport, parser = self.play(fast=True, receiver="takes the body")
+        self.assertEqual(transport.calls, ["resume"])
+        self.assertEqual(transport.producerState, "producing")
+        stock, _ = self.play(fast=False, receiver="takes the body")
+        self.assertEqual(stock.calls, ["pause", "resume"])
+
+    def test_paused_once_run(self) -> None:
+        """
+        The receiver waits: the connection is paused once the response
+        has been handed over, until the body is taken; the parser's
+        transport proxies the connection itself again.
+        """
+        transport, parser = self.play(fast=True, receiver="waits")
+        self.assertEqual(transport.calls, ["pause"])
+        self.assertEqual(transport.producerState, "paused")
+        self.assertIs(parser.transport._producer, transport)
+        parser.response.deliverBody(RecordingBody([]))
+        self.assertEqual(transport.calls, ["pause", "resume"])
+        self.assertEqual(transport.producerState, "producing")

@@ -696,3 +696,80 @@ class ResponseHeadGuards(GuardTestCase):
                     "closed" if transport.disconnecting else "open",
                 ),
             )
+
+    def test_transport_proxy(self) -> None:
+        """
+        The parser's transport is a ``TransportProxyProducer`` whose
+        private ``_producer`` is the connection: it passes pause, resume,
+        stop and close on to it, and nothing once ``stopProxying``. (The
+        fast path puts its held pause there while the response is
+        handed over.)
+        """
+        hook = "twisted.web._newclient.TransportProxyProducer"
+        protocol = _newclient.HTTP11ClientProtocol()
+        transport, _ = connected(protocol)
+        proxy = protocol._parser.transport  # type: ignore[union-attr]
+        self.guard(
+            type(proxy) is _newclient.TransportProxyProducer
+            and getattr(proxy, "_producer", None) is transport,
+            hook,
+            "the parser's transport is %r" % (proxy,),
+        )
+        calls: list[str] = []
+
+        class Connection:
+            def pauseProducing(self) -> None:
+                calls.append("pause")
+
+            def resumeProducing(self) -> None:
+                calls.append("resume")
+
+            def stopProducing(self) -> None:
+                calls.append("stop")
+
+            def loseConnection(self) -> None:
+                calls.append("close")
+
+        proxy = _newclient.TransportProxyProducer(Connection())
+        proxy.pauseProducing()
+        proxy.resumeProducing()
+        proxy.stopProducing()
+        proxy.loseConnection()
+        proxy.stopProxying()
+        proxy.pauseProducing()
+        self.guard(
+            calls == ["pause", "resume", "stop", "close"] and proxy._producer is None,
+            hook,
+            "it passed on %r" % (calls,),
+        )
+
+    def test_pause_before_response(self) -> None:
+        """
+        Once a head with a body is in, ``allHeadersReceived`` pauses the
+        parser's transport and only then fires the response, whose
+        ``deliverBody`` resumes that transport: the pause the fast path
+        holds back, and the resume that drops it.
+        """
+        seen: list[Any] = []
+        parser = waiting_parser()
+
+        class Connection:
+            def pauseProducing(self) -> None:
+                seen.append("pause")
+
+            def resumeProducing(self) -> None:
+                seen.append("resume")
+
+        parser.transport._producer = Connection()
+
+        def answered(response: Any) -> None:
+            seen.append("response")
+            response.deliverBody(Protocol())
+
+        parser._responseDeferred.addCallback(answered)
+        parser.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+        self.guard(
+            seen == ["pause", "response", "resume"],
+            "twisted.web._newclient.HTTPClientParser.allHeadersReceived",
+            "around the response: %r" % (seen,),
+        )
