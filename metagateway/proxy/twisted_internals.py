@@ -25,15 +25,30 @@ from twisted.python.failure import Failure
 # Why: the Agent hands the pool's connection a Request; UpstreamAgent does
 # the same without re-parsing the URL (see pool_request).
 # HTTP11ClientProtocol is subclassed (see GatewayClientProtocol).
-from twisted.web._newclient import HTTP11ClientProtocol, Request
+# HTTPClientParser and its STATUS and HEADER states: the response head is
+# parsed in one go when it arrives whole; TransportProxyProducer stands
+# between the parser and the connection (see receive_head, _HeldPause).
+from twisted.web._newclient import (
+    HEADER,
+    STATUS,
+    HTTP11ClientProtocol,
+    HTTPClientParser,
+    Request,
+    TransportProxyProducer,
+)
 
 # Why: the only way to choose the protocol (and the log noise) of the
 # pool's connections is to give the pool another factory (see
 # use_gateway_factory).
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http import _ChunkedTransferDecoder
-from twisted.web.http_headers import Headers
+
+# Why: Headers.addRawHeader canonicalises each name with the private
+# _nameEncoder; receive_head names the headers it files the same way.
+from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import IBodyProducer, IResponse
+
+from metagateway.http.twisted_internals import header_map
 
 #: Responses whose connection was lost uncleanly (a reset, an aborted TLS
 #: session) while their body was still arriving, with the reason.
@@ -72,6 +87,27 @@ class GatewayClientProtocol(HTTP11ClientProtocol):
             answered.addCallback(_add_connection_header, parser)
         return answered
 
+    #: Whether a response head that arrives whole is parsed in one go
+    #: (:func:`receive_head`); off, every head takes Twisted's line-by-line
+    #: path (the tests compare the two).
+    whole_heads = True
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Hand ``data`` to the response's parser, as the stock protocol does;
+        a response head that arrives whole is parsed in one go
+        (:func:`receive_head`), with the same outcome.
+        """
+        # Why: HTTP11ClientProtocol.dataReceived is this try/except around
+        # _parser.dataReceived, whatever the parser raises giving up the
+        # connection through the private _giveUp.
+        try:
+            parser = self._parser
+            if not (self.whole_heads and receive_head(parser, data)):
+                parser.dataReceived(data)  # type: ignore[union-attr]
+        except BaseException:
+            self._giveUp(Failure())
+
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         """
         Remember an unclean end of a response whose body was still
@@ -83,6 +119,235 @@ class GatewayClientProtocol(HTTP11ClientProtocol):
         if response is not None and not isinstance(reason.value, ConnectionDone):
             _LOST_UNCLEANLY[response] = reason
         super().connectionLost(reason)
+
+
+#: Each header name seen in a head parsed whole, as received, to its
+#: lower-case form and Twisted's canonical one; only names Twisted accepts.
+_HEADER_NAMES: dict[bytes, tuple[bytes, bytes]] = {}
+#: How many names :data:`_HEADER_NAMES` keeps at most (a peer sending ever
+#: new names must not grow it without bound), as Twisted's own name cache.
+_MAX_HEADER_NAMES = 10_000
+
+
+def receive_head(parser: Any, data: bytes) -> bool:
+    """
+    Parse a whole response head at the start of ``data`` in one go, as
+    ``parser`` (Twisted's ``HTTPClientParser``) would line by line, and
+    pass what follows it (body bytes) to the parser; or, when ``data``
+    does not start with a whole head this takes, change nothing and
+    return ``False`` for the stock path to parse it.
+
+    Taken: the parser waits for a status line with nothing buffered; the
+    head ends with an empty line (CR LF CR LF), is no longer than the
+    parser's line limit and holds no CR or LF but its line ends; its
+    status line is
+    ``HTTP/1.1`` or ``HTTP/1.0`` and a 2xx-5xx code; each header line is a
+    token name, a colon and a value (no obs-fold, no missing colon). The
+    outcome is Twisted's, through its own methods: ``statusReceived``
+    makes the response, ``isConnectionControlHeader`` sorts the headers
+    into ``headers`` and ``connHeaders`` (names in Twisted's canonical
+    form, values stripped as ``lineReceived`` strips them),
+    ``allHeadersReceived`` chooses the body's decoder and fires the
+    response (the headers are sorted before the response is made, so that
+    a refused line leaves nothing changed: neither step looks at the
+    other); then the rest goes to the body decoder, as the parser's
+    ``dataReceived`` loop would have handed it. What is saved is Twisted's
+    loop over the lines (``LineReceiver.dataReceived``, ``lineReceived``,
+    ``headerReceived``, ``addRawHeader``): about a hundred Python lines
+    for a seven-line head. And the pause of the connection that
+    ``allHeadersReceived`` asks for before it fires the response is held
+    until the response's receivers have run, and dropped if they resume
+    the connection (:class:`_HeldPause`): two system calls fewer.
+
+    :return: whether the head was parsed here.
+    """
+    # Why: the parser's private state, as HTTPParser (a LineReceiver)
+    # keeps it: state (STATUS until a status line comes), the LineReceiver
+    # buffer and re-entrancy flag, its line mode and pause; anything else
+    # (another parser, a body or trailer being read) takes the stock path.
+    if (
+        type(parser) is not HTTPClientParser
+        or parser.state != STATUS
+        or parser._buffer
+        or parser._busyReceiving
+        or not parser.line_mode
+        or parser.paused
+    ):
+        return False
+    end = data.find(b"\r\n\r\n")
+    if end <= 0 or end >= parser.MAX_LENGTH:
+        return False
+    head = data[:end]
+    breaks = head.count(b"\n")
+    if head.count(b"\r") != breaks or head.count(b"\r\n") != breaks:
+        # A bare CR or LF: Twisted splits lines on LF alone.
+        return False
+    lines = head.split(b"\r\n")
+    status = lines[0]
+    version = status[:9]
+    code = status[9:12]
+    if (
+        (version != b"HTTP/1.1 " and version != b"HTTP/1.0 ")
+        or len(code) != 3
+        or not code.isdigit()
+        or code[0] not in b"2345"
+        or status[12:13] not in (b"", b" ")
+    ):
+        return False
+    # The two Headers are empty while the parser waits for a status line;
+    # they are filled here and emptied again if a line is refused.
+    headers = header_map(parser.headers)
+    connection = header_map(parser.connHeaders)
+    if headers or connection:
+        return False
+    names = _HEADER_NAMES
+    control = parser.isConnectionControlHeader
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        known = names.get(name)
+        if known is None or not colon:
+            known = _header_name(name) if colon else None
+            if known is None:
+                headers.clear()
+                connection.clear()
+                return False
+        lower, canonical = known
+        target = connection if control(lower) else headers
+        target.setdefault(canonical, []).append(value.strip())
+    # As HTTPClientParser.dataReceived and LineReceiver.dataReceived do,
+    # down to what they leave behind: the last header line kept as
+    # _partialHeader, what follows the head buffered while
+    # allHeadersReceived runs (it hands it on when the response has no
+    # body), the parser marked busy meanwhile.
+    parser._everReceivedData = True
+    parser._busyReceiving = True
+    parser._buffer = data[end + 4 :]
+    try:
+        parser.statusReceived(status)
+        parser.state = HEADER
+        if len(lines) > 1:
+            parser._partialHeader = [lines[-1]]
+        # Why: the parser's transport is the private TransportProxyProducer
+        # that HTTP11ClientProtocol.request puts before the connection; its
+        # _producer is the connection.
+        proxy: Any = parser.transport
+        if type(proxy) is TransportProxyProducer and proxy._producer is not None:
+            held = _HeldPause(proxy._producer)
+            proxy._producer = held
+            try:
+                parser.allHeadersReceived()
+            finally:
+                if proxy._producer is held:
+                    proxy._producer = held.producer
+                held.release()
+        else:
+            parser.allHeadersReceived()
+        # LineReceiver.dataReceived's loop once the parser is in body
+        # (raw) mode: the body bytes that came with the head go to the
+        # body decoder (rawDataReceived), still busy. Measured: this saves
+        # the loop's entry (a quarter of a per cent of a small request).
+        while parser._buffer and not parser.line_mode and not parser.paused:
+            rest = parser._buffer
+            parser._buffer = b""
+            parser.rawDataReceived(rest)
+    finally:
+        parser._busyReceiving = False
+    if parser._buffer:
+        # Anything the loop above leaves (the parser paused, or back in
+        # line mode): the parser's own loop, as it would have carried on.
+        parser.dataReceived(b"")
+    return True
+
+
+class _HeldPause:
+    """
+    The connection, as the parser's ``TransportProxyProducer`` reaches it
+    while ``allHeadersReceived`` runs: the pause that method asks for
+    before it fires the response is held back, and dropped if the
+    response's receivers resume the connection before anything else
+    (``deliverBody`` does, in the same call): the connection is then never
+    paused, which spares a pair of system calls per response (epoll DEL
+    and ADD). Any other call applies the held pause first, as it was
+    asked; if it is still held when ``allHeadersReceived`` returns, it is
+    applied then (:meth:`release`).
+
+    So the connection is told what Twisted tells it, in the same order,
+    less a pause that a resume follows at once. What differs: while the
+    response's receivers run, the connection is not paused (no reactor
+    turn comes in between, so no bytes are read meanwhile); and were the
+    connection resumed behind the parser's back then (not through the
+    response's transport) and never through it, it would end paused where
+    Twisted's ends resumed. Nothing in the gateway does that.
+    """
+
+    __slots__ = ("producer", "held", "first")
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.held = False
+        self.first = True
+
+    def _apply(self) -> None:
+        self.first = False
+        if self.held:
+            self.held = False
+            self.producer.pauseProducing()
+
+    def pauseProducing(self) -> None:
+        """
+        Hold the parser's pause (the first call); apply any later one.
+        """
+        if self.first:
+            self.first = False
+            self.held = True
+        else:
+            self._apply()
+            self.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """
+        Drop a held pause; resume the connection, as it was asked.
+        """
+        self.first = False
+        self.held = False
+        self.producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """
+        Stop the connection, the held pause applied first.
+        """
+        self._apply()
+        self.producer.stopProducing()
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection, the held pause applied first.
+        """
+        self._apply()
+        self.producer.loseConnection()
+
+    def release(self) -> None:
+        """
+        Apply a pause still held: nobody resumed the connection.
+        """
+        self._apply()
+
+
+def _header_name(name: bytes) -> Optional[tuple[bytes, bytes]]:
+    """
+    ``name`` in lower case and in Twisted's canonical form, remembered; or
+    ``None`` if Twisted refuses it (not a token).
+    """
+    if not name:
+        return None
+    lower = name.lower()
+    try:
+        canonical = _nameEncoder.encode(lower)
+    except InvalidHeaderName:
+        return None
+    if len(_HEADER_NAMES) < _MAX_HEADER_NAMES:
+        _HEADER_NAMES[name] = (lower, canonical)
+    return lower, canonical
 
 
 def _add_connection_header(response: Any, parser: Any) -> Any:

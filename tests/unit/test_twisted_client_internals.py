@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import _newclient, client
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
+from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 
 from metagateway.proxy.twisted_internals import (
     GatewayClientFactory,
@@ -32,6 +32,7 @@ from metagateway.proxy.twisted_internals import (
     chunked_decoder,
     lost_uncleanly,
     pool_request,
+    receive_head,
     use_gateway_factory,
 )
 
@@ -423,3 +424,352 @@ class ChunkedDecoderGuards(GuardTestCase):
         decoder = chunked_decoder(lambda data: None, lambda rest: None)
         with self.assertRaises(_MalformedChunkedDataError):
             decoder.dataReceived(b"zz\r\n")
+
+
+def waiting_parser(method: bytes = b"GET") -> Any:
+    """
+    A stock ``HTTPClientParser`` for a ``method`` request, connected and
+    waiting for a status line, as ``HTTP11ClientProtocol.request`` makes it.
+    """
+    request = _newclient.Request(method, b"/", Headers({b"Host": [b"h"]}), None, True)
+    parser = _newclient.HTTPClientParser(request, lambda rest: None)
+    parser.makeConnection(_newclient.TransportProxyProducer(StringTransport()))
+    return parser
+
+
+class ResponseHeadGuards(GuardTestCase):
+    """
+    ``HTTPClientParser`` as :func:`receive_head` finds it and leaves it:
+    its state, the ``LineReceiver`` attributes it sets, the methods it
+    calls, and the line-by-line steps it does at once.
+    """
+
+    hook = "twisted.web._newclient.HTTPClientParser"
+
+    def test_made_by_request(self) -> None:
+        """
+        ``HTTP11ClientProtocol.request`` makes an ``HTTPClientParser``
+        (exactly that class: :func:`receive_head` takes no other) as
+        ``_parser``.
+        """
+        protocol = _newclient.HTTP11ClientProtocol()
+        connected(protocol)
+        self.guard(
+            type(getattr(protocol, "_parser", None)) is _newclient.HTTPClientParser,
+            self.hook,
+            "the request's parser is %r" % (getattr(protocol, "_parser", None),),
+        )
+
+    def test_waiting_state(self) -> None:
+        """
+        Waiting for a status line: ``state`` is ``STATUS``, with the
+        ``LineReceiver`` attributes :func:`receive_head` reads and sets, and
+        two empty ``Headers``.
+        """
+        self.guard(
+            (_newclient.STATUS, _newclient.HEADER) == ("STATUS", "HEADER"),
+            "twisted.web._newclient.STATUS and HEADER",
+            "they are gone or changed",
+        )
+        parser = waiting_parser()
+        found = {
+            name: getattr(parser, name, "<missing>")
+            for name in (
+                "state",
+                "_buffer",
+                "_busyReceiving",
+                "line_mode",
+                "paused",
+                "_partialHeader",
+                "_everReceivedData",
+                "delimiter",
+            )
+        }
+        self.guard(
+            found
+            == {
+                "state": _newclient.STATUS,
+                "_buffer": b"",
+                "_busyReceiving": False,
+                "line_mode": 1,
+                "paused": False,
+                "_partialHeader": None,
+                "_everReceivedData": False,
+                "delimiter": b"\n",
+            }
+            and isinstance(parser.MAX_LENGTH, int),
+            self.hook,
+            "a waiting parser holds %r" % (found,),
+        )
+        self.guard(
+            isinstance(parser.headers, Headers)
+            and isinstance(parser.connHeaders, Headers)
+            and not list(parser.headers.getAllRawHeaders())
+            and not list(parser.connHeaders.getAllRawHeaders()),
+            self.hook + ".headers/connHeaders",
+            "not two empty Headers",
+        )
+
+    def test_signatures(self) -> None:
+        """
+        The methods :func:`receive_head` and ``GatewayClientProtocol`` call.
+        """
+        expected = {
+            "statusReceived": ["self", "status"],
+            "allHeadersReceived": ["self"],
+            "isConnectionControlHeader": ["self", "name"],
+            "rawDataReceived": ["self", "data"],
+            "dataReceived": ["self", "data"],
+        }
+        for name, names in expected.items():
+            method = getattr(_newclient.HTTPClientParser, name, None)
+            self.guard(
+                method is not None and parameters(method) == names,
+                "%s.%s" % (self.hook, name),
+                "gone, or its parameters changed: %s"
+                % (None if method is None else inspect.signature(method),),
+            )
+        for name, names in (
+            ("dataReceived", ["self", "bytes"]),
+            ("_giveUp", ["self", "reason"]),
+        ):
+            method = getattr(_newclient.HTTP11ClientProtocol, name, None)
+            self.guard(
+                method is not None and parameters(method) == names,
+                "twisted.web._newclient.HTTP11ClientProtocol.%s" % (name,),
+                "gone, or its parameters changed",
+            )
+
+    def test_line_steps_not_overridden(self) -> None:
+        """
+        The client parser parses lines with ``HTTPParser``'s own
+        ``lineReceived`` and ``headerReceived``, the steps
+        :func:`receive_head` does at once; it overrides neither.
+        """
+        for name in ("lineReceived", "headerReceived", "switchToBodyMode"):
+            self.guard(
+                getattr(_newclient.HTTPClientParser, name)
+                is getattr(_newclient.HTTPParser, name),
+                "%s.%s" % (self.hook, name),
+                "HTTPClientParser overrides it",
+            )
+
+    def test_line_by_line(self) -> None:
+        """
+        What the line-by-line path does, which :func:`receive_head` does
+        at once: the status line goes to ``statusReceived`` (state
+        ``HEADER``); each header's name is lower-cased for
+        ``isConnectionControlHeader`` and filed in ``headers`` or
+        ``connHeaders`` under its canonical name, its value stripped; the
+        last header line stays as ``_partialHeader``; what follows the
+        head is in ``_buffer`` while ``allHeadersReceived`` runs.
+        """
+        seen: list[Any] = []
+
+        class Watched(_newclient.HTTPClientParser):
+            def statusReceived(self, status: bytes) -> None:
+                seen.append(("status", status, self.state))
+                super().statusReceived(status)
+
+            def isConnectionControlHeader(self, name: bytes) -> bool:
+                seen.append(("control", name))
+                return super().isConnectionControlHeader(name)  # type: ignore[no-any-return]
+
+            def allHeadersReceived(self) -> None:
+                seen.append(("all", self.state, self._buffer, self._partialHeader))
+                super().allHeadersReceived()
+
+        request = _newclient.Request(b"GET", b"/", Headers(), None, True)
+        parser = Watched(request, lambda rest: None)
+        parser.makeConnection(_newclient.TransportProxyProducer(StringTransport()))
+        parser.dataReceived(
+            b"HTTP/1.1 200 OK\r\nX-A:  1 \t\r\nCONTENT-length: 2\r\n"
+            b"x-a:2\r\nETAG: e\r\n\r\nab"
+        )
+        self.guard(
+            seen
+            == [
+                ("status", b"HTTP/1.1 200 OK", _newclient.STATUS),
+                ("control", b"x-a"),
+                ("control", b"content-length"),
+                ("control", b"x-a"),
+                ("control", b"etag"),
+                ("all", _newclient.HEADER, b"ab", [b"ETAG: e"]),
+            ],
+            "twisted.web._newclient.HTTPParser.lineReceived",
+            "the steps of a head are %r" % (seen,),
+        )
+        self.guard(
+            list(parser.headers.getAllRawHeaders())
+            == [(b"X-A", [b"1", b"2"]), (b"ETag", [b"e"])]
+            and list(parser.connHeaders.getAllRawHeaders())
+            == [(b"Content-Length", [b"2"])],
+            "twisted.web._newclient.HTTPParser.headerReceived",
+            "the headers filed are %r and %r"
+            % (
+                list(parser.headers.getAllRawHeaders()),
+                list(parser.connHeaders.getAllRawHeaders()),
+            ),
+        )
+
+    def test_name_encoder(self) -> None:
+        """
+        ``twisted.web.http_headers._nameEncoder.encode`` gives the
+        canonical name ``Headers.addRawHeader`` files a header under, and
+        refuses a name that is not a token.
+        """
+        hook = "twisted.web.http_headers._nameEncoder"
+        for name in (b"content-type", b"etag", b"x-a", b"www-authenticate", b"te"):
+            headers = Headers()
+            headers.addRawHeader(name, b"v")
+            [(filed, _)] = list(headers.getAllRawHeaders())
+            self.guard(
+                _nameEncoder.encode(name) == filed,
+                hook,
+                "encode(%r) is %r, Headers files it as %r"
+                % (name, _nameEncoder.encode(name), filed),
+            )
+        for bad in (b"", b"x a", b" x", b"x(a)", b"x\x00"):
+            try:
+                _nameEncoder.encode(bad)
+            except InvalidHeaderName:
+                continue
+            self.fail(changed(hook, "encode(%r) raises no InvalidHeaderName" % (bad,)))
+
+    def test_values_kept(self) -> None:
+        """
+        ``Headers.addRawHeader`` keeps a value without CR or LF as it is
+        (``_sanitizeLinearWhitespace`` is then the identity), the empty one
+        too: :func:`receive_head` files such values straight in.
+        """
+        for value in (b"", b"a", b" a\tb ", b"x\x0b\x0c", b"\xff\x00"):
+            headers = Headers()
+            headers.addRawHeader(b"X-A", value)
+            self.guard(
+                headers.getRawHeaders(b"X-A") == [value],
+                "twisted.web.http_headers.Headers.addRawHeader",
+                "%r is filed as %r" % (value, headers.getRawHeaders(b"X-A")),
+            )
+
+    def test_receive_head(self) -> None:
+        """
+        :func:`receive_head` itself, on a stock parser: it takes a whole
+        head and leaves the parser as the line-by-line path does (the
+        whole comparison is in ``tests.unit.test_response_head``), and
+        leaves a parser that is not waiting for a status line alone.
+        """
+        data = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 3\r\n\r\nab"
+        fast = waiting_parser()
+        stock = waiting_parser()
+        self.assertTrue(receive_head(fast, data))
+        stock.dataReceived(data)
+        for parser in (fast, stock):
+            self.assertEqual(parser.state, _newclient.BODY)
+            self.assertEqual(parser.response.code, 200)
+            self.assertEqual(parser.response.length, 3)
+        self.assertEqual(fast.response._bodyBuffer, stock.response._bodyBuffer)
+        self.assertEqual(
+            list(fast.headers.getAllRawHeaders()),
+            list(stock.headers.getAllRawHeaders()),
+        )
+        self.assertFalse(receive_head(fast, data))
+        self.assertFalse(receive_head(None, data))
+
+    def test_give_up_on_parse_error(self) -> None:
+        """
+        ``HTTP11ClientProtocol.dataReceived`` gives up the connection
+        (``_giveUp``: closed, the response failed) when its parser raises;
+        ``GatewayClientProtocol.dataReceived`` keeps that.
+        """
+        for protocol in (_newclient.HTTP11ClientProtocol(), GatewayClientProtocol()):
+            transport, answered = connected(protocol)
+            protocol.dataReceived(b"HTTP/1.1 2x0 OK\r\n\r\n")
+            failure = self.failureResultOf(answered, _newclient.ResponseFailed)
+            self.guard(
+                transport.disconnecting
+                and failure.value.reasons[0].check(_newclient.ParseError) is not None,
+                "twisted.web._newclient.HTTP11ClientProtocol.dataReceived",
+                "%r: a parse error ends as %r, the transport %s"
+                % (
+                    protocol,
+                    failure,
+                    "closed" if transport.disconnecting else "open",
+                ),
+            )
+
+    def test_transport_proxy(self) -> None:
+        """
+        The parser's transport is a ``TransportProxyProducer`` whose
+        private ``_producer`` is the connection: it passes pause, resume,
+        stop and close on to it, and nothing once ``stopProxying``. (The
+        fast path puts its held pause there while the response is
+        handed over.)
+        """
+        hook = "twisted.web._newclient.TransportProxyProducer"
+        protocol = _newclient.HTTP11ClientProtocol()
+        transport, _ = connected(protocol)
+        proxy = protocol._parser.transport  # type: ignore[union-attr]
+        self.guard(
+            type(proxy) is _newclient.TransportProxyProducer
+            and getattr(proxy, "_producer", None) is transport,
+            hook,
+            "the parser's transport is %r" % (proxy,),
+        )
+        calls: list[str] = []
+
+        class Connection:
+            def pauseProducing(self) -> None:
+                calls.append("pause")
+
+            def resumeProducing(self) -> None:
+                calls.append("resume")
+
+            def stopProducing(self) -> None:
+                calls.append("stop")
+
+            def loseConnection(self) -> None:
+                calls.append("close")
+
+        proxy = _newclient.TransportProxyProducer(Connection())
+        proxy.pauseProducing()
+        proxy.resumeProducing()
+        proxy.stopProducing()
+        proxy.loseConnection()
+        proxy.stopProxying()
+        proxy.pauseProducing()
+        self.guard(
+            calls == ["pause", "resume", "stop", "close"] and proxy._producer is None,
+            hook,
+            "it passed on %r" % (calls,),
+        )
+
+    def test_pause_before_response(self) -> None:
+        """
+        Once a head with a body is in, ``allHeadersReceived`` pauses the
+        parser's transport and only then fires the response, whose
+        ``deliverBody`` resumes that transport: the pause the fast path
+        holds back, and the resume that drops it.
+        """
+        seen: list[Any] = []
+        parser = waiting_parser()
+
+        class Connection:
+            def pauseProducing(self) -> None:
+                seen.append("pause")
+
+            def resumeProducing(self) -> None:
+                seen.append("resume")
+
+        parser.transport._producer = Connection()
+
+        def answered(response: Any) -> None:
+            seen.append("response")
+            response.deliverBody(Protocol())
+
+        parser._responseDeferred.addCallback(answered)
+        parser.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+        self.guard(
+            seen == ["pause", "response", "resume"],
+            "twisted.web._newclient.HTTPClientParser.allHeadersReceived",
+            "around the response: %r" % (seen,),
+        )
