@@ -354,6 +354,9 @@ class GatewayChannel(ChannelInternals):
         """
         values = header_map(request.requestHeaders).get(CONNECTION)
         if not values:
+            if version == b"HTTP/1.1":
+                # Twisted's answer, without asking the headers again.
+                return True
             return bool(super().checkPersistence(request, version))
         tokens = {
             token.strip().lower() for value in values for token in value.split(b",")

@@ -77,7 +77,7 @@ def connection_tokens(headers: Headers) -> set[bytes]:
     The header names listed in ``Connection``, lower-cased.
     """
     named: set[bytes] = set()
-    for value in headers.getRawHeaders(b"connection") or ():
+    for value in header_map(headers).get(CONNECTION) or ():
         for token in value.split(b","):
             token = token.strip().lower()
             if token:

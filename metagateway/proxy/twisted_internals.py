@@ -48,6 +48,7 @@ from twisted.web.http import _ChunkedTransferDecoder
 from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import IBodyProducer, IResponse
 
+from metagateway.http.names import CONNECTION
 from metagateway.http.twisted_internals import header_map
 
 #: Responses whose connection was lost uncleanly (a reset, an aborted TLS
@@ -351,9 +352,11 @@ def _header_name(name: bytes) -> Optional[tuple[bytes, bytes]]:
 
 
 def _add_connection_header(response: Any, parser: Any) -> Any:
-    values = parser.connHeaders.getRawHeaders(b"connection")
-    if values and not response.headers.hasHeader(b"connection"):
-        response.headers.setRawHeaders(b"Connection", values)
+    values = header_map(parser.connHeaders).get(CONNECTION)
+    if values:
+        headers = header_map(response.headers)
+        if CONNECTION not in headers:
+            headers[CONNECTION] = list(values)
     return response
 
 
