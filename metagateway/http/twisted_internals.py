@@ -47,6 +47,10 @@ _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 _CONTENT_LENGTH = b"Content-Length"
 _FRAMING = frozenset((_CONTENT_LENGTH, b"Transfer-Encoding"))
 
+#: The names of the headers :func:`prepare_for_root` sets, canonical.
+_SERVER = b"Server"
+_DATE = b"Date"
+
 #: Whether a request factory is called without the queue position.
 _NON_QUEUED: dict[Any, bool] = {}
 
@@ -404,8 +408,11 @@ def prepare_for_root(request: Any, site: Any, date: bytes) -> None:
     # attributes and headers for resources to read.
     request.site = site
     request.sitepath = []
-    request.setHeader(b"Server", server_version)
-    request.setHeader(b"Date", date)
+    # As setHeader would: one value each, under the canonical names (the
+    # values hold no line break).
+    headers = header_map(request.responseHeaders)
+    headers[_SERVER] = [server_version]
+    headers[_DATE] = [date]
     request.prepath = []
     request.postpath = []
 
