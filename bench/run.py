@@ -21,7 +21,8 @@ In one run on one machine this starts, all on 127.0.0.1:
   ``bench/pypyenv.py`` prepares from Debian's ``pypy3``,
 
 then drives each with wrk (50 connections on the small body, 8 on the 1 MiB
-body), rotating the order over the rounds, and prints one table of medians
+body), rotating the order over the rounds and reversing it every other
+round, and prints one table of medians
 with ratios to nginx-as-proxy and to the stock Twisted proxy, followed by the
 targets of issue 6 marked pass or fail. It reports; it never asserts, and it
 exits 0 whenever the run itself completed.
@@ -945,7 +946,8 @@ def warmup_for(key: str, args: argparse.Namespace) -> str:
 
 
 def measure(rows: list[Row], wrk: str, args: argparse.Namespace) -> None:
-    """Warm up once, then run the rounds, rotating the order each round."""
+    """Warm up once, then run the rounds, the order rotated each round and
+    reversed every other round."""
     live = [r for r in rows if r.server]
     if not live:
         return
@@ -969,6 +971,10 @@ def measure(rows: list[Row], wrk: str, args: argparse.Namespace) -> None:
     for rnd in range(args.rounds):
         shift = rnd % len(live)
         order = live[shift:] + live[:shift]
+        if rnd % 2:
+            # Every other round backwards: each row then runs both after and
+            # before its neighbours (rotation alone keeps their order).
+            order.reverse()
         print(
             f"round {rnd + 1}/{args.rounds}: {', '.join(r.key for r in order)}",
             flush=True,
@@ -1315,7 +1321,10 @@ def main(argv: list[str] | None = None) -> int:
         "--duration", default="5s", help="wrk duration per run (default 5s)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds, order rotated (default 3)"
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds, order rotated and every other round reversed (default 3)",
     )
     parser.add_argument(
         "--warmup",
