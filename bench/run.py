@@ -225,7 +225,12 @@ class Lab:
             proc.wait()
 
     def close(self) -> None:
-        """Stop every process started, newest first; remove the directory."""
+        """Stop every process started, newest first; remove the directory.
+
+        Called as the script ends: from here on SIGINT and SIGTERM are
+        ignored, so that a second Ctrl-C cannot leave servers running."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for proc in reversed(self.procs):
             self.stop(proc)
         self.procs.clear()
@@ -1450,8 +1455,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: stopping everything", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         lab.close()
         if args.keep:
             print(f"kept {lab.dir}")

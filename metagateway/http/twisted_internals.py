@@ -30,6 +30,8 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.server import Request
 from twisted.web.server import version as server_version
 
+from metagateway.http.names import CONTENT_LENGTH, DATE, SERVER, TRANSFER_ENCODING
+
 #: The bytes of an RFC 9110 token (a method, a header name).
 _TOKEN = (
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~"
@@ -43,13 +45,8 @@ _TARGET = bytes(range(33, 177))
 #: The request versions Twisted's parser accepts.
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 
-#: Header names (canonical) that decide how the body is framed.
-_CONTENT_LENGTH = b"Content-Length"
-_FRAMING = frozenset((_CONTENT_LENGTH, b"Transfer-Encoding"))
-
-#: The names of the headers :func:`prepare_for_root` sets, canonical.
-_SERVER = b"Server"
-_DATE = b"Date"
+#: Header names that decide how the body is framed.
+_FRAMING = frozenset((CONTENT_LENGTH, TRANSFER_ENCODING))
 
 #: Whether a request factory is called without the queue position.
 _NON_QUEUED: dict[Any, bool] = {}
@@ -233,7 +230,7 @@ class ChannelInternals(HTTPChannel):
             if name in _FRAMING:
                 if framing is not None:
                     return None
-                if name == _CONTENT_LENGTH:
+                if name == CONTENT_LENGTH:
                     if not value.isdigit():
                         return None
                 elif value.lower() != b"chunked":
@@ -411,8 +408,8 @@ def prepare_for_root(request: Any, site: Any, date: bytes) -> None:
     # As setHeader would: one value each, under the canonical names (the
     # values hold no line break).
     headers = header_map(request.responseHeaders)
-    headers[_SERVER] = [server_version]
-    headers[_DATE] = [date]
+    headers[SERVER] = [server_version]
+    headers[DATE] = [date]
     request.prepath = []
     request.postpath = []
 

@@ -13,7 +13,7 @@ the requests saw, what went back to the client, and the parser's state.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import twisted
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -127,11 +127,29 @@ def observe(channel: Channel, transport: StringTransport) -> dict[str, Any]:
     return seen
 
 
-def run(data: list[bytes], whole: bool, answer: bool = True) -> tuple[Any, int]:
+def answer_ready(channel: Channel) -> None:
     """
-    Send ``data`` (one read each) to a fresh :class:`Channel`, answering
-    each request once complete when ``answer``; what is observable after
-    each read, and how many lines went through Twisted's parser.
+    Answer the requests at the head of ``channel``'s queue whose bodies are
+    in, oldest first.
+    """
+    while channel.requests:
+        request = channel.requests[0]
+        if not request.complete or request.finished:
+            return
+        channel.seen.append(("answering", request.uri))
+        request.setHeader(b"content-length", b"2")
+        request.write(b"ok")
+        request.finish()
+
+
+def run(
+    data: Sequence[Optional[bytes]], whole: bool, answer: bool = True
+) -> tuple[Any, int]:
+    """
+    Send ``data`` (one read each; ``None`` to answer what is ready instead)
+    to a fresh :class:`Channel`, answering each request once complete when
+    ``answer``; what is observable after each step, and how many lines went
+    through Twisted's parser.
     """
     clock = MemoryReactorClock()
     channel = Channel(whole)
@@ -140,15 +158,12 @@ def run(data: list[bytes], whole: bool, answer: bool = True) -> tuple[Any, int]:
     channel.makeConnection(transport)
     observed = []
     for read in data:
-        channel.dataReceived(read)
-        while answer and channel.requests:
-            request = channel.requests[0]
-            if not request.complete or request.finished:
-                break
-            channel.seen.append(("answering", request.uri))
-            request.setHeader(b"content-length", b"2")
-            request.write(b"ok")
-            request.finish()
+        if read is None:
+            answer_ready(channel)
+        else:
+            channel.dataReceived(read)
+            if answer:
+                answer_ready(channel)
         observed.append(observe(channel, transport))
     return observed, channel.lines
 
@@ -242,7 +257,9 @@ class DifferentialTests(SynchronousTestCase):
     The whole-head path changes nothing observable.
     """
 
-    def compare(self, data: list[bytes], answer: bool = True) -> tuple[int, int]:
+    def compare(
+        self, data: Sequence[Optional[bytes]], answer: bool = True
+    ) -> tuple[int, int]:
         """
         ``data`` sent with and without the path: the same outcome after
         every read. The lines Twisted's parser handled, without and with.
@@ -314,13 +331,19 @@ class DifferentialTests(SynchronousTestCase):
         A head that arrives while a request is being answered waits, as
         Twisted has it wait; it is taken once the answer is finished.
         """
-        self.compare(
-            [
-                b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n",
-                b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n",
-            ],
-            answer=False,
-        )
+        data: list[Optional[bytes]] = [
+            b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n",
+            None,
+        ]
+        self.compare(data, answer=False)
+        observed, _ = run(data, whole=True, answer=False)
+
+        def completed(step: dict[str, Any]) -> list[bytes]:
+            return [seen[2] for seen in step["seen"] if seen[0] == "complete"]
+
+        self.assertEqual(completed(observed[1]), [b"/1"])
+        self.assertEqual(completed(observed[2]), [b"/1", b"/2"])
 
 
 class GatewayTests(SynchronousTestCase):
